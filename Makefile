@@ -1,0 +1,36 @@
+# The two entry points of the README: `make demo` and `make test`.
+# Each creates .venv/ in the repo root and installs everything itself.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+I2D_VENV := $(VENV)/img2dataset
+STAMP := $(VENV)/.cerebro-installed
+I2D_STAMP := $(I2D_VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: demo test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade "pip>=24"
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(I2D_STAMP): requirements-img2dataset.txt | $(STAMP)
+	test -x $(I2D_VENV)/bin/python || $(PYTHON) -m venv $(I2D_VENV)
+	$(I2D_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(I2D_VENV)/bin/python -m pip install -q -r requirements-img2dataset.txt
+	touch $@
+
+install: $(STAMP) $(I2D_STAMP)
+
+demo: install
+	$(VENV)/bin/cerebro demo --config configs/demo.yaml
+
+test: install
+	bash scripts/install-system-deps.sh
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .cerebro

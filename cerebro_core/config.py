@@ -1,0 +1,244 @@
+"""The one typed configuration of the pipeline.
+
+Loaded from a YAML file in ``configs/`` plus repeatable ``--set section.key=value`` overrides.
+Every section forbids unknown keys, so a typo fails before anything runs with a message that
+names the key (``train.batch_size: Input should be a valid integer``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem; its message names the offending key(s)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class StorageConfig(_Section):
+    root: str | None = Field(
+        None, description="fsspec URL where stage outputs go (default: $CEREBRO_HOME/data)"
+    )
+    endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, moto, ...); default: AWS or $AWS_ENDPOINT_URL"
+    )
+    access_key_id: str | None = Field(None, description="default: the usual AWS env vars / profile")
+    secret_access_key: SecretStr | None = None
+    region: str | None = None
+    anon: bool = False
+
+
+class TrackingConfig(_Section):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite under $CEREBRO_HOME",
+    )
+    experiment: str = "cerebro"
+    model_name: str = Field("cerebro-clip", description="registered model name of the CLIP versions")
+    search_model_name: str = Field("cerebro-search", description="registered pyfunc search model")
+
+
+class DownloadConfig(_Section):
+    url_list: str | None = Field(None, description="URL list: raw CC3M TSV, csv/tsv/parquet, iNat CSV")
+    input_format: Literal["auto", "cc3m_tsv", "csv", "tsv", "parquet", "txt"] = "auto"
+    url_col: str = "url"
+    caption_col: str | None = "caption"
+    output: str | None = Field(None, description="output folder URL (default: <storage.root>/shards)")
+    image_size: int = Field(256, ge=8, le=4096)
+    resize_mode: Literal["center_crop", "keep_ratio", "border", "no"] = "center_crop"
+    resize_only_if_bigger: bool = False
+    encode_format: Literal["jpg", "png", "webp"] = "jpg"
+    encode_quality: int = Field(95, ge=1, le=100)
+    processes: int = Field(1, ge=1)
+    threads: int = Field(16, ge=1)
+    samples_per_shard: int = Field(10000, ge=1)
+    timeout: float = Field(10.0, gt=0)
+    retries: int = Field(0, ge=0)
+    incremental: bool = True
+    retry_failed: bool = False
+    max_image_pixels: int = Field(
+        89_478_485, ge=1, description="decompression-bomb limit (PIL's default); larger images fail"
+    )
+    empty_captions: Literal["keep", "drop"] = "keep"
+    disallowed_header_directives: list[str] = Field(default_factory=list)
+
+
+class FinetuneConfig(_Section):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    freeze_text: bool = True
+
+
+class TrainConfig(_Section):
+    model: str = Field("ViT-B-32", description="open_clip architecture name (random init, always)")
+    batch_size: int = Field(480, ge=1, description="per-GPU (per-process) batch size")
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.2, ge=0)
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.98, ge=0, lt=1)
+    eps: float = Field(1e-6, gt=0)
+    warmup_steps: int = Field(10000, ge=0)
+    epochs: int = Field(32, ge=1)
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    grad_clip: float | None = Field(None, gt=0)
+    accum_steps: int = Field(1, ge=1)
+    grad_checkpointing: bool = False
+    workers: int = Field(4, ge=0)
+    seed: int = 0
+    nproc_per_node: int | Literal["auto"] = "auto"
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0)
+    rdzv_backend: str = "c10d"
+    rdzv_endpoint: str | None = None
+    checkpoint_every_steps: int = Field(1000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    resume: Literal["auto", "never"] = "auto"
+    log_every_steps: int = Field(50, ge=1)
+    val_fraction: float = Field(0.01, ge=0, lt=1)
+    zero_shot_source: str | None = Field(None, description="labelled image folder for zero-shot eval")
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+
+class SourceConfig(_Section):
+    name: str
+    path: str = Field(description="folder, webdataset shard pattern, or URL list")
+    kind: Literal["folder", "webdataset", "url_list"] = "folder"
+    labels: str | None = Field(None, description="optional labels CSV (evaluation only)")
+
+
+class AdaptConfig(_Section):
+    iterations: int = Field(3, ge=1, le=100)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    validation_source: str | None = None
+    vocabulary: str | None = None
+    templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {}.", "a wildlife photo of a {}.", "a close-up photo of a {}."]
+    )
+    confidence_threshold: float = Field(0.5, ge=0, le=1)
+    per_class_top_k: int = Field(100, ge=1)
+    objective: Literal["contrastive", "masked_contrastive", "vocab_ce"] = "vocab_ce"
+    ema_teacher: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1)
+
+
+class IndexConfig(_Section):
+    sources: list[SourceConfig] = Field(default_factory=list)
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
+    recall_target: float = Field(0.95, gt=0, le=1)
+    memory_budget_mb: int = Field(4096, ge=1)
+    video_frame_interval: float = Field(2.0, gt=0)
+    batch_size: int = Field(256, ge=1)
+    model_alias: str = "champion"
+
+
+class ServeConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    max_upload_mb: float = Field(10.0, gt=0)
+    max_query_chars: int = Field(1000, ge=1)
+
+
+class CerebroConfig(_Section):
+    name: str = "cerebro"
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not v or "/" in v:
+            raise ValueError("must be a non-empty name without '/'")
+        return v
+
+    def section_hash(self, section: str) -> str:
+        """Stable fingerprint of one section (for caching and tagging)."""
+        data = getattr(self, section).model_dump(mode="json")
+        blob = json.dumps(data, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def masked(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked (SecretStr dumps as '**********')."""
+        return json.loads(self.model_dump_json())
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"{loc}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``a.b=c`` → (['a', 'b'], value parsed as a YAML scalar/list)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"{'.'.join(path[: i + 1])}: is not a section, cannot set {'.'.join(path)}")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CerebroConfig:
+    """Load a YAML config (or the defaults when path is None) and apply ``--set`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: invalid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: top level must be a mapping of sections")
+        data = loaded
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return CerebroConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err)) from None

@@ -1,0 +1,1 @@
+"""Data: downloading (img2dataset), shard manifests, safe image decoding, wildlife sources."""

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# System packages the tests need (Debian): headless Chromium for the page test and
+# docker-compose 1.29 to validate docker/docker-compose.yml offline. Idempotent.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != "0" ]; then SUDO=sudo; else SUDO=; fi
+  echo "installing system packages: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
