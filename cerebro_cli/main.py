@@ -120,6 +120,63 @@ def info(
     typer.echo("  " + yaml.safe_dump(report["config"], sort_keys=False).replace("\n", "\n  ").rstrip())
 
 
+def _start_prefect(cfg: CerebroConfig) -> None:
+    """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported."""
+    from cerebro_core.home import prepare_environment
+
+    prepare_environment(cfg)
+
+
+@app.command()
+def download(
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Stage 1: URL list -> webdataset shards with img2dataset (resumable; local or s3://)."""
+    cfg = load(config, set_)
+    from cerebro_core.data.download import DownloadInputError, read_url_list
+    from cerebro_core.data.img2dataset_env import Img2DatasetNotFound, img2dataset_python
+    from cerebro_core.storage import Storage
+
+    try:
+        read_url_list(cfg.download, Storage(cfg.storage))
+        img2dataset_python()
+    except (DownloadInputError, Img2DatasetNotFound) as exc:
+        typer.echo(f"cerebro download: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _start_prefect(cfg)
+    from flows.download import download_flow
+
+    result = download_flow(config=str(config) if config else None, overrides=list(set_ or []))
+    s = result.stats
+    typer.echo(
+        f"downloaded {s.successes}/{s.total_rows} ({s.success_rate:.1%}) into {len(result.shards)} shards "
+        f"at {result.output}; {s.images_per_s:.1f} images/s; failures: {s.failures_by_reason or 'none'}"
+    )
+    typer.echo(f"manifest: {result.manifest_url} (hash {result.manifest_hash})")
+
+
+@app.command()
+def demo(
+    config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="demo config"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """The offline CPU demo: generate images, then run every stage built so far on them."""
+    cfg = load(config, set_)
+    from cerebro_core.demo_data import make_demo_data
+    from cerebro_core.home import resolve
+
+    ep = resolve(cfg)
+    tsv = make_demo_data(ep.home / "demo")
+    typer.echo(f"demo data: {tsv}")
+    info(config=config, set_=set_, as_json=False)
+    download(config=config, set_=set_)
+    typer.echo("")
+    typer.echo("Inspect the runs:")
+    typer.echo(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ep.tracking_uri} --host 127.0.0.1")
+    typer.echo(f"  Prefect UI: PREFECT_HOME={ep.prefect_home} .venv/bin/prefect server start --host 127.0.0.1")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

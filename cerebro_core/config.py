@@ -221,6 +221,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def _expand_env(node: Any) -> Any:
+    """Expand ``${VAR}`` in YAML string values; ``${CEREBRO_HOME}`` defaults to ./.cerebro."""
+    if isinstance(node, dict):
+        return {k: _expand_env(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_expand_env(v) for v in node]
+    if isinstance(node, str) and "$" in node:
+        home = os.environ.get("CEREBRO_HOME") or str(Path(".cerebro").resolve())
+        return os.path.expandvars(node.replace("${CEREBRO_HOME}", home))
+    return node
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CerebroConfig:
     """Load a YAML config (or the defaults when path is None) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
@@ -237,6 +249,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         data = loaded
+    data = _expand_env(data)
     data = apply_overrides(data, list(overrides or []))
     try:
         return CerebroConfig.model_validate(data)

@@ -56,6 +56,7 @@ SIZES = "sizes.json"
 STATS = "stats.json"
 
 ProgressFn = Callable[[int, int], None]
+_TQDM_LINE = re.compile(r"^\d+it \[")  # img2dataset's own shard counter; we report progress ourselves
 
 
 class DownloadInputError(ValueError):
@@ -215,6 +216,7 @@ def _subprocess_env(storage: Storage, output: str) -> dict[str, str]:
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds cerebro_core/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.setdefault("WANDB_MODE", "disabled")
+    env.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # its update check would reach for the network
     opts = storage.options(output)
     if opts.get("key"):
         env["AWS_ACCESS_KEY_ID"] = opts["key"]
@@ -298,7 +300,7 @@ def run_img2dataset(
             assert proc.stdout is not None
             for line in proc.stdout:
                 line = line.rstrip()
-                if line:
+                if line and not _TQDM_LINE.match(line):
                     tail.append(line)
                     del tail[:-200]
                     log(line)

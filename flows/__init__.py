@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only (load config → call tasks)."""

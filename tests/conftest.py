@@ -1,0 +1,254 @@
+"""Shared fixtures: the real data in ../shared/data, an isolated state dir, and real servers on
+127.0.0.1 (moto's S3 server as a subprocess, a loopback HTTP server) that stop by themselves."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+import struct
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("CEREBRO_SHARED_DATA", REPO.parent / "shared" / "data"))
+VENV_BIN = Path(sys.executable).parent
+
+
+def require_shared(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        msg = f"shared data not found at {p} (expected ../shared/data beside the repo; see its SOURCE.txt files)"
+        if os.environ.get("CEREBRO_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail(msg + " and CEREBRO_REQUIRE_SHARED_DATA=1")
+        pytest.skip(msg)
+    return p
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return require_shared()
+
+
+@pytest.fixture
+def cerebro_home(tmp_path, monkeypatch) -> Path:
+    """A fresh state dir per test; no tracking/Prefect server leaks in from the environment."""
+    home = tmp_path / "cerebro-home"
+    monkeypatch.setenv("CEREBRO_HOME", str(home))
+    monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
+    for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server in its own process on loopback (not the in-process mock)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_port(port, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture
+def s3_env(moto_server, monkeypatch):
+    """Credentials + endpoint as a user would export them, and a fresh bucket."""
+    import boto3
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    bucket = f"cerebro-{int(time.time() * 1000) % 10**9}"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return {"endpoint": moto_server, "bucket": bucket}
+
+
+# --------------------------------------------------------------------------- loopback HTTP server
+
+
+def png_bomb(side: int = 30000) -> bytes:
+    """A valid 1-bit greyscale PNG of side x side pixels (900 Mpx) that compresses to ~100 KB."""
+    raw_row = b"\x00" + b"\x00" * ((side + 7) // 8)
+    comp = zlib.compressobj(9)
+    chunks = []
+    block = raw_row * 1000
+    for _ in range(side // 1000):
+        chunks.append(comp.compress(block))
+    chunks.append(comp.flush())
+    idat = b"".join(chunks)
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    files: dict[str, Path] = {}
+    blobs: dict[str, tuple[int, str, bytes]] = {}
+    delay_s: float = 0.0
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if path.startswith("/slow"):
+            time.sleep(5)
+        if path in self.blobs:
+            status, ctype, body = self.blobs[path]
+        elif path.startswith("/img/") and path[5:] in self.files:
+            status, ctype, body = 200, "image/jpeg", self.files[path[5:]].read_bytes()
+        else:
+            status, ctype, body = 404, "text/plain", b"not found"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class LoopbackServer:
+    def __init__(self, files: dict[str, Path], blobs: dict[str, tuple[int, str, bytes]]):
+        handler = type("Handler", (_Handler,), {"files": files, "blobs": blobs})
+        self.handler = handler
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def good_pairs(shared: Path, n_coco: int = 80, n_cifar_per_class: int = 10) -> list[tuple[str, Path]]:
+    """Real (caption, image path) pairs: COCO captions mini + CIFAR animals captioned by class."""
+    pairs: list[tuple[str, Path]] = []
+    coco = shared / "coco_captions_mini"
+    for line in (coco / "captions.jsonl").read_text().splitlines()[:n_coco]:
+        rec = json.loads(line)
+        pairs.append((rec["captions"][0].strip(), coco / rec["image"]))
+    cifar = shared / "cifar10_animals"
+    per: dict[str, int] = {}
+    templates = ["a photo of a {}.", "a blurry photo of a {}.", "a {} in the wild.", "a close-up of a {}."]
+    for row in csv.DictReader((cifar / "labels.csv").open()):
+        k = per.get(row["label"], 0)
+        if k < n_cifar_per_class:
+            pairs.append((templates[k % len(templates)].format(row["label"]), cifar / row["path"]))
+            per[row["label"]] = k + 1
+    return pairs
+
+
+BAD_KINDS = {
+    # path → (expected failure kind, (status, content type, body)) ; bodies filled in by the fixture
+    "/bad/404": "http_404",
+    "/bad/500": "http_500",
+    "/slow/timeout.jpg": "timeout",
+    "/bad/html.jpg": "html_instead_of_image",
+    "/bad/truncated.jpg": "truncated_image",
+    "/bad/empty.jpg": "empty_body",
+    "/bad/garbage.jpg": "not_an_image",
+    "/bad/bomb.png": "decompression_bomb",
+}
+
+
+@pytest.fixture(scope="session")
+def bomb_png() -> bytes:
+    return png_bomb()
+
+
+@pytest.fixture
+def http_images(shared_data, bomb_png):
+    """Loopback server with real photos under /img/<n>.jpg and every bad case of the download issue."""
+    pairs = good_pairs(shared_data)
+    files = {f"{i}.jpg": p for i, (_, p) in enumerate(pairs)}
+    a_jpeg = pairs[0][1].read_bytes()
+    blobs = {
+        "/bad/404": (404, "text/html", b"<html>nope</html>"),
+        "/bad/500": (500, "text/plain", b"boom"),
+        "/bad/html.jpg": (200, "image/jpeg", b"<!DOCTYPE html><html><body>Sign in to view</body></html>"),
+        "/bad/truncated.jpg": (200, "image/jpeg", a_jpeg[: len(a_jpeg) // 2]),
+        "/bad/empty.jpg": (200, "image/jpeg", b""),
+        "/bad/garbage.jpg": (200, "image/jpeg", os.urandom(4096)),
+        "/bad/bomb.png": (200, "image/png", bomb_png),
+    }
+    with LoopbackServer(files, blobs) as srv:
+        srv.pairs = pairs
+        yield srv
+
+
+def write_url_list(path: Path, srv: LoopbackServer, header: bool = False) -> dict:
+    """Raw CC3M TSV (caption<TAB>url, no header): good rows then every bad row.
+
+    Returns expectations: good captions by row number, bad kinds by row number."""
+    closed_port = free_port()  # nothing listens there any more
+    rows: list[tuple[str, str]] = []
+    good: dict[int, str] = {}
+    bad: dict[int, str] = {}
+    for i, (cap, _) in enumerate(srv.pairs):
+        good[len(rows)] = cap
+        rows.append((cap, f"{srv.base}/img/{i}.jpg"))
+    for path_, kind in BAD_KINDS.items():
+        bad[len(rows)] = kind
+        rows.append((f"bad row {kind}", srv.base + path_))
+    bad[len(rows)] = "connection_refused"
+    rows.append(("refused", f"http://127.0.0.1:{closed_port}/x.jpg"))
+    bad[len(rows)] = "invalid_url"
+    rows.append(("invalid url", "ht!tp:/not a url"))
+    bad[len(rows)] = "empty_caption"
+    rows.append(("", f"{srv.base}/img/0.jpg"))
+    with path.open("w") as f:
+        if header:
+            f.write("caption\turl\n")
+        for cap, url in rows:
+            f.write(f"{cap}\t{url}\n")
+    return {"good": good, "bad": bad, "rows": len(rows)}

@@ -1,0 +1,105 @@
+"""Config: YAML files, --set overrides, and every error path (exit 2, message names the key)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cerebro_core.config import CerebroConfig, ConfigError, load_config, parse_override
+
+REPO = Path(__file__).resolve().parents[1]
+CEREBRO = [str(Path(sys.executable).parent / "cerebro")]
+
+
+def test_shipped_configs_load():
+    demo = load_config(REPO / "configs/demo.yaml")
+    assert demo.name == "demo" and demo.train.precision == "fp32" and demo.download.url_list.endswith("urls.tsv")
+    real = load_config(REPO / "configs/cc3m-vitb32.yaml")
+    t = real.train
+    assert (t.model, t.batch_size, t.nproc_per_node, t.lr, t.weight_decay, t.warmup_steps, t.epochs, t.precision) == (
+        "ViT-B-32", 480, 4, 5e-4, 0.2, 10000, 32, "bf16",
+    )
+    assert real.download.input_format == "cc3m_tsv" and real.download.image_size == 256
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        REPO / "configs/demo.yaml",
+        ["train.batch_size=7", "train.finetune.lr=3e-5", "download.url_list=/x/y.tsv", "train.grad_clip=1.5",
+         "adapt.templates=['a {}', 'the {}']", "serve.port=9001", "train.nproc_per_node=auto"],
+    )
+    assert cfg.train.batch_size == 7 and cfg.train.finetune.lr == 3e-5
+    assert cfg.download.url_list == "/x/y.tsv" and cfg.train.grad_clip == 1.5
+    assert cfg.adapt.templates == ["a {}", "the {}"] and cfg.serve.port == 9001
+
+
+def test_defaults_bind_loopback_and_mask_secrets():
+    cfg = load_config(None, ["storage.secret_access_key=hunter2"])
+    assert cfg.serve.host == "127.0.0.1"
+    dumped = cfg.masked()
+    assert "hunter2" not in str(dumped) and dumped["storage"]["secret_access_key"] == "**********"
+    assert cfg.storage.secret_access_key.get_secret_value() == "hunter2"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.batch_size=abc", "train.batch_size: Input should be a valid integer"),
+        ("train.batch_sise=4", "train.batch_sise: Extra inputs are not permitted"),
+        ("nosuchsection.key=1", "nosuchsection: Extra inputs are not permitted"),
+        ("train.precision=fp64", "train.precision: Input should be 'bf16', 'fp16' or 'fp32'"),
+        ("download.processes=0", "download.processes: Input should be greater than or equal to 1"),
+        ("serve.port=70000", "serve.port: Input should be less than or equal to 65535"),
+        ("train.finetune.steps=-1", "train.finetune.steps: Input should be greater than or equal to 1"),
+        ("train.batch_size.x=1", "train.batch_size: is not a section"),
+    ],
+)
+def test_bad_override_names_the_key(override, message):
+    with pytest.raises(ConfigError) as ei:
+        load_config(REPO / "configs/demo.yaml", [override])
+    assert message in str(ei.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("train: {batch_size: [\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "typo.yaml").write_text("train:\n  epochz: 3\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz: Extra inputs are not permitted"):
+        load_config(tmp_path / "typo.yaml")
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        parse_override("train.batch_size")
+
+
+def test_env_expansion(monkeypatch, tmp_path):
+    monkeypatch.setenv("CEREBRO_HOME", str(tmp_path))
+    cfg = load_config(REPO / "configs/demo.yaml")
+    assert cfg.storage.root == f"{tmp_path}/data"
+
+
+def test_section_hash_tracks_only_its_section():
+    a = CerebroConfig()
+    b = load_config(None, ["adapt.iterations=5"])
+    assert a.section_hash("download") == b.section_hash("download")
+    assert a.section_hash("adapt") != b.section_hash("adapt")
+
+
+@pytest.mark.parametrize("command", [["info"], ["download"]])
+def test_cli_exits_2_before_running(command, tmp_path):
+    """Every command validates the config first: exit 2, message names the key, nothing created."""
+    env = {"CEREBRO_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        CEREBRO + command + ["--config", str(REPO / "configs/demo.yaml"), "--set", "train.batch_size=abc"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "train.batch_size: Input should be a valid integer" in proc.stderr
+    assert not (tmp_path / "home").exists()

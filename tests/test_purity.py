@@ -1,0 +1,50 @@
+"""cerebro_core is a pure library: importing it and calling its functions never imports Prefect."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_no_prefect_import_statement_in_core():
+    for py in (REPO / "cerebro_core").rglob("*.py"):
+        tree = ast.parse(py.read_text())
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            assert not any(n == "prefect" or n.startswith("prefect.") for n in names), f"{py}: imports {names}"
+
+
+def test_importing_and_calling_core_never_loads_prefect(tmp_path, shared_data):
+    code = f"""
+import importlib, pkgutil, sys, os
+os.environ["CEREBRO_HOME"] = {str(tmp_path)!r}
+import cerebro_core
+mods = [m.name for m in pkgutil.walk_packages(cerebro_core.__path__, "cerebro_core.")
+        if not m.name.endswith(("img2dataset_runner", "img2dataset_hooks"))]
+for m in mods:
+    importlib.import_module(m)
+from cerebro_core.config import load_config
+from cerebro_core.storage import Storage
+from cerebro_core import tracking, devices
+from cerebro_core.data import download
+cfg = load_config({str(REPO / 'configs/demo.yaml')!r}, ["download.url_list={tmp_path}/list.txt",
+                  "download.output={tmp_path}/out", "download.samples_per_shard=2"])
+open({str(tmp_path / 'list.txt')!r}, "w").write("file://{shared_data}/cifar10_animals/test/cat/0000.jpg\\n")
+devices.describe()
+res = download.run_stage(cfg, log=lambda s: None)
+assert res.num_samples == 1, res
+tracking.configure(cfg)
+assert "prefect" not in sys.modules, sorted(m for m in sys.modules if m.startswith("prefect"))
+print("PURE", len(mods))
+"""
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "PURE" in p.stdout
