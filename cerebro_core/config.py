@@ -69,7 +69,9 @@ class DownloadConfig(_Section):
     max_image_pixels: int = Field(
         89_478_485, ge=1, description="decompression-bomb limit (PIL's default); larger images fail"
     )
-    empty_captions: Literal["keep", "drop"] = "keep"
+    empty_captions: Literal["keep", "drop"] = Field(
+        "drop", description="rows with an empty caption (when the list has captions): drop (counted) or keep"
+    )
     disallowed_header_directives: list[str] = Field(default_factory=list)
 
 

@@ -64,6 +64,10 @@ class Storage:
 
     def fs(self, url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         fs, path = fsspec.core.url_to_fs(url, **self.options(url))
+        if is_remote(url):
+            # Other processes (img2dataset, torchrun ranks) write here too: never answer a
+            # listing or existence query from s3fs's directory cache.
+            fs.invalidate_cache()
         return fs, path
 
     # ---- queries -----------------------------------------------------------------

@@ -31,6 +31,10 @@ class SafeResizer(Resizer):
 
 def install(max_image_pixels: int) -> None:
     """Make ``img2dataset.download`` build a SafeResizer (pickled by reference to the workers)."""
-    import img2dataset.main as i2d_main
+    import sys
+
+    import img2dataset  # noqa: F401  (img2dataset.main is shadowed by the function `main`)
+
+    i2d_main = sys.modules["img2dataset.main"]
 
     i2d_main.Resizer = functools.partial(SafeResizer, max_image_pixels=max_image_pixels)
