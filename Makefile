@@ -8,19 +8,21 @@ I2D_VENV := $(VENV)/img2dataset
 STAMP := $(VENV)/.cerebro-installed
 I2D_STAMP := $(I2D_VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# pip's warnings about absent local mirror folders are noise; keep real errors
+PIPQ := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 .PHONY: demo test install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]' $(PIPQ)
 	touch $@
 
 $(I2D_STAMP): requirements-img2dataset.txt | $(STAMP)
 	test -x $(I2D_VENV)/bin/python || $(PYTHON) -m venv $(I2D_VENV)
 	$(I2D_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
-	$(I2D_VENV)/bin/python -m pip install -q -r requirements-img2dataset.txt
+	$(I2D_VENV)/bin/python -m pip install -q -r requirements-img2dataset.txt $(PIPQ)
 	touch $@
 
 install: $(STAMP) $(I2D_STAMP)
@@ -30,7 +32,7 @@ demo: install
 
 test: install
 	bash scripts/install-system-deps.sh
-	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cerebro
