@@ -157,6 +157,33 @@ def download(
 
 
 @app.command()
+def pretrain(
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    shards: Optional[str] = typer.Option(None, help="download output or manifest.json (default: the config's)"),
+) -> None:
+    """Stage 2: CLIP from random weights on the downloaded shards (torchrun, resumable)."""
+    cfg = load(config, set_)
+    from cerebro_core.data.download import default_output, load_manifest
+    from cerebro_core.home import resolve
+    from cerebro_core.model.factory import model_config
+    from cerebro_core.storage import Storage
+
+    try:
+        model_config(cfg.train.model)
+        load_manifest(Storage(cfg.storage), shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"cerebro pretrain: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _start_prefect(cfg)
+    from flows.pretrain import pretrain_flow
+
+    mv = pretrain_flow(config=str(config) if config else None, overrides=list(set_ or []), shards=shards)
+    typer.echo(f"registered {mv.name} v{mv.version} ({mv.model}) from run {mv.run_id}")
+    typer.echo("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items())))
+
+
+@app.command()
 def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="demo config"),
     set_: Optional[list[str]] = SetOption,
@@ -171,6 +198,7 @@ def demo(
     typer.echo(f"demo data: {tsv}")
     info(config=config, set_=set_, as_json=False)
     download(config=config, set_=set_)
+    pretrain(config=config, set_=set_, shards=None)
     typer.echo("")
     typer.echo("Inspect the runs:")
     typer.echo(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ep.tracking_uri} --host 127.0.0.1")

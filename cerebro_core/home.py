@@ -60,6 +60,8 @@ def prepare_environment(cfg: CerebroConfig) -> Endpoints:
     ep = resolve(cfg)
     ep.home.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(ep.prefect_home))
+    # Offline by default: no telemetry from the embedded server (it also contends for its sqlite).
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ["MLFLOW_TRACKING_URI"] = ep.tracking_uri
     if "://" not in ep.storage_root:
         Path(ep.storage_root).mkdir(parents=True, exist_ok=True)

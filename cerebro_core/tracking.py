@@ -142,3 +142,15 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
 
 def get_version_by_alias(name: str, alias: str):
     return client().get_model_version_by_alias(name, alias)
+
+
+def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:
+    """Log to a given run without making it active (used by training rank 0)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
+    for i in range(0, len(items), 500):
+        client().log_batch(run_id, metrics=items[i : i + 500])

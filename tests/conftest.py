@@ -252,3 +252,46 @@ def write_url_list(path: Path, srv: LoopbackServer, header: bool = False) -> dic
         for cap, url in rows:
             f.write(f"{cap}\t{url}\n")
     return {"good": good, "bad": bad, "rows": len(rows)}
+
+
+def write_pair_shards(pairs: list[tuple[str, Path]], out: Path, per_shard: int = 20, size: int = 32) -> list[str]:
+    """Real pairs as webdataset shards (what the download stage writes), via webdataset's writer."""
+    import io as _io
+
+    import webdataset as wds
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    with wds.ShardWriter(str(out / "%05d.tar"), maxcount=per_shard, verbose=0) as w:
+        for i, (cap, p) in enumerate(pairs):
+            img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
+            b = _io.BytesIO()
+            img.save(b, format="JPEG", quality=95)
+            w.write({"__key__": f"{i:06d}", "jpg": b.getvalue(), "txt": cap, "json": json.dumps({"cerebro_id": i})})
+    return sorted(str(p) for p in out.glob("*.tar"))
+
+
+def shardset_for(shards: list[str], name: str = "test"):
+    """A ShardSet (the download stage's result) for shards built directly."""
+    import tarfile
+
+    from cerebro_core.data.download import DownloadStats, ShardSet
+
+    sizes = {}
+    for s in shards:
+        with tarfile.open(s) as tf:
+            sizes[Path(s).name] = sum(1 for m in tf.getnames() if m.endswith(".jpg"))
+    n = sum(sizes.values())
+    stats = DownloadStats(total_rows=n, attempted=n, successes=n, failures=0, dropped_empty_caption=0,
+                          success_rate=1.0, failures_by_reason={}, failure_messages={}, bytes_written=0,
+                          new_successes=n, wall_s=0.0, images_per_s=0.0, shards=len(shards))
+    return ShardSet(output=str(Path(shards[0]).parent), shards=shards, sizes=sizes, num_samples=n,
+                    manifest_url="", sizes_url="", stats_url="", manifest_hash=f"{name}-{n}", input_hash=name,
+                    stats=stats)
+
+
+@pytest.fixture(scope="session")
+def pair_shards(shared_data, tmp_path_factory) -> list[str]:
+    """140 real pairs (80 COCO photos with a human caption, 60 CIFAR animals) in 7 shards."""
+    return write_pair_shards(good_pairs(shared_data, n_coco=80, n_cifar_per_class=10),
+                             tmp_path_factory.mktemp("pairs"))

@@ -1,0 +1,46 @@
+"""Labelled and unlabelled image folders (wildlife sources, evaluation sets).
+
+A folder is read as: ``labels.csv`` when present (columns ``path`` and one of ``label``,
+``common_name``, ``class``), else class sub-folders (``<folder>/<class>/<image>``), else a flat
+folder of images without labels.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+LABEL_COLUMNS = ("label", "common_name", "class")
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: str
+    label: Optional[str]
+    source: str = ""
+
+
+def list_folder(folder: str | Path, source: str = "") -> list[ImageRecord]:
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    labels_csv = root / "labels.csv"
+    if labels_csv.exists():
+        with labels_csv.open(newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            col = next((c for c in LABEL_COLUMNS if c in cols), None)
+            if "path" not in cols:
+                raise ValueError(f"{labels_csv}: needs a 'path' column (has {cols})")
+            recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source) for r in reader]
+        return sorted(recs, key=lambda r: r.path)
+    recs = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            rel = p.relative_to(root)
+            label = rel.parts[0] if len(rel.parts) > 1 else None
+            recs.append(ImageRecord(str(p), label, source))
+    return recs

@@ -1,0 +1,1 @@
+"""Models: open_clip factory (random init only), tiny JSON configs, checkpoints."""

@@ -1,0 +1,68 @@
+"""open_clip models from random initialisation, plus the project's tiny configs.
+
+The JSON files in ``configs/`` are registered with open_clip's own registry
+(``open_clip.add_model_config``), so ``cerebro-tiny-vit-32`` is created exactly like ``ViT-B-32``.
+Pretrained weights are never loaded: every model starts from random weights.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+
+@functools.lru_cache(maxsize=1)
+def register_configs() -> list[str]:
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+
+
+def model_config(name: str) -> dict[str, Any]:
+    """The architecture dict open_clip builds ``name`` from."""
+    import open_clip
+
+    register_configs()
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        raise ValueError(f"train.model: unknown open_clip architecture {name!r} (see open_clip.list_models())")
+    return json.loads(json.dumps(cfg))
+
+
+@dataclass
+class ClipBundle:
+    model: Any
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    name: str
+    arch: dict[str, Any]
+
+    @property
+    def image_size(self) -> int:
+        s = self.arch["vision_cfg"]["image_size"]
+        return s if isinstance(s, int) else s[0]
+
+
+def create(name: str, device: str = "cpu", precision: str = "fp32") -> ClipBundle:
+    """A randomly initialised open_clip model with its transforms and tokenizer."""
+    import open_clip
+
+    arch = model_config(name)
+    model, pre_train, pre_val = open_clip.create_model_and_transforms(
+        name, pretrained=None, precision=precision, device=device, output_dict=True
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    return ClipBundle(model, pre_train, pre_val, tokenizer, name, arch)
+
+
+def count_params(model) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    visual = sum(p.numel() for p in model.visual.parameters())
+    return {"total": total, "visual": visual, "text": total - visual}

@@ -1,0 +1,198 @@
+"""Training data: webdataset shards (local or any fsspec URL) → batches of (images, tokens).
+
+Built from webdataset's own stages (``tar_file_expander``, ``group_by_keys``, ``_shuffle``,
+``warn_and_continue``) with one addition none of them has: an exactly reproducible position.
+
+- Each (rank, dataloader worker) pair is a *slot*. Shards are shuffled per epoch with a seed and
+  dealt to slots (split by node, then by worker); with fewer shards than slots, slots share.
+- Every slot yields a fixed number of batches per epoch (the DataLoader interleaves workers round
+  robin), cycling through its shards if needed ("virtual epochs", as open_clip's resampled mode).
+- Resume: a slot skips the samples it had already produced *before decoding them*, so
+  continuing from step N of an epoch reads the same samples, in the same order, with the same
+  augmentation (seeded per batch), as the uninterrupted run.
+- Bad data never stops an epoch: a missing or unreadable shard, a sample without image or text,
+  a corrupt image are skipped and counted; each batch carries the count since the last batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from webdataset.filters import _shuffle
+from webdataset.handlers import warn_and_continue
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from cerebro_core.config import StorageConfig
+from cerebro_core.data import images
+from cerebro_core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
+
+
+def _seed(*parts) -> int:
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
+
+
+def open_shards(urls: list[str], storage: Storage, counter: dict) -> Iterator[dict]:
+    for url in urls:
+        try:
+            with storage.open(url, "rb") as f:
+                data = f.read()
+        except Exception as exc:  # missing / unreadable shard: skip it, count it
+            counter["bad_shards"] = counter.get("bad_shards", 0) + 1
+            log.warning("skipping shard %s: %s", url, exc)
+            continue
+        yield {"url": url, "stream": io.BytesIO(data)}
+
+
+def raw_samples(urls: list[str], storage: Storage, counter: dict) -> Iterator[dict]:
+    files = tar_file_expander(open_shards(urls, storage, counter), handler=warn_and_continue)
+    yield from group_by_keys(files, handler=warn_and_continue)
+
+
+@dataclass
+class PipelineSpec:
+    shards: list[str]
+    batch_size: int
+    batches_per_epoch: int  # per rank
+    epoch: int
+    seed: int
+    rank: int = 0
+    world_size: int = 1
+    start_batch: int = 0  # batches of this epoch already consumed (per rank), for resume
+    shuffle_buffer: int = 1000
+    caption_key: str = "txt"
+    return_keys: bool = False  # yield sample keys too (tests and debugging)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+
+
+class ShardBatches(IterableDataset):
+    """Yields ``(images, tokens, n_skipped)``; see the module docstring."""
+
+    def __init__(self, spec: PipelineSpec, transform: Callable, tokenizer: Callable, num_workers: int):
+        super().__init__()
+        self.spec, self.transform, self.tokenizer = spec, transform, tokenizer
+        self.num_workers = max(1, num_workers)
+
+    def _slot_shards(self, slot: int, n_slots: int) -> list[str]:
+        s = self.spec
+        order = list(s.shards)
+        random.Random(_seed(s.seed, s.epoch, "shards")).shuffle(order)
+        if len(order) >= n_slots:
+            return order[slot::n_slots]
+        return [order[slot % len(order)]]
+
+    def _cycle(self, shards: list[str], rng: random.Random, counter: dict) -> Iterator[dict]:
+        storage = Storage(self.spec.storage)
+        while True:
+            got = 0
+            order = list(shards)
+            rng.shuffle(order)
+            for sample in raw_samples(order, storage, counter):
+                got += 1
+                yield sample
+            if got == 0:
+                raise RuntimeError(f"no readable samples in shards {shards[:3]}... (all missing, empty or corrupt)")
+
+    def __iter__(self):
+        s = self.spec
+        info = get_worker_info()
+        phys = info.id if info is not None else 0
+        W = self.num_workers
+        # Rotate worker roles so that a loader started mid-epoch continues the round robin.
+        lw = (phys + s.start_batch) % W
+        slot, n_slots = s.rank * W + lw, s.world_size * W
+        total = s.batches_per_epoch // W + (1 if lw < s.batches_per_epoch % W else 0)
+        done = (s.start_batch - lw + W - 1) // W if s.start_batch > lw else 0
+        remaining = total - done
+        if remaining <= 0:
+            return
+        counter: dict = {}
+        rng = random.Random(_seed(s.seed, s.epoch, slot))
+        stream = self._cycle(self._slot_shards(slot, n_slots), rng, counter)
+        stream = _shuffle(stream, bufsize=s.shuffle_buffer, initial=min(100, s.shuffle_buffer), rng=rng)
+        skipped_bad = 0
+        produced = 0
+        batch_idx = done
+        # Skip, undecoded, what this slot already produced before the checkpoint. Bad samples
+        # were skipped then too, so skip by the same rule: count only valid ones.
+        to_skip = done * s.batch_size
+        imgs, texts, keys = [], [], []
+        for sample in stream:
+            img_bytes = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            txt = sample.get(s.caption_key)
+            if img_bytes is None or txt is None:
+                skipped_bad += 1
+                continue
+            try:
+                text = txt.decode("utf-8").strip() if isinstance(txt, bytes) else str(txt).strip()
+            except UnicodeDecodeError:
+                skipped_bad += 1
+                continue
+            if not text:
+                skipped_bad += 1
+                continue
+            if to_skip > 0:
+                if images.check(img_bytes) is None:
+                    to_skip -= 1
+                continue
+            try:
+                img = images.decode(img_bytes)
+            except images.ImageRejected:
+                skipped_bad += 1
+                continue
+            if not imgs:
+                torch.manual_seed(_seed(s.seed, s.epoch, slot, batch_idx) % (2**63))
+            imgs.append(self.transform(img))
+            texts.append(text)
+            keys.append(f"{sample['__url__']}#{sample['__key__']}")
+            if len(imgs) == s.batch_size:
+                batch = (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0))
+                yield batch + (keys,) if s.return_keys else batch
+                skipped_bad = 0
+                imgs, texts, keys = [], [], []
+                produced += 1
+                batch_idx += 1
+                if produced >= remaining:
+                    return
+
+
+def make_loader(spec: PipelineSpec, transform, tokenizer, num_workers: int) -> DataLoader:
+    ds = ShardBatches(spec, transform, tokenizer, num_workers)
+    return DataLoader(
+        ds,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+        prefetch_factor=4 if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def iter_pairs(
+    shards: list[str], storage: Storage, max_samples: Optional[int] = None, caption_key: str = "txt"
+) -> Iterator[tuple[str, bytes, str]]:
+    """Sequential (key, image bytes, caption) of valid samples, for evaluation."""
+    n = 0
+    counter: dict = {}
+    for sample in raw_samples(shards, storage, counter):
+        img = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+        txt = sample.get(caption_key)
+        if img is None or txt is None:
+            continue
+        text = txt.decode("utf-8", "replace").strip()
+        if not text:
+            continue
+        yield sample["__key__"], img, text
+        n += 1
+        if max_samples is not None and n >= max_samples:
+            return

@@ -1,0 +1,409 @@
+"""The training loop shared by pretraining and fine-tuning: one process per device, launched by
+torchrun (or called in-process with world size 1).
+
+open_clip provides the model, transforms, tokenizer and ``ClipLoss`` (``local_loss`` +
+``gather_with_grad`` across ranks); this module adds what open_clip_train's 1,000-line main does
+not give as a library: exact step-level resume from atomically written checkpoints on any fsspec
+storage, and metrics to MLflow from rank 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import time
+from typing import Any, Callable, Literal, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+
+from cerebro_core.config import StorageConfig, TrainConfig
+from cerebro_core.evaluate import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics, unwrap, zero_shot_scores
+from cerebro_core.model import checkpoint as ckpt
+from cerebro_core.model.factory import ClipBundle, create
+from cerebro_core.storage import Storage, join
+from cerebro_core.train.data import PipelineSpec, iter_pairs, make_loader
+
+
+class ZeroShotSpec(BaseModel):
+    folder: str
+    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    max_images: int = 1000
+
+
+class TrainJob(BaseModel):
+    """Everything one training run needs; serialised to JSON for the torchrun workers."""
+
+    model: str
+    hp: TrainConfig
+    train_shards: list[str]
+    train_samples: int
+    val_shards: list[str] = Field(default_factory=list)
+    val_max_samples: int = 2000
+    zero_shot: Optional[ZeroShotSpec] = None
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    ckpt_dir: str
+    init_from: Optional[str] = None  # model checkpoint to start from (fine-tuning)
+    max_steps: Optional[int] = None
+    freeze_text: bool = False
+    objective: Literal["clip"] = "clip"
+    mlflow_run_id: Optional[str] = None
+    result_path: Optional[str] = None
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    if warmup > 0 and step < warmup:
+        return base * (step + 1) / warmup
+    if total <= warmup:
+        return base
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.5 * (1 + math.cos(math.pi * progress)) * base
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """open_clip's rule: no weight decay on gains, biases, embeddings and logit_scale."""
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n or "embedding" in n:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+class _Dist:
+    def __init__(self) -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.cuda = torch.cuda.is_available()
+        self.device = f"cuda:{self.local_rank}" if self.cuda else "cpu"
+        if self.cuda:
+            torch.cuda.set_device(self.local_rank)
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if self.cuda else "gloo")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _metric_logger(job: TrainJob, is_main: bool) -> Callable[[dict, int], None]:
+    if not (is_main and job.mlflow_run_id):
+        return lambda m, s: None
+    from cerebro_core import tracking
+
+    return lambda m, s: tracking.log_metrics_to_run(job.mlflow_run_id, m, s)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(bundle: ClipBundle, job: TrainJob, device: str) -> dict[str, float]:
+    from cerebro_core.data import images
+    from cerebro_core.data.sources import list_folder
+
+    model = bundle.model
+    was_training = model.training
+    model.eval()
+    out: dict[str, float] = {}
+    storage = Storage(job.storage)
+    if job.val_shards:
+        imgs, txts, caps = [], [], []
+        batch_i, batch_t = [], []
+        for _, img_bytes, text in iter_pairs(job.val_shards, storage, job.val_max_samples):
+            try:
+                batch_i.append(bundle.preprocess_val(images.decode(img_bytes)))
+            except images.ImageRejected:
+                continue
+            batch_t.append(text)
+            caps.append(text)
+            if len(batch_i) == 256:
+                imgs.append(_enc_img(model, batch_i, device))
+                txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
+                batch_i, batch_t = [], []
+        if batch_i:
+            imgs.append(_enc_img(model, batch_i, device))
+            txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
+        if imgs:
+            r = retrieval_metrics(torch.cat(imgs), torch.cat(txts), caps)
+            out.update({f"val/{k}": v for k, v in r.items()})
+    if job.zero_shot is not None:
+        recs = [r for r in list_folder(job.zero_shot.folder) if r.label]
+        if len(recs) > job.zero_shot.max_images:  # an even spread over the (sorted) classes
+            stride = len(recs) / job.zero_shot.max_images
+            recs = [recs[int(i * stride)] for i in range(job.zero_shot.max_images)]
+        classes = sorted({r.label for r in recs})
+        cls = class_embeddings(model, bundle.tokenizer, classes, job.zero_shot.templates, device)
+        feats, labels, batch = [], [], []
+        for r in recs:
+            try:
+                batch.append(bundle.preprocess_val(images.decode(open(r.path, "rb").read())))
+                labels.append(classes.index(r.label))
+            except (images.ImageRejected, OSError):
+                continue
+            if len(batch) == 256:
+                feats.append(_enc_img(model, batch, device))
+                batch = []
+        if batch:
+            feats.append(_enc_img(model, batch, device))
+        z = zero_shot_scores(torch.cat(feats), cls, torch.tensor(labels))
+        out.update({"zeroshot/top1": z["top1"], "zeroshot/mean_per_class": z["mean_per_class"]})
+    model.train(was_training)
+    return out
+
+
+def _enc_img(model, batch, device):
+    return F.normalize(unwrap(model).encode_image(torch.stack(batch).to(device)).float(), dim=-1).cpu()
+
+
+def _enc_txt(model, tokens, device):
+    return F.normalize(unwrap(model).encode_text(tokens.to(device)).float(), dim=-1).cpu()
+
+
+# --------------------------------------------------------------------------- training
+
+
+def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict[str, Any]:
+    """Run (or resume) the training job; returns a summary (rank 0's view)."""
+    from open_clip.loss import ClipLoss
+
+    hp = job.hp
+    d = _Dist()
+    storage = Storage(job.storage)
+    torch.manual_seed(hp.seed)
+    if not d.cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    amp = d.cuda and hp.precision in ("bf16", "fp16")
+    amp_dtype = torch.bfloat16 if hp.precision == "bf16" else torch.float16
+
+    bundle = create(job.model, device=d.device)
+    model = bundle.model
+    if job.init_from:
+        ckpt.load_model_weights(model, ckpt.load(storage, job.init_from))
+    if job.freeze_text:
+        for n, p in model.named_parameters():
+            if not n.startswith("visual.") and n != "logit_scale":
+                p.requires_grad_(False)
+    if hp.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    model.train()
+    opt = torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps)
+    scaler = torch.amp.GradScaler("cuda") if (d.cuda and hp.precision == "fp16") else None
+    ddp_model = model
+    if d.world_size > 1:
+        ddp_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[d.local_rank] if d.cuda else None, find_unused_parameters=job.freeze_text
+        )
+    loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
+                       world_size=d.world_size)
+
+    micro_per_step = hp.accum_steps
+    global_batch = hp.batch_size * d.world_size * micro_per_step
+    steps_per_epoch = job.train_samples // global_batch
+    if steps_per_epoch < 1:
+        raise ValueError(
+            f"train.batch_size: {hp.batch_size} x {d.world_size} processes x {micro_per_step} accumulation "
+            f"= {global_batch} exceeds the {job.train_samples} training samples"
+        )
+    total_steps = steps_per_epoch * hp.epochs
+    if job.max_steps is not None:
+        total_steps = min(total_steps, job.max_steps)
+
+    step, epoch, micro_in_epoch = 0, 0, 0
+    resumed_from = None
+    if hp.resume == "auto":
+        url = ckpt.latest(storage, job.ckpt_dir)
+        if url is not None:
+            st = ckpt.load(storage, url)
+            ckpt.load_model_weights(model, st)
+            opt.load_state_dict(st["optimizer"])
+            if scaler is not None and st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
+            step, epoch, micro_in_epoch = int(st["step"]), int(st["epoch"]), int(st["micro_in_epoch"])
+            ckpt.set_rng_state(st["rng"][d.rank] if d.rank < len(st["rng"]) else st["rng"][0])
+            resumed_from = url
+    log_metrics = _metric_logger(job, d.is_main)
+    if d.is_main and resumed_from:
+        print(f"resumed from {resumed_from} at step {step} (epoch {epoch}, batch {micro_in_epoch})", flush=True)
+
+    def save(final: bool = False) -> str:
+        rngs = [ckpt.rng_state()]
+        if d.world_size > 1:
+            gathered: list = [None] * d.world_size
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        url = ""
+        if d.is_main:
+            state = {
+                "model": unwrap(model).state_dict(),
+                "optimizer": opt.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "step": step,
+                "epoch": epoch,
+                "micro_in_epoch": micro_in_epoch,
+                "rng": rngs,
+                "model_name": job.model,
+            }
+            url = ckpt.save_training(storage, job.ckpt_dir, state, hp.keep_checkpoints)
+        d.barrier()
+        return url
+
+    last_loss = float("nan")
+    history: list[dict] = []
+    eval_history: list[dict] = []
+    skipped_total = 0
+    last_ckpt = ""
+    t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
+    while step < total_steps:
+        spec = PipelineSpec(
+            shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
+            epoch=epoch, seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
+            storage=job.storage,
+        )
+        loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
+        while micro_in_epoch < steps_per_epoch * micro_per_step and step < total_steps:
+            lr = cosine_lr(step, hp.lr, hp.warmup_steps, total_steps)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            t0 = time.perf_counter()
+            micro = [next(loader) for _ in range(micro_per_step)]
+            wait_window += time.perf_counter() - t0
+            skipped_total += sum(m[2] for m in micro)
+            opt.zero_grad(set_to_none=True)
+            try:
+                loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler)
+            except torch.OutOfMemoryError:
+                raise RuntimeError(
+                    f"train.batch_size={hp.batch_size} does not fit in {d.device} memory: lower train.batch_size "
+                    "(and raise train.accum_steps to keep the global batch) or set train.grad_checkpointing=true"
+                ) from None
+            if scaler is not None:
+                scaler.unscale_(opt)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], hp.grad_clip if hp.grad_clip else float("inf")
+            )
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            with torch.no_grad():
+                unwrap(model).logit_scale.clamp_(0, math.log(100))
+            step += 1
+            micro_in_epoch += micro_per_step
+            n_window += 1
+            last_loss = loss_val
+            if step % hp.log_every_steps == 0 or step == total_steps:
+                elapsed = time.perf_counter() - t_window
+                m = {
+                    "train/loss": loss_val,
+                    "train/lr": lr,
+                    "train/logit_scale": float(unwrap(model).logit_scale.detach().exp()),
+                    "train/samples_per_s": n_window * global_batch / max(elapsed, 1e-9),
+                    "train/data_wait_frac": wait_window / max(elapsed, 1e-9),
+                    "train/grad_norm": float(grad_norm),
+                    "train/peak_mem_mb": _peak_mem_mb(d.device),
+                    "train/skipped_samples": skipped_total,
+                    "train/epoch": epoch,
+                }
+                history.append({"step": step, **m})
+                log_metrics(m, step)
+                if d.is_main:
+                    print(f"step {step}/{total_steps} loss {loss_val:.4f} lr {lr:.2e} "
+                          f"{m['train/samples_per_s']:.1f} samples/s", flush=True)
+                t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
+            if on_step is not None and d.is_main:
+                on_step(step, total_steps, {"loss": loss_val})
+            if step % hp.checkpoint_every_steps == 0 and step < total_steps:
+                last_ckpt = save()
+        del loader
+        if micro_in_epoch >= steps_per_epoch * micro_per_step:
+            epoch += 1
+            micro_in_epoch = 0
+            if step < total_steps and d.is_main:  # end-of-epoch evaluation
+                ev = evaluate(bundle, job, d.device)
+                if ev:
+                    ev["epoch"] = epoch
+                    eval_history.append({"step": step, **ev})
+                    log_metrics(ev, step)
+            d.barrier()
+    last_ckpt = save(final=True)
+    final_eval: dict[str, float] = {}
+    if d.is_main:
+        final_eval = evaluate(bundle, job, d.device)
+        if final_eval:
+            eval_history.append({"step": step, **final_eval})
+            log_metrics(final_eval, step)
+    summary = {
+        "step": step,
+        "total_steps": total_steps,
+        "epoch": epoch,
+        "final_loss": last_loss,
+        "checkpoint": last_ckpt,
+        "resumed_from": resumed_from,
+        "skipped_samples": skipped_total,
+        "world_size": d.world_size,
+        "global_batch": global_batch,
+        "history": history,
+        "eval": final_eval,
+        "eval_history": eval_history,
+    }
+    if d.is_main and job.result_path:
+        import json
+
+        storage.write_text(job.result_path, json.dumps(summary, default=str))
+    d.close()
+    return summary
+
+
+def _forward(model, images, texts, amp: bool, amp_dtype):
+    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
+        out = model(images, texts)
+    return out["image_features"], out["text_features"], out["logit_scale"]
+
+
+def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler) -> float:
+    """One optimizer step's forward/backward. With accumulation, open_clip's exact scheme: features
+    of all micro-batches first (no grad), then each micro-batch again with grad against the rest,
+    so the contrastive loss sees the whole accumulated batch."""
+    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True)) for m in micro]
+    if len(moved) == 1:
+        img, txt, scale = _forward(ddp_model, *moved[0], amp, amp_dtype)
+        loss = loss_fn(img, txt, scale)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        return float(loss.detach())
+    with torch.no_grad():
+        feats = [_forward(ddp_model, i, t, amp, amp_dtype)[:2] for i, t in moved]
+    total = 0.0
+    for j, (i, t) in enumerate(moved):
+        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype)
+        all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
+        all_txt = torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
+        loss = loss_fn(all_img, all_txt, scale) / len(moved)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        total += float(loss.detach())
+    return total

@@ -1,0 +1,130 @@
+"""Stage 2, pretrain: CLIP from random weights on the download stage's shards.
+
+ShardSet ──pretrain──▶ ModelVersion {cerebro-clip vN, checkpoint url, manifest hash}
+
+The stage holds out the last ``val_fraction`` of shards for retrieval evaluation, launches the
+training loop under torchrun, and publishes the result: the model weights as an MLflow artifact
+and a new registered ``cerebro-clip`` version tagged with the stage and the data manifest hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from pydantic import BaseModel
+
+from cerebro_core import tracking
+from cerebro_core.config import CerebroConfig
+from cerebro_core.data.download import ShardSet
+from cerebro_core.home import resolve
+from cerebro_core.model import checkpoint as ckpt
+from cerebro_core.model.factory import model_config
+from cerebro_core.storage import Storage, join
+from cerebro_core.train.launch import launch
+from cerebro_core.train.loop import TrainJob, ZeroShotSpec
+
+
+class ModelVersion(BaseModel):
+    """A registered cerebro-clip version: what adapt and index consume."""
+
+    name: str
+    version: str
+    run_id: str
+    model: str
+    stage: str
+    checkpoint_url: str  # the training checkpoint in storage (for resume / fine-tuning)
+    artifact_uri: str  # the published weights (MLflow artifact folder 'model')
+    metrics: dict[str, float] = {}
+
+
+def split_shards(shards: ShardSet, val_fraction: float) -> tuple[list[str], list[str], int]:
+    urls = list(shards.shards)
+    n_val = 0
+    if val_fraction > 0 and len(urls) >= 2:
+        n_val = max(1, round(val_fraction * len(urls)))
+        n_val = min(n_val, len(urls) - 1)
+    train, val = urls[: len(urls) - n_val], urls[len(urls) - n_val :]
+    n_train = sum(shards.sizes[u.rsplit("/", 1)[-1]] for u in train)
+    return train, val, n_train
+
+
+def run_key(cfg: CerebroConfig, manifest_hash: str, extra: str = "") -> str:
+    blob = json.dumps([cfg.section_hash("train"), manifest_hash, extra])
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def publish_model(
+    cfg: CerebroConfig, run_id: str, checkpoint_url: str, stage: str, tags: dict, metrics: dict
+) -> ModelVersion:
+    """Log the model weights (model-only checkpoint + architecture JSON) to the active run and
+    register a new cerebro-clip version."""
+    storage = Storage(cfg.storage)
+    state = ckpt.load(storage, checkpoint_url)
+    with tempfile.TemporaryDirectory() as td:
+        d = Path(td, "model")
+        d.mkdir()
+        import torch
+
+        torch.save({"model": state["model"], "model_name": state["model_name"]}, d / "model.pt")
+        (d / "model_config.json").write_text(
+            json.dumps({"model_name": state["model_name"], "arch": model_config(state["model_name"])}, indent=2)
+        )
+        tracking.log_artifact(d)  # → artifact folder "model"
+    import mlflow
+
+    artifact_uri = mlflow.get_artifact_uri("model")
+    mv = tracking.register_version(
+        cfg.tracking.model_name,
+        artifact_uri,
+        run_id,
+        tags={"stage": stage, "model": state["model_name"], "step": state["step"], **tags},
+        description=f"{stage} of {state['model_name']} (run {run_id})",
+    )
+    return ModelVersion(
+        name=cfg.tracking.model_name,
+        version=str(mv.version),
+        run_id=run_id,
+        model=state["model_name"],
+        stage=stage,
+        checkpoint_url=checkpoint_url,
+        artifact_uri=artifact_uri,
+        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
+    )
+
+
+def run_stage(
+    cfg: CerebroConfig,
+    shards: ShardSet,
+    log: Callable[[str], None] = print,
+    on_line: Optional[Callable[[str], None]] = None,
+    max_steps: Optional[int] = None,
+) -> ModelVersion:
+    storage_root = resolve(cfg).storage_root
+    train_urls, val_urls, n_train = split_shards(shards, cfg.train.val_fraction)
+    ckpt_dir = join(storage_root, cfg.name, "checkpoints", f"pretrain-{run_key(cfg, shards.manifest_hash)}")
+    zs = ZeroShotSpec(folder=cfg.train.zero_shot_source) if cfg.train.zero_shot_source else None
+    tags = {"manifest_hash": shards.manifest_hash, "train_config_hash": cfg.section_hash("train")}
+    with tracking.stage_run(cfg, "pretrain", tags=tags) as run:
+        tracking.log_params({"data.train_shards": len(train_urls), "data.val_shards": len(val_urls),
+                             "data.train_samples": n_train, "data.checkpoint_dir": ckpt_dir})
+        job = TrainJob(
+            model=cfg.train.model,
+            hp=cfg.train,
+            train_shards=train_urls,
+            train_samples=n_train,
+            val_shards=val_urls,
+            zero_shot=zs,
+            storage=cfg.storage,
+            ckpt_dir=ckpt_dir,
+            max_steps=max_steps,
+            mlflow_run_id=run.info.run_id,
+        )
+        summary = launch(job, log=log, on_line=on_line)
+        final = {"final_loss": summary["final_loss"], "steps": summary["step"],
+                 "skipped_samples": summary["skipped_samples"], **summary.get("eval", {})}
+        tracking.log_json_artifact({k: v for k, v in summary.items()}, "training_summary.json")
+        return publish_model(cfg, run.info.run_id, summary["checkpoint"], "pretrain", tags, final)

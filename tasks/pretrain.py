@@ -1,0 +1,46 @@
+"""The pretrain stage as a Prefect task."""
+
+from __future__ import annotations
+
+import re
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from cerebro_core.config import CerebroConfig
+from cerebro_core.data.download import ShardSet
+from cerebro_core.train import pretrain as core
+from tasks.progress import Progress
+
+_STEP = re.compile(r"^step (\d+)/(\d+) ")
+
+
+def step_progress(progress: Progress):
+    def on_line(line: str) -> None:
+        m = _STEP.match(line)
+        if m:
+            progress(int(m.group(1)), int(m.group(2)))
+
+    return on_line
+
+
+@task(
+    name="pretrain",
+    retries=1,  # resume: auto continues from the newest checkpoint
+    retry_delay_seconds=30,
+    timeout_seconds=7 * 24 * 3600,
+    description="CLIP from random weights under torchrun; checkpoints, MLflow metrics, registered model",
+)
+def pretrain_task(cfg: CerebroConfig, shards: ShardSet) -> core.ModelVersion:
+    logger = get_run_logger()
+    progress = Progress("pretrain-progress", "pretrain steps", unit="step")
+    try:
+        mv = core.run_stage(cfg, shards, log=logger.info, on_line=step_progress(progress))
+    finally:
+        progress.close()
+    create_table_artifact(
+        table=[{"metric": k, "value": round(v, 4)} for k, v in mv.metrics.items()],
+        key="pretrain-metrics",
+        description=f"{mv.name} v{mv.version} ({mv.model}) from run {mv.run_id}",
+    )
+    return mv
