@@ -184,6 +184,104 @@ def pretrain(
 
 
 @app.command()
+def index(
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    clip_version: Optional[str] = typer.Option(None, help="cerebro-clip version (default: alias champion, else latest)"),
+) -> None:
+    """Stage 4: embed the wildlife sources, build a tuned FAISS index, publish cerebro-search@champion."""
+    cfg = load(config, set_)
+    from collections import Counter
+
+    from cerebro_core.index.stage import IndexInputError, scan_sources
+
+    try:
+        scan_sources(cfg.index.sources, cfg.index.video_frame_interval, Counter())
+    except (IndexInputError, FileNotFoundError) as exc:
+        typer.echo(f"cerebro index: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _start_prefect(cfg)
+    from flows.index import index_flow
+
+    sv = index_flow(config=str(config) if config else None, overrides=list(set_ or []), clip_version=clip_version)
+    typer.echo(f"published {sv.name} v{sv.version} (champion): {sv.n} items, {sv.kind} index, "
+               f"recall@10 {sv.recall_at_10:.3f}, search p50 {sv.latency_p50_ms:.2f} ms")
+
+
+def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
+    from cerebro_core import tracking
+    from cerebro_core.index.publish import load_searcher
+
+    tracking.configure(cfg)
+    uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
+    try:
+        return load_searcher(uri)
+    except Exception as exc:
+        typer.echo(f"cerebro: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help='text query, e.g. "a red fox leaping into snow"'),
+    k: int = typer.Option(10, "-k", help="number of results (1..1000)"),
+    image: Optional[Path] = typer.Option(None, "--image", help="search by an image file instead of text"),
+    source: Optional[str] = typer.Option(None, help="only this source"),
+    media: Optional[str] = typer.Option(None, help="image | video"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Search the published index (cerebro-search@champion) by text or by image."""
+    cfg = load(config, set_)
+    if (query is None) == (image is None):
+        typer.echo("cerebro search: give a text query or --image, not both", err=True)
+        raise typer.Exit(2)
+    from cerebro_core.index.search import QueryError
+
+    version, s = _searcher(cfg, model_uri)
+    try:
+        hits = s.search(query, k, source, media) if image is None else s.search_image(image.read_bytes(), k, source, media)
+    except (QueryError, OSError) as exc:
+        typer.echo(f"cerebro search: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps({"version": version, "results": hits}, indent=2))
+        return
+    for i, h in enumerate(hits, 1):
+        where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
+        typer.echo(f"{i:>3}. {h['score']:.3f}  [{h['source']}] {h['uri']}{where}")
+
+
+@app.command()
+def serve(
+    host: Optional[str] = typer.Option(None, help="default: serve.host (127.0.0.1)"),
+    port: Optional[int] = typer.Option(None, help="default: serve.port (8000)"),
+    reload_interval: float = typer.Option(5.0, help="seconds between checks for a new champion"),
+    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Serve the search API and page (follows the champion alias without restart)."""
+    cfg = load(config, set_)
+    import uvicorn
+
+    from cerebro_core import tracking
+    from cerebro_core.serve.app import create_app, registry_holder
+
+    tracking.configure(cfg)
+    uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
+    try:
+        holder = registry_holder(uri, reload_interval)
+    except Exception as exc:
+        typer.echo(f"cerebro serve: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
+        raise typer.Exit(2) from None
+    app_ = create_app(holder, cfg.serve.max_upload_mb)
+    uvicorn.run(app_, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="info")
+
+
+@app.command()
 def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="demo config"),
     set_: Optional[list[str]] = SetOption,
@@ -199,7 +297,11 @@ def demo(
     info(config=config, set_=set_, as_json=False)
     download(config=config, set_=set_)
     pretrain(config=config, set_=set_, shards=None)
+    index(config=config, set_=set_, clip_version=None)
     typer.echo("")
+    typer.echo("Search it:")
+    typer.echo('  .venv/bin/cerebro search "a red circle on snow" -c configs/demo.yaml')
+    typer.echo("  .venv/bin/cerebro serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
     typer.echo("Inspect the runs:")
     typer.echo(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ep.tracking_uri} --host 127.0.0.1")
     typer.echo(f"  Prefect UI: PREFECT_HOME={ep.prefect_home} .venv/bin/prefect server start --host 127.0.0.1")

@@ -100,6 +100,7 @@ class TrainConfig(_Section):
     grad_checkpointing: bool = False
     workers: int = Field(4, ge=0)
     seed: int = 0
+    deterministic: bool = Field(False, description="deterministic kernels: bit-exact resume (slower)")
     nproc_per_node: int | Literal["auto"] = "auto"
     nnodes: int = Field(1, ge=1)
     node_rank: int = Field(0, ge=0)

@@ -53,7 +53,31 @@ def make_demo_data(folder: str | Path, n: int = 600, size: int = 64, seed: int =
         _draw(c, s, b, size, rng).save(p, quality=90)
         caption = rng.choice(TEMPLATES).format(c=c, s=s, b=b)
         lines.append(f"{caption}\t{p.resolve().as_uri()}")
+    make_demo_video(folder / "images" / "clips" / "red_circle_on_snow.mp4", "red", "snow", size, rng)
     tmp = tsv.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(tsv)
     return tsv
+
+
+def make_demo_video(path: Path, color: str, bg: str, size: int, rng: random.Random, seconds: int = 4, fps: int = 8) -> Path:
+    """A short clip of a moving shape (stills of it end up in the index)."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("mpeg4", rate=fps)
+        st.width = st.height = size
+        st.pix_fmt = "yuv420p"
+        for i in range(seconds * fps):
+            img = Image.new("RGB", (size, size), BACKGROUNDS[bg])
+            d = ImageDraw.Draw(img)
+            r = size // 5
+            cx = r + (i * 3) % (size - 2 * r)
+            d.ellipse([cx - r, size // 2 - r, cx + r, size // 2 + r], fill=COLORS[color])
+            for pkt in st.encode(av.VideoFrame.from_ndarray(np.asarray(img), format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return path

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# System packages the tests need (Debian): headless Chromium for the page test and
+# System packages the tests need (Debian): headless Chromium + chromedriver for the page test and
 # docker-compose 1.29 to validate docker/docker-compose.yml offline. Idempotent.
 set -euo pipefail
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != "0" ]; then SUDO=sudo; else SUDO=; fi

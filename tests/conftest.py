@@ -295,3 +295,24 @@ def pair_shards(shared_data, tmp_path_factory) -> list[str]:
     """140 real pairs (80 COCO photos with a human caption, 60 CIFAR animals) in 7 shards."""
     return write_pair_shards(good_pairs(shared_data, n_coco=80, n_cifar_per_class=10),
                              tmp_path_factory.mktemp("pairs"))
+
+
+def make_video(path: Path, seconds: float = 3.0, fps: int = 10, size: int = 64) -> Path:
+    """A short real video (MPEG-4 part 2 in .mp4) of a moving square, encoded with PyAV."""
+    import av
+    import numpy as np
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        st = c.add_stream("mpeg4", rate=fps)
+        st.width = st.height = size
+        st.pix_fmt = "yuv420p"
+        for i in range(int(seconds * fps)):
+            img = np.full((size, size, 3), 30, np.uint8)
+            x = (i * 3) % (size - 16)
+            img[20:36, x : x + 16] = (220, 120, 30)
+            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(pkt)
+        for pkt in st.encode():
+            c.mux(pkt)
+    return path

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def read_shards(shard_paths: list[str]) -> list[dict]:
     """Every sample of the shards, read with webdataset itself."""
-    ds = wds.WebDataset(shard_paths, shardshuffle=False, empty_check=False).decode("pil")
+    ds = wds.WebDataset(shard_paths, shardshuffle=False).decode("pil")
     out = []
     for s in ds:
         meta = s["json"]

@@ -103,7 +103,7 @@ def test_two_process_gloo_ddp(pair_shards, tmp_path, cerebro_home):
     assert len(state["rng"]) == 2  # both ranks' RNG states, gathered by rank 0
 
 
-RESUME_CFG = dict(epochs=3, batch_size=20, checkpoint_every_steps=5, log_every_steps=1, workers=1, lr=1e-3)
+RESUME_CFG = dict(deterministic=True, epochs=3, batch_size=20, checkpoint_every_steps=5, log_every_steps=1, workers=1, lr=1e-3)
 
 
 def test_sigkill_then_resume_is_bit_exact(pair_shards, tmp_path):

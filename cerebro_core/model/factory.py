@@ -8,6 +8,7 @@ Pretrained weights are never loaded: every model starts from random weights.
 from __future__ import annotations
 
 import functools
+import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,10 +51,18 @@ class ClipBundle:
         return s if isinstance(s, int) else s[0]
 
 
+class _NoPretrainedNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:  # random init is the point here, not news
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
 def create(name: str, device: str = "cpu", precision: str = "fp32") -> ClipBundle:
     """A randomly initialised open_clip model with its transforms and tokenizer."""
     import open_clip
 
+    root = logging.getLogger()
+    if not any(isinstance(f, _NoPretrainedNote) for f in root.filters):
+        root.addFilter(_NoPretrainedNote())
     arch = model_config(name)
     model, pre_train, pre_val = open_clip.create_model_and_transforms(
         name, pretrained=None, precision=precision, device=device, output_dict=True

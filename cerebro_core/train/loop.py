@@ -195,8 +195,10 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     d = _Dist()
     storage = Storage(job.storage)
     torch.manual_seed(hp.seed)
-    if not d.cuda:
+    if hp.deterministic:  # bit-exact reruns/resumes; costs ~4% on CPU (measured), more on GPU
         torch.use_deterministic_algorithms(True, warn_only=True)
+        if d.cuda:
+            torch.backends.cudnn.benchmark = False
     amp = d.cuda and hp.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if hp.precision == "bf16" else torch.float16
 
@@ -211,6 +213,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     if hp.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps)
     scaler = torch.amp.GradScaler("cuda") if (d.cuda and hp.precision == "fp16") else None
     ddp_model = model
@@ -303,9 +306,12 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
                 ) from None
             if scaler is not None:
                 scaler.unscale_(opt)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], hp.grad_clip if hp.grad_clip else float("inf")
-            )
+            will_log = (step + 1) % hp.log_every_steps == 0 or step + 1 == total_steps
+            grad_norm = float("nan")
+            if hp.grad_clip or will_log:  # the norm costs a pass over all gradients: only when used
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    trainable, hp.grad_clip if hp.grad_clip else float("inf")
+                )
             if scaler is not None:
                 scaler.step(opt)
                 scaler.update()

@@ -1,0 +1,129 @@
+"""Publishing the search model: bundle folder → MLflow pyfunc ``cerebro-search`` → registered
+version → smoke query → alias ``champion`` moved (only then). Older versions are kept."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from cerebro_core import tracking
+from cerebro_core.index.build import IndexReport, serialize
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+CORE_DIR = Path(__file__).resolve().parents[1]
+
+
+class SearchVersion(BaseModel):
+    name: str
+    version: str
+    run_id: str
+    model_uri: str
+    clip_version: str
+    n: int
+    kind: str
+    recall_at_10: float
+    latency_p50_ms: float
+
+
+def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_model_dir: Path,
+                 clip_ref: dict, vectors: Optional[np.ndarray] = None) -> Path:
+    """The search bundle folder (see cerebro_core.index.search)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "index.faiss").write_bytes(serialize(index))
+    table = pa.Table.from_pylist([{"id": i, **r} for i, r in enumerate(rows)]) if rows else pa.table(
+        {"id": pa.array([], pa.int64())})
+    pq.write_table(table, dest / "metadata.parquet")
+    if vectors is not None:  # kept for incremental re-indexing (no re-embedding of old media)
+        buf = io.BytesIO()
+        np.save(buf, vectors.astype(np.float16), allow_pickle=False)
+        (dest / "vectors.npy").write_bytes(buf.getvalue())
+    info = {**report.__dict__, "clip": clip_ref}
+    (dest / "index.json").write_text(json.dumps(info, indent=2, default=str))
+    if (dest / "model").exists():
+        shutil.rmtree(dest / "model")
+    shutil.copytree(clip_model_dir, dest / "model")
+    return dest
+
+
+def smoke_query(model_uri: str, query: str = "an animal") -> int:
+    import mlflow
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri)
+    out = model.predict(pd.DataFrame({"query": [query]}), params={"k": 3})
+    return len(out)
+
+
+def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool = True) -> SearchVersion:
+    """Inside an active MLflow run: log the pyfunc, register, smoke-test, move ``champion``."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(
+        pd.DataFrame({"query": ["a red fox leaping into snow"]}),
+        pd.DataFrame({"query": ["q"], "rank": [0], "id": [0], "score": [0.5], "uri": ["u"], "source": ["s"],
+                      "media_type": ["image"], "video_ts": [0.0]}),
+        params={"k": 10, "source": "", "media": ""},
+    )
+    info = mlflow.pyfunc.log_model(
+        name="search",
+        python_model=str(PYFUNC_CODE),
+        artifacts={"bundle": str(bundle_dir)},
+        code_paths=[str(CORE_DIR)],
+        signature=signature,
+        pip_requirements=_requirements(),
+    )
+    name = cfg.tracking.search_model_name
+    run_id = mlflow.active_run().info.run_id
+    mv = tracking.register_version(
+        name, info.model_uri, run_id,
+        tags={"stage": "index", "clip_version": clip_version, "kind": report.kind, "n": report.n,
+              "recall_at_10": round(report.recall_at_10, 4)},
+    )
+    version_uri = f"models:/{name}/{mv.version}"
+    hits = smoke_query(version_uri)  # loads from the registry, as a user would
+    if expect_hits and hits == 0:
+        raise RuntimeError(f"{version_uri} answered no hits to the smoke query; champion not moved")
+    tracking.set_alias(name, "champion", mv.version)
+    return SearchVersion(name=name, version=str(mv.version), run_id=run_id, model_uri=f"models:/{name}@champion",
+                         clip_version=str(clip_version), n=report.n, kind=report.kind,
+                         recall_at_10=report.recall_at_10, latency_p50_ms=report.latency_p50_ms)
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    reqs = []
+    for dist in ("torch", "torchvision", "open_clip_torch", "faiss-cpu", "pyarrow", "pillow", "pandas", "mlflow",
+                 "pydantic", "fsspec", "webdataset", "av"):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except Exception:
+            pass
+    return reqs
+
+
+def load_searcher(model_uri: str):
+    """(registered version, Searcher) from ``models:/cerebro-search@champion`` (or any model URI)."""
+    import mlflow
+
+    version = None
+    if model_uri.startswith("models:/"):
+        name, _, ref = model_uri[len("models:/"):].partition("@")
+        c = tracking.client()
+        if ref:
+            version = c.get_model_version_by_alias(name, ref).version
+            model_uri = f"models:/{name}/{version}"
+        else:
+            version = model_uri.rsplit("/", 1)[-1]
+    model = mlflow.pyfunc.load_model(model_uri)
+    return str(version), model.unwrap_python_model().searcher

@@ -1,0 +1,41 @@
+"""The ``cerebro-search`` MLflow pyfunc model, logged as *model from code* (no pickle).
+
+Input: a DataFrame with a ``query`` column (or a list of strings); params ``k`` (1..1000),
+``source`` and ``media`` ("" = no filter). Output: one row per hit with the query, its rank, the
+score and the media metadata (id, uri, source, media_type, video_ts, ...).
+"""
+
+import warnings
+
+import mlflow
+import pandas as pd
+
+# The signature is declared explicitly when the model is logged (see publish.py).
+warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
+from mlflow.pyfunc import PythonModel
+
+
+class CerebroSearchModel(PythonModel):
+    def load_context(self, context):
+        from cerebro_core.index.search import Searcher
+
+        self.searcher = Searcher(context.artifacts["bundle"])
+
+    def predict(self, context, model_input, params=None):
+        params = params or {}
+        k = int(params.get("k", 10))
+        source = params.get("source") or None
+        media = params.get("media") or None
+        if isinstance(model_input, pd.DataFrame):
+            queries = [str(q) for q in model_input["query"].tolist()]
+        else:
+            queries = [str(q) for q in model_input]
+        rows = []
+        for q in queries:
+            for rank, hit in enumerate(self.searcher.search(q, k=k, source=source, media=media)):
+                rows.append({"query": q, "rank": rank, **hit})
+        columns = ["query", "rank", "id", "score", "uri", "source", "media_type", "video_ts"]
+        return pd.DataFrame(rows, columns=None if rows else columns)
+
+
+mlflow.models.set_model(CerebroSearchModel())

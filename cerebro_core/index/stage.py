@@ -1,0 +1,83 @@
+"""Stage 4, index: ModelVersion + wildlife sources → SearchVersion (cerebro-search@champion).
+
+Embed every image and video still of ``index.sources`` with a ``cerebro-clip`` version (alias
+``index.model_alias``, else the latest), build and tune the FAISS index, write the search bundle
+to storage, and publish it as the ``cerebro-search`` pyfunc model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from cerebro_core import tracking
+from cerebro_core.config import CerebroConfig, SourceConfig
+from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.index.build import build_and_tune
+from cerebro_core.index.publish import SearchVersion, publish, write_bundle
+from cerebro_core.model.registry import load_clip
+
+
+class IndexInputError(ValueError):
+    pass
+
+
+def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Counter) -> list[Item]:
+    """All items of the configured sources; a missing source path is an error before any compute."""
+    if not sources:
+        raise IndexInputError("index.sources: no sources configured")
+    for s in sources:
+        if s.kind != "folder":
+            raise IndexInputError(f"index.sources[{s.name}].kind: only 'folder' sources can be indexed directly "
+                                  "(download URL lists first; webdataset sources come with adapt)")
+        if not Path(s.path).is_dir():
+            raise IndexInputError(f"index.sources[{s.name}].path: folder not found: {s.path}")
+    items: list[Item] = []
+    for s in sources:
+        items += scan_folder(s.path, s.name, video_interval, counts)
+    return items
+
+
+def run_stage(
+    cfg: CerebroConfig,
+    clip_version: Optional[str] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    log: Callable[[str], None] = print,
+) -> SearchVersion:
+    counts: Counter = Counter()
+    items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts)
+    tracking.configure(cfg)
+    mv, clip, model_dir = load_clip(cfg.tracking.model_name, cfg.index.model_alias, clip_version)
+    log(f"index: {len(items)} items from {len(cfg.index.sources)} sources with {mv.name} v{mv.version}")
+    tags = {"clip_version": mv.version, "clip_model": clip.name}
+    with tracking.stage_run(cfg, "index", tags=tags):
+        t0 = time.perf_counter()
+        emb = embed_items(clip.model, clip.preprocess_val, items, batch_size=cfg.index.batch_size,
+                          workers=default_workers(), progress=progress)
+        embed_s = time.perf_counter() - t0
+        failures = emb.failures + counts
+        vectors = emb.vectors.astype(np.float32)
+        index, report = build_and_tune(vectors, cfg.index.kind, cfg.index.recall_target, cfg.index.memory_budget_mb)
+        log(f"index: {report.kind} over {report.n} vectors, recall@10 {report.recall_at_10:.3f}, "
+            f"p50 {report.latency_p50_ms:.2f} ms")
+        tracking.log_metrics({
+            "items": len(items), "indexed": report.n, "failed": sum(failures.values()),
+            "embed_s": embed_s, "images_per_s": report.n / max(embed_s, 1e-9), "build_s": report.build_s,
+            "recall_at_10": report.recall_at_10, "search_p50_ms": report.latency_p50_ms,
+            "search_p99_ms": report.latency_p99_ms, "index_memory_mb": report.memory_mb,
+            **{f"failures.{k}": v for k, v in failures.items()},
+        })
+        tracking.log_params({"index.chosen_kind": report.kind, "index.search_params": report.params,
+                             "index.build_params": report.build_params})
+        with tempfile.TemporaryDirectory() as td:
+            bundle = write_bundle(Path(td, "bundle"), index, report, emb.rows, model_dir,
+                                  {"name": mv.name, "version": mv.version, "model": clip.name}, vectors=emb.vectors)
+            tracking.log_json_artifact({**report.__dict__, "failures": dict(failures)}, "index_report.json")
+            sv = publish(cfg, bundle, mv.version, report, expect_hits=report.n > 0)
+    log(f"index: published {sv.name} v{sv.version} (alias champion)")
+    return sv

@@ -1,0 +1,32 @@
+"""The index stage as a Prefect task."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from cerebro_core.config import CerebroConfig
+from cerebro_core.index import stage as core
+from cerebro_core.index.publish import SearchVersion
+from tasks.progress import Progress
+
+
+@task(name="index", retries=1, retry_delay_seconds=30, timeout_seconds=24 * 3600,
+      description="embed wildlife images + video stills, FAISS index tuned to a recall target, publish cerebro-search")
+def index_task(cfg: CerebroConfig, clip_version: str | None = None) -> SearchVersion:
+    logger = get_run_logger()
+    progress = Progress("index-progress", "embed", unit="img")
+    try:
+        sv = core.run_stage(cfg, clip_version=clip_version, progress=progress, log=logger.info)
+    finally:
+        progress.close()
+    create_table_artifact(
+        key="index-summary",
+        table=[{"metric": "version", "value": f"{sv.name} v{sv.version} (champion)"},
+               {"metric": "items indexed", "value": sv.n}, {"metric": "index kind", "value": sv.kind},
+               {"metric": "recall@10 vs exact", "value": round(sv.recall_at_10, 4)},
+               {"metric": "search p50 (ms)", "value": round(sv.latency_p50_ms, 3)},
+               {"metric": "cerebro-clip version", "value": sv.clip_version}],
+        description=f"Published {sv.model_uri}",
+    )
+    return sv

@@ -1,0 +1,318 @@
+"""Stage 4, index + publish + search: real embedding of the shared photos and a generated video,
+FAISS selection and tuning, the pyfunc model loaded by URI in a fresh process, the CLI, the API
+on uvicorn (every bad input, concurrency, hot reload) and the page in headless Chromium."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cerebro_core.config import load_config
+from conftest import free_port, make_video, png_bomb, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+CEREBRO = str(Path(sys.executable).parent / "cerebro")
+MODEL = "cerebro-tiny-vit-32"
+
+
+def register_random_clip(cfg, stage: str = "pretrain", seed: int = 0):
+    """A registered cerebro-clip version with random weights (mechanics only, no training)."""
+    from cerebro_core import tracking
+    from cerebro_core.model import checkpoint as ckpt
+    from cerebro_core.model.factory import create
+    from cerebro_core.storage import Storage
+    from cerebro_core.train.pretrain import publish_model
+
+    torch.manual_seed(seed)
+    b = create(MODEL)
+    home = Path(os.environ["CEREBRO_HOME"])
+    url = str(home / f"ck-{seed}" / "step-00000001.pt")
+    ckpt.save(Storage(), url, {"model": b.model.state_dict(), "model_name": MODEL, "step": 1})
+    with tracking.stage_run(cfg, stage) as run:
+        return publish_model(cfg, run.info.run_id, url, stage, {}, {})
+
+
+@pytest.fixture(scope="module")
+def indexed(shared_data, tmp_path_factory):
+    """CEREBRO_HOME with a random cerebro-clip and a published cerebro-search over Caltech (700
+    photos), 60 CIFAR photos, a 3-second video (2 stills) and a corrupt file."""
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEREBRO_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    extra = tmp_path_factory.mktemp("extra")
+    make_video(extra / "clips" / "orange_square.mp4", seconds=3.0)
+    for i, p in enumerate(sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:60]):
+        shutil.copy(p, extra / f"deer_{i:03d}.jpg")
+    (extra / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (extra / "clips" / "broken.mp4").write_bytes(b"not a video at all")
+    overrides = [
+        f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}, {{name: extra, path: {extra}}}]",
+        "index.video_frame_interval=2.0",
+    ]
+    cfg = load_config(REPO / "configs/demo.yaml", overrides)
+    from cerebro_core.index.stage import run_stage
+
+    clip = register_random_clip(cfg)
+    sv = run_stage(cfg, log=lambda s: None)
+    yield {"home": home, "cfg": cfg, "overrides": overrides, "sv": sv, "clip": clip, "extra": extra}
+    mp.undo()
+
+
+def test_index_embeds_everything_and_publishes(indexed):
+    import mlflow
+
+    sv = indexed["sv"]
+    assert sv.n == 700 + 60 + 2 and sv.kind == "flat" and sv.recall_at_10 == 1.0
+    assert sv.clip_version == indexed["clip"].version
+    c = mlflow.MlflowClient()
+    run = c.get_run(sv.run_id)
+    assert run.data.tags["stage"] == "index"
+    assert run.data.metrics["failures.not_an_image"] + run.data.metrics.get("failures.truncated_image", 0) >= 1
+    assert run.data.metrics["failures.unreadable_video"] == 1
+    assert str(c.get_model_version_by_alias("cerebro-search", "champion").version) == sv.version
+
+
+def test_pyfunc_loads_by_uri_in_a_fresh_process(indexed):
+    code = (
+        "import json, mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/cerebro-search@champion')\n"
+        "out = m.predict(pd.DataFrame({'query': ['a leopard', 'a deer in a field']}), params={'k': 5})\n"
+        "vid = m.predict(pd.DataFrame({'query': ['an orange square']}), params={'k': 2, 'media': 'video'})\n"
+        "print('OUT', json.dumps({'hits': out.to_dict('records'), 'vid': vid.to_dict('records')}, default=str))\n"
+    )
+    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{indexed['home']}/mlflow.db")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                       cwd="/")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.split("OUT", 1)[1])
+    assert len(out["hits"]) == 10 and {h["query"] for h in out["hits"]} == {"a leopard", "a deer in a field"}
+    for h in out["hits"] + out["vid"]:
+        assert Path(h["uri"]).exists()
+    assert [h["media_type"] for h in out["vid"]] == ["video_frame", "video_frame"]
+    assert sorted(h["video_ts"] for h in out["vid"]) == [0.0, 2.0]
+
+
+def test_cli_search_text_image_and_filters(indexed, shared_data):
+    env = dict(os.environ, CEREBRO_HOME=str(indexed["home"]))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    base = ["-c", str(REPO / "configs/demo.yaml")] + sum((["--set", o] for o in indexed["overrides"]), [])
+    p = subprocess.run([CEREBRO, "search", "a red fox leaping into snow", "-k", "7", "--json", *base],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    hits = json.loads(p.stdout)["results"]
+    assert len(hits) == 7 and all(Path(h["uri"]).exists() for h in hits)
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    # by image: the photo itself comes back first
+    img = sorted((shared_data / "caltech101_animals").rglob("*.jpg"))[5]
+    p = subprocess.run([CEREBRO, "search", "--image", str(img), "-k", "3", "--json", "--source", "caltech", *base],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    hits = json.loads(p.stdout)["results"]
+    assert hits[0]["uri"] == str(img) and hits[0]["score"] > 0.999 and {h["source"] for h in hits} == {"caltech"}
+    p = subprocess.run([CEREBRO, "search", "x", "--source", "nope", *base], capture_output=True, text=True, env=env,
+                       timeout=300)
+    assert p.returncode == 2 and "unknown source 'nope'" in p.stderr
+
+
+def test_truncated_text_encoding_is_exact():
+    from cerebro_core.embed import encode_text_truncated
+    from cerebro_core.model.factory import create
+
+    for name in (MODEL, "ViT-B-32"):
+        torch.manual_seed(0)
+        b = create(name)
+        b.model.eval()
+        toks = b.tokenizer(["a red fox leaping into snow", "deer", "a herd of elephants crossing a dusty river"])
+        with torch.no_grad():
+            full = b.model.encode_text(toks)
+            fast = encode_text_truncated(b.model, toks)
+        assert full.shape == fast.shape
+        assert (full - fast).abs().max().item() < 1e-4
+
+
+def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((64, d)).astype(np.float32)
+    x = centers[rng.integers(0, 64, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("kind, n", [("auto", 60_000), ("ivf", 30_000)])
+def test_approximate_index_meets_recall_target(kind, n):
+    from cerebro_core.index.build import build_and_tune, recall_at_k, sample_queries
+
+    x = _clustered(n, 64)
+    index, rep = build_and_tune(x, kind=kind, recall_target=0.95, memory_budget_mb=4096, n_queries=200)
+    assert rep.kind == ("hnsw" if kind == "auto" else "ivf")
+    assert rep.recall_at_10 >= 0.95 and rep.tuning and rep.params
+    # measured here again on fresh queries, independently of the tuner
+    import faiss
+
+    from cerebro_core.index.build import search_params
+
+    q = sample_queries(x, 200, seed=7)
+    exact = faiss.IndexFlatIP(64)
+    exact.add(x)
+    _, truth = exact.search(q, 10)
+    _, found = index.search(q, 10, params=search_params(index, rep.kind, next(iter(rep.params.values()))))
+    assert recall_at_k(found, truth) >= 0.93
+
+
+def test_missing_source_fails_before_compute(tmp_path):
+    from collections import Counter
+
+    from cerebro_core.index.stage import IndexInputError, scan_sources
+
+    cfg = load_config(None, [f"index.sources=[{{name: a, path: {tmp_path}/nope}}]"])
+    with pytest.raises(IndexInputError, match=r"index.sources\[a\].path: folder not found"):
+        scan_sources(cfg.index.sources, 1.0, Counter())
+    with pytest.raises(IndexInputError, match="no sources configured"):
+        scan_sources([], 1.0, Counter())
+
+
+# --------------------------------------------------------------------------- the server
+
+
+@pytest.fixture(scope="module")
+def server(indexed):
+    port = free_port()
+    env = dict(os.environ, CEREBRO_HOME=str(indexed["home"]))
+    env.pop("MLFLOW_TRACKING_URI", None)
+    args = [CEREBRO, "serve", "--port", str(port), "--reload-interval", "1", "-c", str(REPO / "configs/demo.yaml")]
+    for o in indexed["overrides"]:
+        args += ["--set", o]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, timeout=120, proc=proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_api_answers_and_rejects_bad_input(server, indexed, bomb_png):
+    import httpx
+
+    c = httpx.Client(base_url=server, timeout=60)
+    h = c.get("/healthz").json()
+    assert h["status"] == "ok" and h["n"] == 762 and set(h["sources"]) == {"caltech", "extra"}
+    r = c.get("/search", params={"q": "a leopard in the grass", "k": 5})
+    assert r.status_code == 200
+    res = r.json()["results"]
+    assert len(res) == 5
+    img = c.get(res[0]["image_url"])
+    assert img.status_code == 200 and img.headers["content-type"] == "image/jpeg"
+    assert img.content == Path(res[0]["uri"]).read_bytes()
+    vid = c.get("/search", params={"q": "orange", "k": 2, "media": "video"}).json()["results"]
+    still = c.get(vid[0]["image_url"])
+    assert still.status_code == 200 and still.content[:2] == b"\xff\xd8"
+    photo = sorted((Path(indexed["extra"])).glob("deer_*.jpg"))[0].read_bytes()
+    r = c.post("/search/image", files={"file": ("deer.jpg", photo, "image/jpeg")}, params={"k": 3})
+    assert r.status_code == 200 and r.json()["results"][0]["score"] > 0.999
+
+    bad = [
+        c.get("/search", params={"q": ""}),
+        c.get("/search", params={"q": "   "}),
+        c.get("/search", params={"q": "x" * 1001}),
+        c.get("/search", params={"q": "fox", "k": 0}),
+        c.get("/search", params={"q": "fox", "k": 1001}),
+        c.get("/search", params={"q": "fox", "k": "ten"}),
+        c.get("/search", params={"q": "fox", "source": "nowhere"}),
+        c.get("/search", params={"q": "fox", "media": "audio"}),
+        c.post("/search/image", files={"file": ("x.jpg", b"<html>not an image</html>", "image/jpeg")}),
+        c.post("/search/image", files={"file": ("x.bin", os.urandom(2048), "image/jpeg")}),
+        c.post("/search/image", files={"file": ("big.jpg", b"\xff" * (10 * 2**20 + 1), "image/jpeg")}),
+        c.post("/search/image", files={"file": ("bomb.png", bomb_png, "image/png")}),
+        c.post("/search/image", files={"file": ("e.jpg", b"", "image/jpeg")}),
+        c.get("/images/999999"),
+        c.get("/images/-1"),
+        c.get("/images/..%2F..%2Fetc%2Fpasswd"),
+    ]
+    for r in bad:
+        assert 400 <= r.status_code < 500, (r.request.url, r.status_code, r.text[:200])
+        assert r.headers["content-type"].startswith("application/json")
+        assert r.json()["detail"]
+    assert bad[11].json()["detail"] == "not a usable image: decompression_bomb"
+    assert bad[10].status_code == 413
+    assert c.get("/healthz").json()["status"] == "ok"  # still serving
+
+
+def test_api_concurrent_requests(server):
+    import httpx
+
+    queries = ["a fox", "a deer", "a leopard", "an owl", "a bear", "a crab", "a cat", "a snake"] * 6
+
+    def one(q):
+        with httpx.Client(base_url=server, timeout=120) as c:
+            return c.get("/search", params={"q": q, "k": 10}).status_code
+
+    with cf.ThreadPoolExecutor(8) as ex:
+        codes = list(ex.map(one, queries))
+    assert codes == [200] * len(queries)
+
+
+def test_page_searches_as_you_type_in_chromium(server):
+    if not shutil.which("chromedriver") or not shutil.which("chromium"):
+        pytest.fail("chromium/chromedriver missing: scripts/install-system-deps.sh installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]:
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        driver.get(server + "/")
+        box = driver.find_element(By.ID, "q")
+        box.send_keys("a leopard")
+        WebDriverWait(driver, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.result")) >= 10)
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('img.result')].every(i => i.complete && i.naturalWidth > 0)"))
+        scores = [float(e.text) for e in driver.find_elements(By.CSS_SELECTOR, ".score")]
+        assert scores == sorted(scores, reverse=True)
+        assert "results in" in driver.find_element(By.ID, "status").text
+        driver.save_screenshot(str(Path(os.environ.get("CEREBRO_SCREENSHOT_DIR", "/tmp")) / "cerebro-page.png"))
+    finally:
+        driver.quit()
+
+
+def test_server_picks_up_new_champion(server, indexed):
+    """Runs last in this module: publishes a new version and watches the server follow it."""
+    import httpx
+
+    from cerebro_core.index.stage import run_stage
+
+    before = httpx.get(server + "/healthz", timeout=30).json()["version"]
+    cfg = load_config(REPO / "configs/demo.yaml", [
+        f"index.sources=[{{name: extra, path: {indexed['extra']}}}]", "index.video_frame_interval=2.0"])
+    sv = run_stage(cfg, log=lambda s: None)
+    assert sv.version != before and sv.n == 62
+    deadline = time.time() + 120
+    h = {}
+    while time.time() < deadline:
+        h = httpx.get(server + "/healthz", timeout=30).json()
+        if h["version"] == sv.version:
+            break
+        time.sleep(0.5)
+    assert h["version"] == sv.version and h["n"] == 62
+    r = httpx.get(server + "/search", params={"q": "deer", "k": 3}, timeout=60).json()
+    assert r["version"] == sv.version and all(x["source"] == "extra" for x in r["results"])
