@@ -127,7 +127,7 @@ def test_cli_search_text_image_and_filters(indexed, shared_data):
 
 
 def test_truncated_text_encoding_is_exact():
-    from cerebro_core.embed import encode_text_truncated
+    from cerebro_core.embed import FastTextEncoder, encode_text_truncated
     from cerebro_core.model.factory import create
 
     for name in (MODEL, "ViT-B-32"):
@@ -138,8 +138,13 @@ def test_truncated_text_encoding_is_exact():
         with torch.no_grad():
             full = b.model.encode_text(toks)
             fast = encode_text_truncated(b.model, toks)
-        assert full.shape == fast.shape
+            own = FastTextEncoder(b.model)(toks)
+            int8 = FastTextEncoder(b.model, int8=True)(toks)
+        assert full.shape == fast.shape == own.shape
         assert (full - fast).abs().max().item() < 1e-4
+        assert (full - own).abs().max().item() < 1e-4
+        # the int8 query path is an approximation, held to a measured bound
+        assert torch.nn.functional.cosine_similarity(full, int8).min().item() > 0.99
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:

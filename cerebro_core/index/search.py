@@ -4,14 +4,15 @@ A search bundle is a folder: ``index.faiss``, ``metadata.parquet``, ``index.json
 parameters, measured recall and latency, model reference) and ``model/`` (the CLIP weights and
 architecture). The published ``cerebro-search`` pyfunc model carries exactly this folder.
 
-Query path: tokenize → text tower on the truncated tokens (exact, see
-:func:`cerebro_core.embed.encode_text_truncated`) → LRU cache → FAISS with the tuned parameter;
+Query path: tokenize → :class:`cerebro_core.embed.FastTextEncoder` (tokens cut after EOT, exact;
+int8 projections on CPU, measured) → LRU cache → FAISS with the tuned parameter;
 filters (source, media type) use FAISS ID selectors, so they never cost recall.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cerebro_core.data import images
-from cerebro_core.embed import encode_text_truncated
+from cerebro_core.embed import FastTextEncoder
 from cerebro_core.index.build import deserialize, search_params
 
 MAX_QUERY_CHARS = 1000
@@ -70,7 +71,8 @@ def load_clip_from_folder(model_dir: str | Path):
 
 
 class Searcher:
-    def __init__(self, bundle_dir: str | Path, cache_size: int = 4096, threads: Optional[int] = None):
+    def __init__(self, bundle_dir: str | Path, cache_size: int = 4096, threads: Optional[int] = None,
+                 text_int8: Optional[bool] = None):
         d = Path(bundle_dir)
         self.dir = d
         self.info = json.loads((d / "index.json").read_text())
@@ -80,6 +82,11 @@ class Searcher:
         self.kind = self.info["kind"]
         self.param = next(iter(self.info.get("params", {}).values()), None)
         self.clip = load_clip_from_folder(d / "model")
+        if text_int8 is None:
+            text_int8 = os.environ.get("CEREBRO_TEXT_INT8", "1") != "0"
+        self.text_int8 = bool(text_int8) and not torch.cuda.is_available()
+        # exact fp32 (GPU or CEREBRO_TEXT_INT8=0) or int8 projections (CPU default, measured)
+        self.text_model = FastTextEncoder(self.clip.model, int8=self.text_int8)
         self.cache = _LRU(cache_size)
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads on CPU
         self._selectors: dict = {}
@@ -105,7 +112,7 @@ class Searcher:
             return hit
         with self._lock, torch.inference_mode():
             tokens = self.clip.tokenizer([query])
-            v = F.normalize(encode_text_truncated(self.clip.model, tokens).float(), dim=-1).numpy()[0]
+            v = F.normalize(self.text_model(tokens).float(), dim=-1).numpy()[0]
         self.cache.put(key, v)
         return v
 

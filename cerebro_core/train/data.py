@@ -72,11 +72,12 @@ class PipelineSpec:
     shuffle_buffer: int = 1000
     caption_key: str = "txt"
     return_keys: bool = False  # yield sample keys too (tests and debugging)
+    label_key: Optional[str] = None  # read an integer label from the sample's json (adapt objectives)
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 class ShardBatches(IterableDataset):
-    """Yields ``(images, tokens, n_skipped)``; see the module docstring."""
+    """Yields ``(images, tokens, n_skipped, keys | None, labels | None)``; see the module docstring."""
 
     def __init__(self, spec: PipelineSpec, transform: Callable, tokenizer: Callable, num_workers: int):
         super().__init__()
@@ -126,7 +127,7 @@ class ShardBatches(IterableDataset):
         # Skip, undecoded, what this slot already produced before the checkpoint. Bad samples
         # were skipped then too, so skip by the same rule: count only valid ones.
         to_skip = done * s.batch_size
-        imgs, texts, keys = [], [], []
+        imgs, texts, keys, labels = [], [], [], []
         for sample in stream:
             img_bytes = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             txt = sample.get(s.caption_key)
@@ -141,6 +142,15 @@ class ShardBatches(IterableDataset):
             if not text:
                 skipped_bad += 1
                 continue
+            label = None
+            if s.label_key is not None:
+                try:
+                    import json as _json
+
+                    label = int(_json.loads(sample["json"])[s.label_key])
+                except Exception:
+                    skipped_bad += 1
+                    continue
             if to_skip > 0:
                 if images.check(img_bytes) is None:
                     to_skip -= 1
@@ -155,11 +165,13 @@ class ShardBatches(IterableDataset):
             imgs.append(self.transform(img))
             texts.append(text)
             keys.append(f"{sample['__url__']}#{sample['__key__']}")
+            labels.append(label)
             if len(imgs) == s.batch_size:
-                batch = (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0))
-                yield batch + (keys,) if s.return_keys else batch
+                yield (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0),
+                       keys if s.return_keys else None,
+                       torch.tensor(labels) if s.label_key is not None else None)
                 skipped_bad = 0
-                imgs, texts, keys = [], [], []
+                imgs, texts, keys, labels = [], [], [], []
                 produced += 1
                 batch_idx += 1
                 if produced >= remaining:

@@ -49,7 +49,11 @@ class TrainJob(BaseModel):
     init_from: Optional[str] = None  # model checkpoint to start from (fine-tuning)
     max_steps: Optional[int] = None
     freeze_text: bool = False
-    objective: Literal["clip"] = "clip"
+    # clip: open_clip's ClipLoss; masked_contrastive: same-label pairs removed from the negatives;
+    # vocab_ce: cross-entropy of image features against fixed class embeddings (class_embeddings)
+    objective: Literal["clip", "masked_contrastive", "vocab_ce"] = "clip"
+    label_key: Optional[str] = None
+    class_embeddings: Optional[str] = None  # .npy [C, d] (vocab_ce)
     mlflow_run_id: Optional[str] = None
     result_path: Optional[str] = None
 
@@ -206,7 +210,11 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     model = bundle.model
     if job.init_from:
         ckpt.load_model_weights(model, ckpt.load(storage, job.init_from))
-    if job.freeze_text:
+    if job.objective != "clip" and not job.label_key:
+        raise ValueError(f"adapt.objective={job.objective} needs labelled samples (label_key)")
+    if job.objective == "vocab_ce" and not job.class_embeddings:
+        raise ValueError("adapt.objective=vocab_ce needs class embeddings")
+    if job.freeze_text or job.objective == "vocab_ce":
         for n, p in model.named_parameters():
             if not n.startswith("visual.") and n != "logit_scale":
                 p.requires_grad_(False)
@@ -221,8 +229,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if d.cuda else None, find_unused_parameters=job.freeze_text
         )
-    loss_fn = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
-                       world_size=d.world_size)
+    clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
+                         world_size=d.world_size)
+    loss_fn = make_loss(job, clip_loss, d.device)
 
     micro_per_step = hp.accum_steps
     global_batch = hp.batch_size * d.world_size * micro_per_step
@@ -285,7 +294,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         spec = PipelineSpec(
             shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
             epoch=epoch, seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-            storage=job.storage,
+            storage=job.storage, label_key=job.label_key,
         )
         loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
         while micro_in_epoch < steps_per_epoch * micro_per_step and step < total_steps:
@@ -298,7 +307,8 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             skipped_total += sum(m[2] for m in micro)
             opt.zero_grad(set_to_none=True)
             try:
-                loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler)
+                loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler,
+                                 image_only=job.objective == "vocab_ce")
             except torch.OutOfMemoryError:
                 raise RuntimeError(
                     f"train.batch_size={hp.batch_size} does not fit in {d.device} memory: lower train.batch_size "
@@ -386,30 +396,62 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     return summary
 
 
-def _forward(model, images, texts, amp: bool, amp_dtype):
+def make_loss(job: TrainJob, clip_loss, device: str):
+    """loss(image_features, text_features, logit_scale, labels) for the job's objective."""
+    if job.objective == "clip":
+        return lambda img, txt, scale, labels: clip_loss(img, txt, scale)
+    if job.objective == "masked_contrastive":
+
+        def masked(img, txt, scale, labels):
+            logits = scale * img @ txt.T
+            n = logits.shape[0]
+            same = labels.to(logits.device)[:, None] == labels.to(logits.device)[None, :]
+            off = same & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+            logits = logits.masked_fill(off, float("-inf"))  # same class: neither positive nor negative
+            target = torch.arange(n, device=logits.device)
+            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+        return masked
+    import numpy as np
+
+    cls = torch.from_numpy(np.load(job.class_embeddings, allow_pickle=False)).float().to(device)
+    cls = F.normalize(cls, dim=-1)
+
+    def vocab_ce(img, txt, scale, labels):
+        return F.cross_entropy(scale * F.normalize(img, dim=-1) @ cls.T, labels.to(img.device))
+
+    return vocab_ce
+
+
+def _forward(model, images, texts, amp: bool, amp_dtype, image_only: bool = False):
     with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
+        if image_only:  # through the (DDP) wrapper so gradients sync; open_clip skips the text tower
+            out = model(images, None)
+            return out["image_features"], None, out["logit_scale"]
         out = model(images, texts)
     return out["image_features"], out["text_features"], out["logit_scale"]
 
 
-def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler) -> float:
+def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler, image_only: bool = False) -> float:
     """One optimizer step's forward/backward. With accumulation, open_clip's exact scheme: features
     of all micro-batches first (no grad), then each micro-batch again with grad against the rest,
     so the contrastive loss sees the whole accumulated batch."""
-    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True)) for m in micro]
+    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True), m[4]) for m in micro]
     if len(moved) == 1:
-        img, txt, scale = _forward(ddp_model, *moved[0], amp, amp_dtype)
-        loss = loss_fn(img, txt, scale)
+        i, t, lab = moved[0]
+        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype, image_only)
+        loss = loss_fn(img, txt, scale, lab)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return float(loss.detach())
+    labels = torch.cat([m[2] for m in moved]) if moved[0][2] is not None else None
     with torch.no_grad():
-        feats = [_forward(ddp_model, i, t, amp, amp_dtype)[:2] for i, t in moved]
+        feats = [_forward(ddp_model, i, t, amp, amp_dtype, image_only)[:2] for i, t, _ in moved]
     total = 0.0
-    for j, (i, t) in enumerate(moved):
-        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype)
+    for j, (i, t, _) in enumerate(moved):
+        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype, image_only)
         all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
-        all_txt = torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
-        loss = loss_fn(all_img, all_txt, scale) / len(moved)
+        all_txt = None if image_only else torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
+        loss = loss_fn(all_img, all_txt, scale, labels) / len(moved)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
     return total
