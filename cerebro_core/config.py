@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -124,17 +124,26 @@ class SourceConfig(_Section):
 
 class AdaptConfig(_Section):
     iterations: int = Field(3, ge=1, le=100)
-    sources: list[SourceConfig] = Field(default_factory=list)
-    validation_source: str | None = None
-    vocabulary: str | None = None
+    sources: list[SourceConfig] = Field(default_factory=list, description="unlabelled wildlife sources")
+    validation_source: Optional[SourceConfig] = Field(
+        None, description="labelled folder used for model selection (never trained on)")
+    test_source: Optional[SourceConfig] = Field(
+        None, description="labelled folder reported only: nothing selects or trains on it")
+    general_pairs: Optional[str] = Field(
+        None, description="webdataset shards (glob) of general image-text pairs for the forgetting check")
+    vocabulary: Optional[str] = Field(None, description="class names (.txt/.csv/.json) or captions (.txt)")
+    vocabulary_kind: Literal["names", "captions"] = "names"
     templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a wildlife photo of a {}.", "a close-up photo of a {}."]
     )
+    caption_templates: list[str] = Field(
+        default_factory=lambda: ["a photo of a {}.", "a {} in the wild.", "a wildlife photo of a {}."],
+        description="captions written into the pseudo-labelled shards")
     confidence_threshold: float = Field(0.5, ge=0, le=1)
     per_class_top_k: int = Field(100, ge=1)
-    objective: Literal["contrastive", "masked_contrastive", "vocab_ce"] = "vocab_ce"
-    ema_teacher: bool = False
-    ema_decay: float = Field(0.999, gt=0, lt=1)
+    objective: Literal["clip", "masked_contrastive", "vocab_ce"] = "vocab_ce"
+    early_stop: bool = Field(True, description="stop when the validation metric falls")
+    seed: int = 0
 
 
 class IndexConfig(_Section):

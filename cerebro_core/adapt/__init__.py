@@ -1,0 +1,1 @@
+"""Adapt: vocabulary + prompts, pseudo-label selection, the iterate-and-fine-tune loop."""

@@ -1,0 +1,419 @@
+"""Stage 3, adapt: ``adapt.iterations`` rounds of pseudo-label → fine-tune, measured per round.
+
+ModelVersion + wildlife sources + vocabulary ──adapt──▶ ModelVersion {cerebro-clip vM @champion}
+
+One iteration:
+  1. embed every unlabelled image with the current model (the shared embedding function);
+  2. class probabilities over the vocabulary (prompt-ensembled text embeddings);
+  3. select pseudo-labels: confidence ≥ threshold AND per-class top-k (class balance);
+  4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
+     score, iteration, source);
+  5. fine-tune with the pretrain trainer (objective: clip | masked_contrastive | vocab_ce);
+  6. evaluate: validation/test zero-shot top-1 and mean-per-class, text→image R@k, pseudo-label
+     precision (ground truth read here only, after selection), forgetting on general pairs.
+Ground-truth labels are used for measurement only: selection and training never see them.
+Keep-best by validation top-1 (iteration 0 = the starting model competes too); early stop when
+validation falls. The best model becomes a new cerebro-clip version with alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel
+
+from cerebro_core import tracking
+from cerebro_core.adapt.select import class_entropy, select
+from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary, prompts_for
+from cerebro_core.config import CerebroConfig, SourceConfig, TrainConfig
+from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.evaluate import retrieval_metrics
+from cerebro_core.home import resolve
+from cerebro_core.model import checkpoint as ckpt
+from cerebro_core.model.factory import create
+from cerebro_core.storage import Storage, join
+from cerebro_core.train.loop import TrainJob, train
+from cerebro_core.train.pretrain import ModelVersion, publish_model
+
+
+class AdaptInputError(ValueError):
+    pass
+
+
+class AdaptResult(BaseModel):
+    model: ModelVersion
+    best_iteration: int
+    iterations: list[dict]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _check_folder(s: SourceConfig, key: str) -> None:
+    if s.kind != "folder":
+        raise AdaptInputError(f"{key}.kind: {s.kind!r} sources are not supported by adapt yet; use a folder")
+    if not Path(s.path).is_dir():
+        raise AdaptInputError(f"{key}.path: folder not found: {s.path}")
+
+
+def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list[str], Counter]:
+    """(unlabelled pool, validation, test, classes, counts) — all checked before any compute."""
+    a = cfg.adapt
+    try:
+        classes = load_vocabulary(a.vocabulary)
+    except VocabularyError as exc:
+        raise AdaptInputError(str(exc)) from None
+    if not a.sources:
+        raise AdaptInputError("adapt.sources: no wildlife sources configured")
+    for i, s in enumerate(a.sources):
+        _check_folder(s, f"adapt.sources[{i}]")
+    for key, s in (("adapt.validation_source", a.validation_source), ("adapt.test_source", a.test_source)):
+        if s is not None:
+            _check_folder(s, key)
+    counts: Counter = Counter()
+    held_out: set[str] = set()
+
+    def labelled(s: Optional[SourceConfig]) -> list[Item]:
+        if s is None:
+            return []
+        items = [it for it in scan_folder(s.path, s.name, 1e9, counts) if it.media_type == "image"]
+        for it in items:
+            held_out.add(_sha(it.uri))
+        return items
+
+    val, test = labelled(a.validation_source), labelled(a.test_source)
+    pool: list[Item] = []
+    seen: set[str] = set()
+    for s in a.sources:
+        items = [it for it in scan_folder(s.path, s.name, 1e9, counts) if it.media_type == "image"]
+        if not items:
+            raise AdaptInputError(f"adapt.sources[{s.name}]: no images in {s.path}")
+        for it in items:
+            try:
+                h = _sha(it.uri)
+            except OSError:
+                counts[f"unreadable.{s.name}"] += 1
+                continue
+            if h in seen or h in held_out:  # de-duplicated across sources, never a held-out image
+                counts["duplicates"] += 1
+                continue
+            seen.add(h)
+            it.sha256 = h
+            pool.append(it)
+    return pool, val, test, classes, counts
+
+
+def _sha(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@torch.no_grad()
+def class_embeddings(model, tokenizer, prompts: list[list[str]]) -> torch.Tensor:
+    out = []
+    for plist in prompts:
+        f = F.normalize(model.encode_text(tokenizer(plist)).float(), dim=-1).mean(0)
+        out.append(F.normalize(f, dim=-1))
+    return torch.stack(out)
+
+
+def probabilities(feats: np.ndarray, cls: torch.Tensor, scale: float) -> np.ndarray:
+    logits = scale * torch.from_numpy(feats.astype(np.float32)) @ cls.T
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def labelled_metrics(feats: np.ndarray, labels: list[str], classes: list[str], cls: torch.Tensor) -> dict:
+    idx = [i for i, lab in enumerate(labels) if lab in classes]
+    if not idx:
+        return {}
+    f = torch.from_numpy(feats[idx].astype(np.float32))
+    y = torch.tensor([classes.index(labels[i]) for i in idx])
+    pred = (f @ cls.T).argmax(1)
+    correct = (pred == y).float()
+    per_class = [correct[y == c].mean() for c in y.unique()]
+    # text→image: each present class's prompt embedding queries the set; relevant = same label
+    sims = cls[y.unique()] @ f.T
+    out = {"top1": float(correct.mean()), "mean_per_class": float(torch.stack(per_class).mean()), "n": len(idx)}
+    for k in (1, 5, 10):
+        top = sims.topk(min(k, f.shape[0]), dim=1).indices
+        rel = (y[top] == y.unique()[:, None]).float()
+        out[f"text_to_image_R{k}"] = float((rel.sum(1) > 0).float().mean())
+        out[f"text_to_image_P{k}"] = float(rel.mean())
+    out["confusion"] = _confusion(pred.numpy(), y.numpy(), len(classes))
+    return out
+
+
+def _confusion(pred: np.ndarray, y: np.ndarray, n: int) -> list[list[int]]:
+    m = np.zeros((n, n), np.int64)
+    for p, t in zip(pred, y):
+        m[t, p] += 1
+    return m.tolist()
+
+
+def general_retrieval(model, clip, shards: list[str], storage: Storage, max_n: int = 1000) -> dict:
+    from cerebro_core.data import images
+    from cerebro_core.train.data import iter_pairs
+
+    imgs, caps = [], []
+    for _, data, text in iter_pairs(shards, storage, max_n):
+        try:
+            imgs.append(clip.preprocess_val(images.decode(data)))
+            caps.append(text)
+        except images.ImageRejected:
+            continue
+    if not imgs:
+        return {}
+    with torch.no_grad():
+        fi = torch.cat([F.normalize(model.encode_image(torch.stack(imgs[i:i + 256])).float(), dim=-1)
+                        for i in range(0, len(imgs), 256)])
+        ft = torch.cat([F.normalize(model.encode_text(clip.tokenizer(caps[i:i + 256])).float(), dim=-1)
+                        for i in range(0, len(caps), 256)])
+    return retrieval_metrics(fi, ft, caps)
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def confusion_png(matrix: list[list[int]], classes: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.array(matrix)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.45 * len(classes), 1.0 + 0.45 * len(classes)), dpi=100)
+    ax.imshow(m, cmap="Greens")
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if m[i, j]:
+                ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def sample_grid_png(items: list[Item], labels: list[str], scores: list[float], path: Path, n: int = 24) -> Path:
+    from PIL import Image, ImageDraw
+
+    cell, cols = 96, 6
+    rows = max(1, math.ceil(min(n, len(items)) / cols))
+    grid = Image.new("RGB", (cols * cell, rows * (cell + 14)), "white")
+    d = ImageDraw.Draw(grid)
+    for k, (it, lab, sc) in enumerate(list(zip(items, labels, scores))[:n]):
+        try:
+            im = Image.open(it.uri).convert("RGB").resize((cell, cell))
+        except Exception:
+            continue
+        x, y = (k % cols) * cell, (k // cols) * (cell + 14)
+        grid.paste(im, (x, y))
+        d.text((x + 2, y + cell), f"{lab[:11]} {sc:.2f}", fill="black")
+    grid.save(path)
+    return path
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def write_pseudo_shards(storage: Storage, out_dir: str, items: list[Item], labels: list[int], scores: list[float],
+                        classes: list[str], templates: list[str], iteration: int, per_shard: int = 1000) -> list[str]:
+    import webdataset as wds
+
+    urls = []
+    with tempfile.TemporaryDirectory() as td:
+        pattern = str(Path(td, "%05d.tar"))
+        with wds.ShardWriter(pattern, maxcount=per_shard, verbose=0) as w:
+            for k, (it, lab, sc) in enumerate(zip(items, labels, scores)):
+                data = Path(it.uri).read_bytes()
+                ext = Path(it.uri).suffix.lower().lstrip(".")
+                ext = "jpg" if ext in ("jpg", "jpeg") else ext
+                caption = templates[k % len(templates)].format(classes[lab])
+                meta = {"label": int(lab), "label_name": classes[lab], "score": float(sc), "iteration": iteration,
+                        "source": it.source, "sha256": it.sha256}
+                w.write({"__key__": f"{k:07d}", ext: data, "txt": caption, "json": json.dumps(meta)})
+        for p in sorted(Path(td).glob("*.tar")):
+            url = join(out_dir, p.name)
+            storage.put_file(p, url)
+            urls.append(url)
+    return urls
+
+
+def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
+    ft = cfg.train.finetune
+    batch = min(ft.batch_size, max(2, n_samples))
+    steps_per_epoch = max(1, n_samples // batch)
+    return cfg.train.model_copy(update={
+        "batch_size": batch, "lr": ft.lr, "weight_decay": ft.weight_decay, "warmup_steps": ft.warmup_steps,
+        "epochs": math.ceil(ft.steps / steps_per_epoch), "accum_steps": 1, "checkpoint_every_steps": 10**9,
+        "keep_checkpoints": 1, "resume": "never", "log_every_steps": max(1, min(cfg.train.log_every_steps, ft.steps)),
+        "nproc_per_node": 1, "seed": cfg.adapt.seed,
+    })
+
+
+def run_stage(
+    cfg: CerebroConfig,
+    start_version: Optional[str] = None,
+    log: Callable[[str], None] = print,
+    on_iteration: Optional[Callable[[dict], None]] = None,
+    control: bool = False,
+) -> AdaptResult:
+    """Run the loop. ``control=True`` runs the equal-step control instead: the same objective and
+    steps on the same images with labels drawn at random (no information from the teacher)."""
+    from cerebro_core.model.registry import download, resolve_version
+
+    pool, val, test, classes, counts = gather(cfg)
+    tracking.configure(cfg)
+    a = cfg.adapt
+    storage = Storage(cfg.storage)
+    mv0 = resolve_version(cfg.tracking.model_name, "champion", start_version)
+    start_dir = download(mv0)
+    current_ckpt = str(start_dir / "model.pt")
+    model_name = json.loads((start_dir / "model_config.json").read_text())["model_name"]
+    prompts = prompts_for(classes, a.templates, a.vocabulary_kind)
+    general = sorted(storage.glob(a.general_pairs)) if a.general_pairs else []
+    work = join(resolve(cfg).storage_root, cfg.name, "adapt", tracking.client().get_experiment_by_name(
+        cfg.tracking.experiment).experiment_id)
+    rng = np.random.default_rng(a.seed)
+    workers = default_workers()
+
+    def load(ck: str):
+        b = create(model_name)
+        ckpt.load_model_weights(b.model, ckpt.load(storage, ck))
+        b.model.eval()
+        return b
+
+    def measure(b) -> dict:
+        cls = class_embeddings(b.model, b.tokenizer, prompts)
+        out: dict = {}
+        for name, items in (("val", val), ("test", test)):
+            if items:
+                e = embed_items(b.model, b.preprocess_val, items, batch_size=256, workers=workers)
+                label_of = {it.uri: it.label for it in items}
+                labs = [label_of[r["uri"]] for r in e.rows]
+                out[name] = labelled_metrics(e.vectors, labs, classes, cls)
+        if general:
+            out["general"] = general_retrieval(b.model, b, general, storage)
+        return out
+
+    def flat(m: dict) -> dict:
+        f = {}
+        for part, d in m.items():
+            for k, v in d.items():
+                if isinstance(v, (int, float)):
+                    f[f"{part}/{k}"] = float(v)
+        return f
+
+    history: list[dict] = []
+    tags = {"start_version": mv0.version, "objective": a.objective, "control": str(control)}
+    with tracking.stage_run(cfg, "adapt", tags=tags) as parent:
+        tracking.log_params({"adapt.pool_size": len(pool), "adapt.classes": len(classes),
+                             **{f"adapt.counts.{k}": v for k, v in counts.items()}})
+        teacher = load(current_ckpt)
+        m0 = measure(teacher)
+        row0 = {"iteration": 0, **flat(m0)}
+        history.append(row0)
+        tracking.log_metrics({k: v for k, v in row0.items() if k != "iteration"}, step=0)
+        best = (0, row0.get("val/top1", -1.0), current_ckpt)
+        prev_val = row0.get("val/top1")
+        for it in range(1, a.iterations + 1):
+            with tracking.stage_run(cfg, "adapt-iteration", run_name=f"iteration {it}",
+                                    parent_run_id=parent.info.run_id, tags={"iteration": str(it)},
+                                    log_config=False):
+                cls = class_embeddings(teacher.model, teacher.tokenizer, prompts)
+                e = embed_items(teacher.model, teacher.preprocess_val, pool, batch_size=256, workers=workers)
+                by_uri = {p.uri: p for p in pool}
+                items = [by_uri[r["uri"]] for r in e.rows]
+                probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.exp()))
+                idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k)
+                if control:  # same images and steps, labels carrying no teacher information
+                    labels = rng.integers(0, len(classes), size=len(idx))
+                sel_items = [items[i] for i in idx]
+                gt = [it.label for it in sel_items]
+                known = [(classes[lab], g) for lab, g in zip(labels, gt) if g is not None]
+                row = {
+                    "iteration": it, "selected": len(idx), "coverage": len(idx) / max(1, len(items)),
+                    "mean_confidence": float(scores.mean()) if len(idx) else 0.0,
+                    "class_entropy": class_entropy(labels, len(classes)),
+                    "pseudo_label_precision": (sum(p == g for p, g in known) / len(known)) if known else float("nan"),
+                    "embed_failures": sum(e.failures.values()),
+                }
+                if len(idx) < 2:
+                    log(f"adapt: iteration {it}: {len(idx)} images selected, stopping")
+                    tracking.log_metrics({k: v for k, v in row.items() if k != "iteration"}, step=it)
+                    history.append(row)
+                    break
+                shard_dir = join(work, parent.info.run_id, f"iteration-{it}", "shards")
+                shards = write_pseudo_shards(storage, shard_dir, sel_items, list(labels), list(scores), classes,
+                                             a.caption_templates, it)
+                cls_path = None
+                if a.objective == "vocab_ce":
+                    cls_path = str(Path(tempfile.mkdtemp(prefix="cerebro-cls-")) / "classes.npy")
+                    np.save(cls_path, cls.numpy(), allow_pickle=False)
+                hp = finetune_config(cfg, len(idx))
+                job = TrainJob(
+                    model=model_name, hp=hp, train_shards=shards, train_samples=len(idx), storage=cfg.storage,
+                    ckpt_dir=join(work, parent.info.run_id, f"iteration-{it}", "checkpoints"),
+                    init_from=current_ckpt, max_steps=cfg.train.finetune.steps,
+                    freeze_text=cfg.train.finetune.freeze_text, objective=a.objective,
+                    label_key="label" if a.objective != "clip" else None, class_embeddings=cls_path,
+                )
+                summary = train(job)
+                current_ckpt = summary["checkpoint"]
+                teacher = load(current_ckpt)
+                m = measure(teacher)
+                row.update(flat(m))
+                row["final_loss"] = summary["final_loss"]
+                tracking.log_metrics({k: v for k, v in row.items() if k != "iteration" and not
+                                      (isinstance(v, float) and math.isnan(v))}, step=it)
+                with tempfile.TemporaryDirectory() as td:
+                    if "val" in m and "confusion" in m["val"]:
+                        tracking.log_artifact(confusion_png(m["val"]["confusion"], classes, Path(td, f"confusion_val_{it}.png"),
+                                                            f"validation, iteration {it}"))
+                    tracking.log_artifact(sample_grid_png(sel_items, [classes[x] for x in labels], list(scores),
+                                                          Path(td, f"pseudo_labels_{it}.png")))
+                history.append(row)
+                log(f"adapt: iteration {it}: selected {len(idx)}, precision {row['pseudo_label_precision']:.3f}, "
+                    f"val top1 {row.get('val/top1', float('nan')):.3f}, test top1 {row.get('test/top1', float('nan')):.3f}")
+                if on_iteration is not None:
+                    on_iteration(row)
+                v = row.get("val/top1")
+                if v is not None and v > best[1]:
+                    best = (it, v, current_ckpt)
+                elif not val:
+                    best = (it, -1.0, current_ckpt)  # no labelled validation: the last iteration
+                if a.early_stop and v is not None and prev_val is not None and v < prev_val:
+                    log(f"adapt: validation fell ({prev_val:.3f} → {v:.3f}); stopping early")
+                    break
+                prev_val = v
+        tracking.log_json_artifact(history, "iterations.json")
+        tracking.set_tags({"best_iteration": best[0]})
+        metrics = {k: v for k, v in history[best[0]].items() if isinstance(v, float) and not math.isnan(v)}
+        if best[0] == 0:
+            # The starting model stays the best: keep it (never publish a worse one).
+            tracking.set_alias(cfg.tracking.model_name, "champion", mv0.version)
+            result = ModelVersion(name=mv0.name, version=str(mv0.version), run_id=mv0.run_id or "", model=model_name,
+                                  stage="adapt(kept start)", checkpoint_url=str(start_dir / "model.pt"),
+                                  artifact_uri=mv0.source, metrics=metrics)
+        else:
+            result = publish_model(cfg, parent.info.run_id, best[2], "adapt",
+                                   {"iteration": best[0], "metric": "val/top1", "value": round(best[1], 4),
+                                    "start_version": mv0.version, "objective": a.objective}, metrics)
+            tracking.set_alias(cfg.tracking.model_name, "champion", result.version)
+    return AdaptResult(model=result, best_iteration=best[0], iterations=history)
