@@ -184,6 +184,32 @@ def pretrain(
 
 
 @app.command()
+def adapt(
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    start_version: Optional[str] = typer.Option(None, help="cerebro-clip version to start from (default: champion)"),
+) -> None:
+    """Stage 3: pseudo-label wildlife images and fine-tune, adapt.iterations times; keep the best."""
+    cfg = load(config, set_)
+    from cerebro_core.adapt.stage import AdaptInputError, gather
+
+    try:
+        gather(cfg)
+    except AdaptInputError as exc:
+        typer.echo(f"cerebro adapt: {exc}", err=True)
+        raise typer.Exit(2) from None
+    _start_prefect(cfg)
+    from flows.adapt import adapt_flow
+
+    res = adapt_flow(config=str(config) if config else None, overrides=list(set_ or []), start_version=start_version)
+    for r in res.iterations:
+        typer.echo("iteration {iteration}: ".format(**r) + ", ".join(
+            f"{k}={v:.3f}" for k, v in r.items() if k in ("selected", "pseudo_label_precision", "val/top1", "test/top1")
+            and isinstance(v, (int, float))))
+    typer.echo(f"best iteration {res.best_iteration}: {res.model.name} v{res.model.version} is champion")
+
+
+@app.command()
 def index(
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
@@ -297,6 +323,7 @@ def demo(
     info(config=config, set_=set_, as_json=False)
     download(config=config, set_=set_)
     pretrain(config=config, set_=set_, shards=None)
+    adapt(config=config, set_=set_, start_version=None)
     index(config=config, set_=set_, clip_version=None)
     typer.echo("")
     typer.echo("Search it:")

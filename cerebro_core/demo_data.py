@@ -54,6 +54,17 @@ def make_demo_data(folder: str | Path, n: int = 600, size: int = 64, seed: int =
         caption = rng.choice(TEMPLATES).format(c=c, s=s, b=b)
         lines.append(f"{caption}\t{p.resolve().as_uri()}")
     make_demo_video(folder / "images" / "clips" / "red_circle_on_snow.mp4", "red", "snow", size, rng)
+    # adapt: an unlabelled "wild" set, a labelled validation set (class folders), the vocabulary
+    classes = [f"{c} {s}" for c in COLORS for s in SHAPES]
+    (folder / "vocabulary.txt").write_text("\n".join(classes) + "\n")
+    for sub, per_class in (("wild", 15), ("val", 5)):
+        for cname in classes:
+            c, s = cname.split()
+            d = folder / sub / (cname.replace(" ", "_") if sub == "val" else "")
+            d.mkdir(parents=True, exist_ok=True)
+            for j in range(per_class):
+                b = rng.choice(list(BACKGROUNDS))
+                _draw(c, s, b, size, rng).save(d / f"{sub}_{c}_{s}_{j:03d}.jpg", quality=90)
     tmp = tsv.with_suffix(".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     tmp.replace(tsv)

@@ -340,7 +340,7 @@ def run_stage(
                 e = embed_items(teacher.model, teacher.preprocess_val, pool, batch_size=256, workers=workers)
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[r["uri"]] for r in e.rows]
-                probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.exp()))
+                probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.detach().exp()))
                 idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k)
                 if control:  # same images and steps, labels carrying no teacher information
                     labels = rng.integers(0, len(classes), size=len(idx))

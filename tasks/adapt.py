@@ -1,0 +1,23 @@
+"""The adapt stage as a Prefect task."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from cerebro_core.adapt import stage as core
+from cerebro_core.config import CerebroConfig
+
+COLUMNS = ("iteration", "selected", "pseudo_label_precision", "class_entropy", "mean_confidence", "val/top1",
+           "val/mean_per_class", "test/top1", "general/text_to_image_R5")
+
+
+@task(name="adapt", retries=0, timeout_seconds=7 * 24 * 3600,
+      description="iterations of pseudo-label -> fine-tune, measured; best registered as cerebro-clip@champion")
+def adapt_task(cfg: CerebroConfig, start_version: str | None = None) -> core.AdaptResult:
+    logger = get_run_logger()
+    res = core.run_stage(cfg, start_version=start_version, log=logger.info)
+    table = [{c: (round(r[c], 4) if isinstance(r.get(c), float) else r.get(c)) for c in COLUMNS} for r in res.iterations]
+    create_table_artifact(table=table, key="adapt-iterations",
+                          description=f"best iteration {res.best_iteration} -> {res.model.name} v{res.model.version}")
+    return res

@@ -1,0 +1,203 @@
+"""Stage 3, adapt: the mechanics on real CIFAR photos — balanced selection, pseudo-labelled shards,
+fine-tuning changes the weights, per-iteration MLflow child runs and artifacts, keep-best and the
+champion alias, ground truth unused (permuting it changes nothing), objectives, bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cerebro_core.adapt.select import class_entropy, select
+from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
+from cerebro_core.config import load_config
+from cerebro_core.model import checkpoint as ckpt
+from cerebro_core.storage import Storage
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["bird", "cat", "deer", "dog", "frog", "horse"]
+
+
+def split(shared: Path, dst: Path, a: int, b: int, shuffle_labels_seed: int | None = None) -> Path:
+    rows = list(csv.DictReader((shared / "cifar10_animals" / "labels.csv").open()))
+    dst.mkdir(parents=True)
+    chosen = []
+    for c in CLASSES:
+        chosen += sorted((r for r in rows if r["label"] == c), key=lambda r: r["path"])[a:b]
+    labels = [r["label"] for r in chosen]
+    if shuffle_labels_seed is not None:
+        random.Random(shuffle_labels_seed).shuffle(labels)
+    with (dst / "labels.csv").open("w") as f:
+        f.write("path,label\n")
+        for r, lab in zip(chosen, labels):
+            name = r["path"].replace("/", "_")
+            os.link(shared / "cifar10_animals" / r["path"], dst / name)
+            f.write(f"{name},{lab}\n")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def adapt_env(shared_data, tmp_path_factory):
+    from conftest import good_pairs, shardset_for, write_pair_shards
+
+    home = tmp_path_factory.mktemp("adapt-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEREBRO_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    root = tmp_path_factory.mktemp("adapt-data")
+    pool = split(shared_data, root / "pool", 100, 130)
+    pool_shuffled = split(shared_data, root / "pool_shuffled", 100, 130, shuffle_labels_seed=3)
+    val = split(shared_data, root / "val", 350, 360)
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    base = [f"adapt.sources=[{{name: pool, path: {pool}}}]", f"adapt.validation_source={{name: val, path: {val}}}",
+            f"adapt.vocabulary={root / 'classes.txt'}", "adapt.iterations=1", "train.finetune.steps=8",
+            "train.finetune.batch_size=32", "train.deterministic=true", "train.workers=0", "train.epochs=4",
+            "train.batch_size=40", "train.val_fraction=0", "adapt.confidence_threshold=0.0",
+            "adapt.per_class_top_k=20", "train.log_every_steps=2", "adapt.early_stop=false"]
+    cfg = load_config(REPO / "configs/demo.yaml", base)
+    from cerebro_core.train.pretrain import run_stage as pretrain
+
+    shards = write_pair_shards(good_pairs(shared_data, n_coco=0, n_cifar_per_class=40), root / "shards")
+    mv = pretrain(cfg, shardset_for(shards, "adapt"), log=lambda s: None)
+    yield {"cfg": cfg, "base": base, "mv": mv, "root": root, "pool_shuffled": pool_shuffled, "pool": pool}
+    mp.undo()
+
+
+def test_select_is_balanced_and_thresholded():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((500, 5)) * 3
+    logits[:300, 0] += 4  # class 0 dominates
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    idx, labels, scores = select(probs, threshold=0.5, per_class_top_k=20)
+    counts = np.bincount(labels, minlength=5)
+    assert counts.max() <= 20 and counts[0] == 20
+    assert (scores >= 0.5).all() and (probs[idx].argmax(1) == labels).all()
+    # within a class, the most confident are kept
+    c0 = np.where((probs.argmax(1) == 0) & (probs.max(1) >= 0.5))[0]
+    assert set(idx[labels == 0]) == set(c0[np.argsort(-probs[c0, 0])][:20])
+    assert class_entropy(np.zeros(10, int), 5) == 0.0
+    assert abs(class_entropy(np.arange(5), 5) - 1.0) < 1e-9
+
+
+def test_one_iteration_end_to_end(adapt_env):
+    import mlflow
+    import webdataset as wds
+
+    res = run_stage(adapt_env["cfg"], start_version=adapt_env["mv"].version, log=lambda s: None)
+    it1 = res.iterations[1]
+    assert it1["selected"] > 0 and it1["selected"] <= 6 * 20
+    assert 0.0 <= it1["pseudo_label_precision"] <= 1.0 and "val/top1" in it1 and "val/mean_per_class" in it1
+    client = mlflow.MlflowClient()
+    parent = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id],
+                                "tags.stage = 'adapt'", order_by=["start_time DESC"])[0]
+    children = client.search_runs([parent.info.experiment_id],
+                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert [c.data.tags["iteration"] for c in children] == ["1"]
+    child = children[0]
+    for k in ("selected", "coverage", "mean_confidence", "class_entropy", "pseudo_label_precision", "val/top1",
+              "val/text_to_image_R5"):
+        assert k in child.data.metrics, k
+    arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+    assert {"confusion_val_1.png", "pseudo_labels_1.png"} <= arts
+    # the pseudo-labelled shards: image, caption from a template, json with label/score/iteration/source
+    shard_dir = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    tars = sorted(shard_dir.rglob(f"{parent.info.run_id}/iteration-1/shards/*.tar"))
+    samples = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode())
+    assert len(samples) == it1["selected"]
+    meta = samples[0]["json"]
+    assert set(meta) >= {"label", "label_name", "score", "iteration", "source"} and meta["iteration"] == 1
+    assert meta["label_name"] in samples[0]["txt"]
+    # fine-tuning changed the weights
+    start = torch.load(Path(mlflow.artifacts.download_artifacts(
+        client.get_model_version("cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)
+    ck = sorted(shard_dir.rglob(f"{parent.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+    after = ckpt.load(Storage(), str(ck))["model"]
+    changed = [k for k in after if not torch.equal(after[k], start["model"][k])]
+    assert any(k.startswith("visual.") for k in changed)
+    assert not any(k.startswith("transformer.") for k in changed)  # text tower frozen
+    # keep-best: champion is the best iteration by validation
+    champion = client.get_model_version_by_alias("cerebro-clip", "champion")
+    if res.best_iteration == 0:
+        assert str(champion.version) == str(adapt_env["mv"].version)
+    else:
+        assert champion.tags["stage"] == "adapt" and champion.tags["iteration"] == str(res.best_iteration)
+        assert res.iterations[res.best_iteration]["val/top1"] > res.iterations[0]["val/top1"]
+
+
+def test_ground_truth_never_reaches_training(adapt_env):
+    """Permuting the pool's ground-truth labels leaves the trained weights bit-identical."""
+    import mlflow
+
+    def run_with(pool: Path) -> dict:
+        cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+            f"adapt.sources=[{{name: pool, path: {pool}}}]"])
+        r = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+        run = mlflow.MlflowClient().search_runs(
+            [mlflow.MlflowClient().get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+            order_by=["start_time DESC"])[0]
+        ck = sorted((Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt").rglob(
+            f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+        return {"weights": ckpt.load(Storage(), str(ck))["model"], "row": r.iterations[1]}
+
+    a = run_with(adapt_env["pool"])
+    b = run_with(adapt_env["pool_shuffled"])
+    assert a["row"]["selected"] == b["row"]["selected"]
+    assert a["row"]["pseudo_label_precision"] != b["row"]["pseudo_label_precision"]  # measured against gt...
+    assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])  # ...which training never saw
+
+
+@pytest.mark.parametrize("objective", ["masked_contrastive", "clip"])
+def test_other_objectives_run(adapt_env, objective):
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        f"adapt.objective={objective}", "train.finetune.freeze_text=false", "train.finetune.steps=4"])
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert res.iterations[1]["selected"] > 0 and np.isfinite(res.iterations[1]["final_loss"])
+
+
+def test_keep_best_never_publishes_a_worse_model(adapt_env):
+    """An absurd learning rate wrecks the model: validation falls, the loop stops early and the
+    starting version stays champion."""
+    import mlflow
+
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "train.finetune.lr=0.5", "adapt.iterations=3", "adapt.early_stop=true"])
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert res.best_iteration == 0 and len(res.iterations) == 2  # iteration 0, then 1 fell: stop
+    assert res.iterations[1]["val/top1"] < res.iterations[0]["val/top1"]
+    champion = mlflow.MlflowClient().get_model_version_by_alias("cerebro-clip", "champion")
+    assert str(champion.version) == str(adapt_env["mv"].version)
+
+
+def test_bad_inputs_fail_before_compute(adapt_env, tmp_path):
+    base = adapt_env["base"]
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "nothing").mkdir()
+    cases = [
+        (["adapt.vocabulary=" + str(tmp_path / "empty.txt")], "is empty"),
+        (["adapt.vocabulary=" + str(tmp_path / "missing.txt")], "adapt.vocabulary: file not found"),
+        ([f"adapt.sources=[{{name: x, path: {tmp_path}/nope}}]"], r"adapt.sources\[0\].path: folder not found"),
+        ([f"adapt.sources=[{{name: x, path: {tmp_path}/nothing}}]"], r"adapt.sources\[x\]: no images"),
+        (["adapt.sources=[]"], "no wildlife sources"),
+    ]
+    for extra, msg in cases:
+        with pytest.raises(AdaptInputError, match=msg):
+            gather(load_config(REPO / "configs/demo.yaml", base + extra))
+
+
+def test_vocabulary_formats(shared_data, tmp_path):
+    from cerebro_core.adapt.vocab import load_vocabulary
+
+    names = load_vocabulary(str(shared_data / "species_names" / "iucn_rare_species_400.csv"))
+    assert len(names) > 300 and all(n.strip() for n in names)
+    z = load_vocabulary(str(shared_data / "species_names" / "zamba_african_camera_trap_labels.txt"))
+    assert len(z) == 32
+    inat = load_vocabulary(str(shared_data / "species_names" / "inat21_category_id_to_common_name.json"))
+    assert len(inat) > 5000
+    (tmp_path / "caps.txt").write_text("a fox in snow\na fox in snow\nan owl at night\n")
+    assert load_vocabulary(str(tmp_path / "caps.txt")) == ["a fox in snow", "an owl at night"]
