@@ -234,6 +234,27 @@ def index(
                f"recall@10 {sv.recall_at_10:.3f}, search p50 {sv.latency_p50_ms:.2f} ms")
 
 
+@app.command()
+def reindex(
+    scrape: str = typer.Option(..., "--scrape", help="folder, s3:// prefix, or URL list of new media"),
+    source: str = typer.Option("scrape", help="source name recorded for the new items"),
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Add a new wildlife scrape to the published index (only what is new; idempotent)."""
+    cfg = load(config, set_)
+    if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
+        typer.echo(f"cerebro reindex: --scrape: no such folder or URL list: {scrape}", err=True)
+        raise typer.Exit(2)
+    _start_prefect(cfg)
+    from flows.reindex import reindex_flow
+
+    r = reindex_flow(scrape=scrape, config=str(config) if config else None, overrides=list(set_ or []), source=source)
+    typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed; "
+               f"{r.size_before} -> {r.size_after} items ({r.reason})")
+    typer.echo(f"published {r.version.name} v{r.version.version} (champion)" if r.version else "nothing published")
+
+
 def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
     from cerebro_core import tracking
     from cerebro_core.index.publish import load_searcher

@@ -172,6 +172,11 @@ def build_and_tune(
     build_s = time.perf_counter() - t0
     report = IndexReport(kind=kind, n=n, dim=d, build_params=bp, build_s=build_s,
                          memory_mb=estimate_mb(kind, n, d), gpu=on_gpu)
+    if kind in ("ivf", "ivfpq") and n:
+        from cerebro_core.index.incremental import centroid_distance
+
+        sample = x[np.random.default_rng(seed).choice(n, size=min(n, 20000), replace=False)]
+        report.build_params["centroid_distance"] = centroid_distance(index, sample)  # the drift baseline
     if n == 0:
         return index, report
     queries = sample_queries(x, n_queries, seed)

@@ -1,0 +1,225 @@
+"""Re-indexing new wildlife scrapes: incremental, idempotent, crash-safe.
+
+Scrape (folder | s3:// prefix | URL list) + SearchVersion ──reindex──▶ SearchVersion {vK+1}
+
+1. The scrape is materialised as a local folder (S3 objects are copied under the state dir; a
+   URL list goes through the download stage and its shards are unpacked) — the search API serves
+   indexed files from local paths.
+2. Items whose content hash (sha256 of the bytes, so renamed copies match) is already in the
+   champion's metadata are duplicates; the rest are embedded with the champion's own CLIP
+   weights and added (see :mod:`cerebro_core.index.incremental`; IVF may decide to retrain).
+3. If ``cerebro-clip@champion`` is no longer the model the index was built with, everything is
+   re-embedded with the new model (a full rebuild) — embeddings of two models never mix.
+4. A new ``cerebro-search`` version is published; ``champion`` moves only after it loads and
+   answers a smoke query. Nothing new → no new version (idempotent). A crash at any point leaves
+   the previous champion untouched; rerunning completes the work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+from pydantic import BaseModel
+
+from cerebro_core import tracking
+from cerebro_core.config import CerebroConfig
+from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.home import resolve
+from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
+from cerebro_core.index.incremental import add_or_rebuild
+from cerebro_core.index.publish import SearchVersion, publish, write_bundle
+from cerebro_core.index.search import load_clip_from_folder
+from cerebro_core.storage import Storage
+
+
+class ScrapeError(ValueError):
+    pass
+
+
+class ReindexResult(BaseModel):
+    version: Optional[SearchVersion]
+    published: bool
+    scanned: int
+    new: int
+    duplicates: int
+    failed: int
+    size_before: int
+    size_after: int
+    full_rebuild: bool
+    index_rebuilt: bool
+    reason: str
+    seconds: float
+
+
+def materialise(cfg: CerebroConfig, scrape: str, log: Callable[[str], None]) -> Path:
+    """A local folder holding the scrape's media."""
+    storage = Storage(cfg.storage)
+    if scrape.startswith("s3://"):
+        if not storage.exists(scrape):
+            raise ScrapeError(f"--scrape: nothing at {scrape}")
+        dest = resolve(cfg).home / "scrapes" / hashlib.sha256(scrape.encode()).hexdigest()[:16]
+        for url in storage.walk_files(scrape):
+            rel = url[len(scrape.rstrip("/")) + 1:]
+            target = dest / rel
+            if not target.exists():
+                storage.get_file(url, target)
+        return dest
+    p = Path(scrape.removeprefix("file://"))
+    if not p.exists():
+        raise ScrapeError(f"--scrape: no such folder or URL list: {scrape}")
+    if p.is_dir():
+        return p
+    # a URL list: download it (resumable) and unpack the shards' images
+    from cerebro_core.data.download import download
+
+    key = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    out = str(resolve(cfg).home / "scrapes" / key / "shards")
+    dl_cfg = cfg.download.model_copy(update={"url_list": str(p), "output": out})
+    res = download(dl_cfg, storage, out, log=log)
+    dest = resolve(cfg).home / "scrapes" / key / "images"
+    dest.mkdir(parents=True, exist_ok=True)
+    for shard in res.shards:
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith((".jpg", ".png", ".webp")) and not (dest / m.name).exists():
+                    (dest / m.name).write_bytes(tf.extractfile(m).read())
+    return dest
+
+
+def _champion_bundle(cfg: CerebroConfig):
+    import mlflow
+
+    c = tracking.client()
+    name = cfg.tracking.search_model_name
+    try:
+        mv = c.get_model_version_by_alias(name, "champion")
+    except Exception:
+        raise ScrapeError(f"no {name}@champion to add to: run `cerebro index` first") from None
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
+    bundles = [p.parent for p in local.rglob("index.json")]
+    if not bundles:
+        raise RuntimeError(f"{name} v{mv.version} carries no search bundle")
+    return mv, bundles[0]
+
+
+def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
+                log: Callable[[str], None] = print) -> ReindexResult:
+    t0 = time.perf_counter()
+    tracking.configure(cfg)
+    folder = materialise(cfg, scrape, log)
+    mv, bundle = _champion_bundle(cfg)
+    info = json.loads((bundle / "index.json").read_text())
+    rows = pq.read_table(bundle / "metadata.parquet").to_pylist()
+    old_vectors = np.load(bundle / "vectors.npy", allow_pickle=False) if (bundle / "vectors.npy").exists() else None
+    known = {r["sha256"] for r in rows if r.get("sha256")}
+
+    counts: Counter = Counter()
+    items = scan_folder(str(folder), source, cfg.index.video_frame_interval, counts)
+    new_items: list[Item] = []
+    dup = 0
+    seen: set[str] = set()
+    for it in items:
+        if it.sha256 is None:
+            try:
+                it.sha256 = hashlib.sha256(Path(it.uri).read_bytes()).hexdigest()
+            except OSError:
+                counts["unreadable"] += 1
+                continue
+        if it.sha256 in known or it.sha256 in seen:
+            dup += 1
+            continue
+        seen.add(it.sha256)
+        new_items.append(it)
+
+    # Which CLIP model is champion now, and is it the one the index was built with?
+    from cerebro_core.model.registry import download as download_clip
+    from cerebro_core.model.registry import resolve_version
+
+    clip_now = resolve_version(cfg.tracking.model_name, cfg.index.model_alias)
+    built_with = str(info.get("clip", {}).get("version"))
+    full = str(clip_now.version) != built_with or old_vectors is None
+    tags = {"scrape": scrape, "search_version_before": mv.version, "full_rebuild": str(full)}
+    with tracking.stage_run(cfg, "reindex", tags=tags):
+        if full:
+            log(f"reindex: cerebro-clip champion is v{clip_now.version}, index built with v{built_with}: "
+                "re-embedding everything")
+            model_dir = download_clip(clip_now)
+            clip = load_clip_from_folder(model_dir)
+            old_items = [Item(r["uri"], r["source"], r["media_type"], r.get("video_ts"), sha256=r.get("sha256"))
+                         for r in rows if Path(r["uri"]).exists()]
+            todo = old_items + new_items
+        else:
+            model_dir = bundle / "model"
+            clip = load_clip_from_folder(model_dir)
+            todo = new_items
+        emb = embed_items(clip.model, clip.preprocess_val, todo, batch_size=cfg.index.batch_size,
+                          workers=default_workers())
+        failed = sum(emb.failures.values()) + sum(counts.values())
+        n_new = len([r for r in emb.rows if r["sha256"] not in known])
+        result = dict(scanned=len(items), new=n_new, duplicates=dup, failed=failed, size_before=len(rows),
+                      full_rebuild=full)
+        if not full and len(emb.rows) == 0:
+            tracking.log_metrics({**{k: float(v) for k, v in result.items()}, "size_after": len(rows),
+                                  "seconds": time.perf_counter() - t0})
+            log(f"reindex: nothing new in {scrape} ({dup} duplicates, {failed} failed); champion unchanged")
+            return ReindexResult(version=None, published=False, size_after=len(rows), index_rebuilt=False,
+                                 reason="nothing new", seconds=time.perf_counter() - t0, **result)
+        if full:
+            vectors = emb.vectors
+            all_rows = emb.rows
+            index, report = build_and_tune(vectors.astype(np.float32), cfg.index.kind, cfg.index.recall_target,
+                                           cfg.index.memory_budget_mb)
+            rebuilt, reason = True, "new CLIP model: full rebuild"
+        else:
+            index = deserialize((bundle / "index.faiss").read_bytes())
+            kind = info["kind"]
+            baseline = float(info.get("build_params", {}).get("centroid_distance", 0.0))
+
+            def rebuild_fn(allv: np.ndarray):
+                return build(allv, kind)[0]
+
+            index, add = add_or_rebuild(index, kind, old_vectors, emb.vectors, baseline, rebuild_fn)
+            vectors = np.concatenate([old_vectors, emb.vectors])
+            all_rows = [{k: v for k, v in r.items() if k != "id"} for r in rows] + emb.rows
+            report = IndexReport(**{k: v for k, v in info.items() if k in IndexReport.__dataclass_fields__})
+            report.n = len(all_rows)
+            rebuilt, reason = add.rebuilt, add.reason
+            report.recall_at_10 = _recall(index, kind, report.params, vectors)
+        log(f"reindex: {n_new} new, {dup} duplicates, {failed} failed; index {reason}; "
+            f"{len(rows)} → {len(all_rows)} items")
+        tracking.log_metrics({**{k: float(v) for k, v in result.items()}, "size_after": len(all_rows),
+                              "index_rebuilt": float(rebuilt), "recall_at_10": report.recall_at_10})
+        with tempfile.TemporaryDirectory() as td:
+            b = write_bundle(Path(td, "bundle"), index, report, all_rows, model_dir,
+                             {"name": cfg.tracking.model_name, "version": str(clip_now.version) if full else built_with,
+                              "model": clip.name}, vectors=vectors)
+            sv = publish(cfg, b, str(clip_now.version) if full else built_with, report)
+        seconds = time.perf_counter() - t0
+        tracking.log_metrics({"seconds": seconds})
+    return ReindexResult(version=sv, published=True, size_after=len(all_rows), index_rebuilt=rebuilt, reason=reason,
+                         seconds=seconds, **result)
+
+
+def _recall(index, kind: str, params: dict, vectors: np.ndarray) -> float:
+    import faiss
+
+    from cerebro_core.index.build import search_params
+
+    if kind == "flat" or len(vectors) == 0:
+        return 1.0
+    x = vectors.astype(np.float32)
+    q = sample_queries(x, 200)
+    exact = faiss.IndexFlatIP(x.shape[1])
+    exact.add(x)
+    _, truth = exact.search(q, min(10, len(x)))
+    _, found = index.search(q, min(10, len(x)), params=search_params(index, kind, next(iter(params.values()), None)))
+    return recall_at_k(found, truth, min(10, len(x)))

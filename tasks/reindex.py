@@ -1,0 +1,24 @@
+"""Re-indexing as a Prefect task."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+
+from cerebro_core.config import CerebroConfig
+from cerebro_core.index import reindex as core
+
+
+@task(name="reindex", retries=2, retry_delay_seconds=30, timeout_seconds=24 * 3600,
+      description="add the new media of a scrape to cerebro-search (incremental, idempotent)")
+def reindex_task(cfg: CerebroConfig, scrape: str, source: str = "scrape") -> core.ReindexResult:
+    logger = get_run_logger()
+    res = core.run_reindex(cfg, scrape, source=source, log=logger.info)
+    create_table_artifact(
+        key="reindex-summary",
+        table=[{"metric": k, "value": getattr(res, k)} for k in
+               ("scanned", "new", "duplicates", "failed", "size_before", "size_after", "full_rebuild",
+                "index_rebuilt", "reason", "published")],
+        description=f"scrape {scrape}" + (f" -> {res.version.name} v{res.version.version}" if res.version else ""),
+    )
+    return res

@@ -1,0 +1,172 @@
+"""Re-indexing: only new photos are added (renamed copies are duplicates, corrupt files counted),
+searching finds them, a second run is a no-op, a SIGKILL during publishing leaves the champion
+servable and the rerun completes, a new CLIP champion forces a full re-embed, IVF drift."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cerebro_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def caltech_index(shared_data, tmp_path_factory):
+    from test_index import register_random_clip
+
+    from cerebro_core.index.stage import run_stage
+
+    home = tmp_path_factory.mktemp("reindex-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEREBRO_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = load_config(REPO / "configs/demo.yaml", [
+        f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"])
+    register_random_clip(cfg)
+    sv = run_stage(cfg, log=lambda s: None)
+    yield {"cfg": cfg, "sv": sv, "home": home}
+    mp.undo()
+
+
+def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int = 0) -> dict:
+    dst.mkdir(parents=True)
+    new = sorted((shared / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[offset:offset + n_new]
+    for i, p in enumerate(new):
+        shutil.copy(p, dst / f"new_{offset + i:04d}.jpg")
+    olds = sorted((shared / "caltech101_animals").rglob("*.jpg"))[:n_copies]
+    for i, p in enumerate(olds):
+        shutil.copy(p, dst / f"renamed_copy_{i}.jpg")
+    (dst / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (dst / "notes.png").write_bytes(b"this is text")
+    return {"new": new, "copies": olds}
+
+
+def test_reindex_adds_only_new_media(caltech_index, shared_data, tmp_path):
+    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+
+    s = make_scrape(shared_data, tmp_path / "scrape", n_new=30, n_copies=10)
+    r = run_reindex(caltech_index["cfg"], str(tmp_path / "scrape"), log=lambda x: None)
+    assert (r.new, r.duplicates, r.failed) == (30, 10, 2)
+    assert r.size_before == 700 and r.size_after == 730 and r.published and not r.full_rebuild
+    version, searcher = load_searcher("models:/cerebro-search@champion")
+    assert version == r.version.version
+    hits = searcher.search_image(s["new"][3].read_bytes(), k=1)
+    assert hits[0]["uri"].endswith("new_0003.jpg") and hits[0]["source"] == "scrape"
+    shas = [row["sha256"] for row in searcher.rows]
+    assert len(shas) == len(set(shas)) == 730
+    # idempotent: the same scrape again adds nothing and publishes nothing
+    again = run_reindex(caltech_index["cfg"], str(tmp_path / "scrape"), log=lambda x: None)
+    assert (again.new, again.duplicates, again.published) == (0, 40, False)
+
+
+REINDEX_SCRIPT = """
+import sys
+from cerebro_core.config import load_config
+from cerebro_core.index.reindex import run_reindex
+cfg = load_config(sys.argv[1], [sys.argv[2]])
+run_reindex(cfg, sys.argv[3], log=print)
+"""
+
+
+def _versions(home: Path) -> list[int]:
+    with sqlite3.connect(home / "mlflow.db") as db:
+        return [int(v) for (v,) in db.execute(
+            "select version from model_versions where name = 'cerebro-search'").fetchall()]
+
+
+def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_path):
+    import mlflow
+    import pandas as pd
+
+    from cerebro_core import tracking
+    from cerebro_core.index.reindex import run_reindex
+
+    home = caltech_index["home"]
+    before = str(tracking.client().get_model_version_by_alias("cerebro-search", "champion").version)
+    n_before = len(_versions(home))
+    make_scrape(shared_data, tmp_path / "scrape", n_new=12, n_copies=0, offset=100)
+    script = tmp_path / "run.py"
+    script.write_text(REINDEX_SCRIPT)
+    src = f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"
+    proc = subprocess.Popen([sys.executable, str(script), str(REPO / "configs/demo.yaml"), src,
+                             str(tmp_path / "scrape")], start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, CEREBRO_HOME=str(home)))
+    deadline = time.time() + 300
+    while time.time() < deadline and len(_versions(home)) == n_before and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # registered, not yet smoke-tested and aliased
+    proc.wait()
+    assert len(_versions(home)) == n_before + 1, "the kill must land between registration and the alias"
+    champ = tracking.client().get_model_version_by_alias("cerebro-search", "champion")
+    assert str(champ.version) == before
+    m = mlflow.pyfunc.load_model("models:/cerebro-search@champion")  # still loadable and answering
+    assert len(m.predict(pd.DataFrame({"query": ["a horse"]}), params={"k": 3})) == 3
+
+    r = run_reindex(caltech_index["cfg"], str(tmp_path / "scrape"), log=lambda x: None)
+    assert r.published and r.new == 12
+    _, searcher = __import__("cerebro_core.index.publish", fromlist=["x"]).load_searcher(
+        "models:/cerebro-search@champion")
+    shas = [row["sha256"] for row in searcher.rows]
+    assert len(shas) == len(set(shas)) == r.size_after  # the new photos exactly once
+
+
+def test_new_clip_champion_forces_full_reembed(caltech_index, shared_data, tmp_path):
+    from test_index import register_random_clip
+
+    from cerebro_core import tracking
+    from cerebro_core.index.reindex import run_reindex
+
+    cfg = caltech_index["cfg"]
+    clip2 = register_random_clip(cfg, stage="adapt", seed=1)
+    tracking.set_alias("cerebro-clip", "champion", clip2.version)
+    make_scrape(shared_data, tmp_path / "scrape", n_new=5, n_copies=0, offset=200)
+    r = run_reindex(cfg, str(tmp_path / "scrape"), log=lambda x: None)
+    assert r.full_rebuild and r.new == 5 and r.size_after == r.size_before + 5
+    assert r.version.clip_version == str(clip2.version)
+
+
+def test_missing_and_empty_scrapes(caltech_index, tmp_path):
+    from cerebro_core.index.reindex import ScrapeError, run_reindex
+
+    with pytest.raises(ScrapeError, match="no such folder"):
+        run_reindex(caltech_index["cfg"], str(tmp_path / "nope"), log=lambda x: None)
+    (tmp_path / "empty").mkdir()
+    r = run_reindex(caltech_index["cfg"], str(tmp_path / "empty"), log=lambda x: None)
+    assert (r.scanned, r.new, r.published) == (0, 0, False)
+
+
+def test_ivf_adds_until_drift_then_rebuilds():
+    from cerebro_core.index.build import build_and_tune
+    from cerebro_core.index.incremental import add_or_rebuild
+
+    rng = np.random.default_rng(0)
+    d = 32
+    centers = rng.standard_normal((16, d)).astype(np.float32)
+
+    def data(n, c):
+        x = c[rng.integers(0, len(c), n)] + 0.3 * rng.standard_normal((n, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    x = data(20000, centers)
+    index, rep = build_and_tune(x, "ivf", 0.95, 4096, n_queries=100)
+    baseline = rep.build_params["centroid_distance"]
+    same = data(1000, centers)
+    index, add = add_or_rebuild(index, "ivf", x, same, baseline, lambda v: None)
+    assert not add.rebuilt and index.ntotal == 21000
+    far = data(1000, rng.standard_normal((4, d)).astype(np.float32) * 3)  # a new region of the space
+    rebuilt = []
+    index2, add2 = add_or_rebuild(index, "ivf", np.concatenate([x, same]), far, baseline,
+                                  lambda v: rebuilt.append(len(v)) or "REBUILT")
+    assert add2.rebuilt and "drift" in add2.reason and rebuilt == [22000] and index2 == "REBUILT"
