@@ -333,7 +333,7 @@ def demo(
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="demo config"),
     set_: Optional[list[str]] = SetOption,
 ) -> None:
-    """The offline CPU demo: generate images, then run every stage built so far on them."""
+    """The offline CPU demo: generate images, then run the whole pipeline on them."""
     cfg = load(config, set_)
     from cerebro_core.demo_data import make_demo_data
     from cerebro_core.home import resolve
@@ -342,10 +342,12 @@ def demo(
     tsv = make_demo_data(ep.home / "demo")
     typer.echo(f"demo data: {tsv}")
     info(config=config, set_=set_, as_json=False)
-    download(config=config, set_=set_)
-    pretrain(config=config, set_=set_, shards=None)
-    adapt(config=config, set_=set_, start_version=None)
-    index(config=config, set_=set_, clip_version=None)
+    _start_prefect(cfg)
+    from flows.pipeline import PipelineParams, pipeline_flow
+
+    summary = pipeline_flow(PipelineParams(config=str(config), overrides=list(set_ or [])))
+    typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(
+        f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
     typer.echo("")
     typer.echo("Search it:")
     typer.echo('  .venv/bin/cerebro search "a red circle on snow" -c configs/demo.yaml')

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+
+from tasks.caching import adapt_key
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.adapt import stage as core
@@ -12,7 +14,7 @@ COLUMNS = ("iteration", "selected", "pseudo_label_precision", "class_entropy", "
            "val/mean_per_class", "test/top1", "general/text_to_image_R5")
 
 
-@task(name="adapt", retries=0, timeout_seconds=7 * 24 * 3600,
+@task(cache_key_fn=adapt_key, persist_result=True, result_serializer="json", name="adapt", retries=0, timeout_seconds=7 * 24 * 3600,
       description="iterations of pseudo-label -> fine-tune, measured; best registered as cerebro-clip@champion")
 def adapt_task(cfg: CerebroConfig, start_version: str | None = None) -> core.AdaptResult:
     logger = get_run_logger()

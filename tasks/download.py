@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+
+from tasks.caching import download_key
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
@@ -11,6 +13,9 @@ from tasks.progress import Progress
 
 
 @task(
+    cache_key_fn=download_key,
+    persist_result=True,
+    result_serializer="json",
     name="download",
     retries=2,  # resumable: a retry continues from the finished shards
     retry_delay_seconds=10,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from prefect import get_run_logger, task
+
+from tasks.caching import index_key
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
@@ -11,7 +13,7 @@ from cerebro_core.index.publish import SearchVersion
 from tasks.progress import Progress
 
 
-@task(name="index", retries=1, retry_delay_seconds=30, timeout_seconds=24 * 3600,
+@task(cache_key_fn=index_key, persist_result=True, result_serializer="json", name="index", retries=1, retry_delay_seconds=30, timeout_seconds=24 * 3600,
       description="embed wildlife images + video stills, FAISS index tuned to a recall target, publish cerebro-search")
 def index_task(cfg: CerebroConfig, clip_version: str | None = None) -> SearchVersion:
     logger = get_run_logger()

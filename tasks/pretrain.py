@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from prefect import get_run_logger, task
+
+from tasks.caching import pretrain_key
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
@@ -25,6 +27,9 @@ def step_progress(progress: Progress):
 
 
 @task(
+    cache_key_fn=pretrain_key,
+    persist_result=True,
+    result_serializer="json",
     name="pretrain",
     retries=1,  # resume: auto continues from the newest checkpoint
     retry_delay_seconds=30,

@@ -9,7 +9,7 @@ from cerebro_core.config import CerebroConfig
 from cerebro_core.index import reindex as core
 
 
-@task(name="reindex", retries=2, retry_delay_seconds=30, timeout_seconds=24 * 3600,
+@task(name="reindex", result_serializer="json", retries=2, retry_delay_seconds=30, timeout_seconds=24 * 3600,
       description="add the new media of a scrape to cerebro-search (incremental, idempotent)")
 def reindex_task(cfg: CerebroConfig, scrape: str, source: str = "scrape") -> core.ReindexResult:
     logger = get_run_logger()

@@ -264,6 +264,8 @@ def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
         "epochs": math.ceil(ft.steps / steps_per_epoch), "accum_steps": 1, "checkpoint_every_steps": 10**9,
         "keep_checkpoints": 1, "resume": "never", "log_every_steps": max(1, min(cfg.train.log_every_steps, ft.steps)),
         "nproc_per_node": 1, "seed": cfg.adapt.seed,
+        # in-process: no forked loader workers inside a multi-threaded orchestrator process
+        "workers": 0,
     })
 
 

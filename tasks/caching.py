@@ -1,0 +1,80 @@
+"""Cache keys: a stage's result is reused when its config section, the fingerprints of its inputs
+(manifest hash, model version, source listing) and the code version are unchanged.
+
+Results are persisted as JSON (never pickle) under Prefect's result storage."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import cerebro_core
+
+CORE = Path(cerebro_core.__file__).parent
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    h = hashlib.sha256()
+    for p in sorted(CORE.rglob("*")):
+        if p.suffix in (".py", ".json", ".html") and p.is_file():
+            h.update(p.relative_to(CORE).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def path_fingerprint(path: str | None) -> str:
+    """Cheap fingerprint of a file or folder tree: names, sizes, mtimes (S3: the listing)."""
+    if not path:
+        return "none"
+    if path.startswith("s3://"):
+        return f"s3:{path}"
+    p = Path(path)
+    if not p.exists():
+        return f"missing:{path}"
+    if p.is_file():
+        st = p.stat()
+        return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+    h = hashlib.sha256()
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        for f in sorted(files):
+            st = os.stat(os.path.join(root, f))
+            h.update(f"{os.path.relpath(os.path.join(root, f), p)}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps([code_version(), *parts], sort_keys=True, default=str).encode()).hexdigest()
+
+
+def download_key(context, parameters) -> str:
+    cfg = parameters["cfg"]
+    from cerebro_core.home import resolve
+
+    return _key("download", cfg.name, cfg.section_hash("download"), resolve(cfg).storage_root,
+                path_fingerprint(cfg.download.url_list))
+
+
+def pretrain_key(context, parameters) -> str:
+    cfg = parameters["cfg"]
+    return _key("pretrain", cfg.name, cfg.section_hash("train"), parameters["shards"].manifest_hash)
+
+
+def adapt_key(context, parameters) -> str:
+    cfg = parameters["cfg"]
+    a = cfg.adapt
+    sources = [path_fingerprint(s.path) for s in a.sources]
+    extra = [path_fingerprint(x.path) if x else None for x in (a.validation_source, a.test_source)]
+    return _key("adapt", cfg.name, cfg.section_hash("adapt"), cfg.train.finetune.model_dump(mode="json"),
+                parameters.get("start_version"), sources, extra, path_fingerprint(a.vocabulary))
+
+
+def index_key(context, parameters) -> str:
+    cfg = parameters["cfg"]
+    return _key("index", cfg.name, cfg.section_hash("index"), parameters.get("clip_version"),
+                [path_fingerprint(s.path) for s in cfg.index.sources])

@@ -1,0 +1,187 @@
+"""The whole DAG through real servers: `prefect server start` and `mlflow server` on 127.0.0.1,
+`prefect deploy --all` from prefect.yaml, a process worker, flow runs created through the REST API
+(as the UI does); nested MLflow runs per stage and iteration, cerebro-search@champion answering
+`cerebro search`; a failed adapt stage resumed without recomputing download and pretrain; the
+`cerebro.scrape.landed` event starting a reindex run; the docker-compose file validated."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+FAST = ["train.epochs=2", "adapt.iterations=2", "adapt.early_stop=false", "train.finetune.steps=10",
+        "download.samples_per_shard=200"]
+
+
+def _http(method: str, url: str, body: dict | None = None) -> dict | list:
+    import httpx
+
+    r = httpx.request(method, url, json=body, timeout=60)
+    r.raise_for_status()
+    return r.json() if r.content else {}
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("servers")
+    pport, mport = free_port(), free_port()
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    penv = dict(base_env, PREFECT_HOME=str(tmp / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+                PREFECT_UI_ENABLED="false")
+    procs = [
+        subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(pport)],
+                         env=penv, stdout=open(tmp / "prefect.log", "w"), stderr=subprocess.STDOUT),
+        subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
+                          "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
+                          "--artifacts-destination", f"file://{tmp}/mlartifacts", "--workers", "1"],
+                         env=base_env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT),
+    ]
+    worker = None
+    try:
+        wait_port(pport, timeout=120, proc=procs[0])
+        wait_port(mport, timeout=120, proc=procs[1])
+        api = f"http://127.0.0.1:{pport}/api"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                _http("GET", api + "/health")
+                break
+            except Exception:
+                time.sleep(0.5)
+        env = dict(base_env, PREFECT_API_URL=api, MLFLOW_TRACKING_URI=f"http://127.0.0.1:{mport}",
+                   PREFECT_HOME=str(tmp / "prefect-client"), CEREBRO_HOME=str(tmp / "home"),
+                   CEREBRO_REPO=str(REPO), CEREBRO_SCRAPE_DIR=str(tmp / "scrapes" / "daily"))
+        run = lambda *a: subprocess.run([str(BIN / "prefect"), *a], env=env, cwd=REPO, capture_output=True,  # noqa: E731
+                                        text=True, timeout=300)
+        for pool, typ, tpl in [("cerebro-cpu", "process", "cerebro-cpu.json"),
+                               ("cerebro-gpu", "kubernetes", "cerebro-gpu-kubernetes.json"),
+                               ("cerebro-gpu-docker", "docker", "cerebro-gpu-docker.json")]:
+            p = run("work-pool", "create", pool, "--type", typ, "--base-job-template", str(REPO / "deployments" / tpl))
+            assert p.returncode == 0, p.stdout + p.stderr
+        p = run("--no-prompt", "deploy", "--all")
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cerebro-cpu"], env=env, cwd=REPO,
+                                  stdout=open(tmp / "worker.log", "w"), stderr=subprocess.STDOUT)
+        yield {"api": api, "mlflow": f"http://127.0.0.1:{mport}", "env": env, "tmp": tmp}
+    finally:
+        for p in ([worker] if worker else []) + procs:
+            p.terminate()
+        for p in ([worker] if worker else []) + procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def run_deployment(api: str, name: str, parameters: dict, timeout: float = 900) -> dict:
+    dep = _http("GET", f"{api}/deployments/name/{name}")
+    fr = _http("POST", f"{api}/deployments/{dep['id']}/create_flow_run", {"parameters": parameters})
+    return wait_flow_run(api, fr["id"], timeout)
+
+
+def wait_flow_run(api: str, fr_id: str, timeout: float) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        fr = _http("GET", f"{api}/flow_runs/{fr_id}")
+        if fr["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+            return fr
+        time.sleep(2)
+    raise TimeoutError(f"flow run {fr_id} still {fr['state']['type']} after {timeout}s")
+
+
+def runs_by_stage(client, stage: str):
+    exp = client.get_experiment_by_name("cerebro")
+    return client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
+
+
+def test_pipeline_through_prefect_server_and_resume(servers):
+    import mlflow
+
+    api, env, tmp = servers["api"], servers["env"], servers["tmp"]
+    wild = tmp / "home" / "demo" / "wild_later"  # appears only before the second run
+    overrides = FAST + [f"adapt.sources=[{{name: wild, path: {wild}}}]"]
+    params = {"params": {"config": "configs/demo.yaml", "overrides": overrides, "demo_data": True}}
+    first = run_deployment(api, "cerebro/pipeline", params)
+    assert first["state"]["type"] == "FAILED"  # adapt: source folder not found
+    client = mlflow.MlflowClient(tracking_uri=servers["mlflow"])
+    assert len(runs_by_stage(client, "download")) == 1 and len(runs_by_stage(client, "pretrain")) == 1
+    assert len(runs_by_stage(client, "adapt")) == 0
+
+    shutil.copytree(tmp / "home" / "demo" / "wild", wild)
+    second = run_deployment(api, "cerebro/pipeline", params)
+    log = (tmp / "worker.log").read_text()[-4000:]
+    assert second["state"]["type"] == "COMPLETED", log
+    # download and pretrain came from the cache: still one MLflow run each
+    assert len(runs_by_stage(client, "download")) == 1 and len(runs_by_stage(client, "pretrain")) == 1
+    pipelines = runs_by_stage(client, "pipeline")
+    done = [r for r in pipelines if r.info.status == "FINISHED"]
+    assert len(done) == 1
+    parent = done[0].info.run_id
+    for stage in ("adapt", "index"):
+        (r,) = runs_by_stage(client, stage)
+        assert r.data.tags["mlflow.parentRunId"] == parent, stage
+    adapt_run = runs_by_stage(client, "adapt")[0]
+    its = runs_by_stage(client, "adapt-iteration")
+    assert sorted(r.data.tags["iteration"] for r in its) == ["1", "2"]
+    assert all(r.data.tags["mlflow.parentRunId"] == adapt_run.info.run_id for r in its)
+    first_parent = [r for r in pipelines if r.info.run_id != parent][0].info.run_id
+    assert runs_by_stage(client, "download")[0].data.tags["mlflow.parentRunId"] == first_parent
+    assert client.get_model_version_by_alias("cerebro-search", "champion")
+    arts = _http("POST", f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["pipeline-summary"]}}})
+    assert arts and "recall@10" in arts[0]["data"]
+
+    p = subprocess.run([str(BIN / "cerebro"), "search", "a red circle on snow", "-k", "3", "--json", "-c",
+                        "configs/demo.yaml"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    hits = json.loads(p.stdout)["results"]
+    assert len(hits) == 3 and all(Path(h["uri"]).exists() for h in hits)
+
+
+def test_scrape_event_triggers_reindex(servers, shared_data):
+    api, env, tmp = servers["api"], servers["env"], servers["tmp"]
+    scrape = tmp / "scrapes" / "new-batch"
+    scrape.mkdir(parents=True)
+    for p in sorted((shared_data / "cifar10_animals" / "test" / "frog").glob("*.jpg"))[:8]:
+        shutil.copy(p, scrape / p.name)
+    code = ("from prefect.events import emit_event\n"
+            f"emit_event(event='cerebro.scrape.landed', resource={{'prefect.resource.id': 'cerebro.scrape.test'}},"
+            f" payload={{'scrape': {str(scrape)!r}}})\n")
+    t0 = time.time()
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
+    dep = _http("GET", f"{api}/deployments/name/reindex/reindex")
+    deadline = time.time() + 180
+    runs = []
+    while time.time() < deadline and not runs:
+        runs = _http("POST", f"{api}/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
+        time.sleep(2)
+    assert runs, "the event did not start a reindex run"
+    assert runs[0]["parameters"]["scrape"] == str(scrape)
+    fr = wait_flow_run(api, runs[0]["id"], 600)
+    assert fr["state"]["type"] == "COMPLETED", (tmp / "worker.log").read_text()[-4000:]
+    import mlflow
+
+    r = runs_by_stage(mlflow.MlflowClient(tracking_uri=servers["mlflow"]), "reindex")
+    assert r and r[0].data.metrics["new"] == 8 and time.time() - t0 < 900
+
+
+def test_compose_file_validates():
+    if not shutil.which("docker-compose"):
+        pytest.fail("docker-compose missing: scripts/install-system-deps.sh installs Debian's docker-compose")
+    p = subprocess.run(["docker-compose", "-f", str(REPO / "docker" / "docker-compose.yml"), "config", "-q"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    cfg = subprocess.run(["docker-compose", "-f", str(REPO / "docker" / "docker-compose.yml"), "config"],
+                         capture_output=True, text=True, timeout=120).stdout
+    for svc in ("postgres:", "minio:", "prefect:", "mlflow:", "worker:", "search:"):
+        assert svc in cfg
