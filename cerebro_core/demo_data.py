@@ -60,7 +60,7 @@ def make_demo_data(folder: str | Path, n: int = 600, size: int = 64, seed: int =
     for sub, per_class in (("wild", 15), ("val", 5)):
         for cname in classes:
             c, s = cname.split()
-            d = folder / sub / (cname.replace(" ", "_") if sub == "val" else "")
+            d = folder / sub / (cname if sub == "val" else "")
             d.mkdir(parents=True, exist_ok=True)
             for j in range(per_class):
                 b = rng.choice(list(BACKGROUNDS))

@@ -161,6 +161,9 @@ def embed_items(
     loader = DataLoader(
         _ItemDataset(mine, transform, max_pixels), batch_size=batch_size, num_workers=workers,
         collate_fn=_collate, pin_memory=half, prefetch_factor=4 if workers > 0 else None,
+        # spawn, not fork: this runs inside orchestrator processes full of threads (Prefect's
+        # event loop, MLflow clients), where forked decode workers die at start
+        multiprocessing_context="spawn" if workers > 0 else None,
     )
     vecs, rows = [], []
     failures: Counter = Counter()

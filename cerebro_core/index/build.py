@@ -173,10 +173,7 @@ def build_and_tune(
     report = IndexReport(kind=kind, n=n, dim=d, build_params=bp, build_s=build_s,
                          memory_mb=estimate_mb(kind, n, d), gpu=on_gpu)
     if kind in ("ivf", "ivfpq") and n:
-        from cerebro_core.index.incremental import centroid_distance
-
-        sample = x[np.random.default_rng(seed).choice(n, size=min(n, 20000), replace=False)]
-        report.build_params["centroid_distance"] = centroid_distance(index, sample)  # the drift baseline
+        report.build_params["centroid_distance"] = centroid_baseline(index, x, seed)  # the drift baseline
     if n == 0:
         return index, report
     queries = sample_queries(x, n_queries, seed)
@@ -210,6 +207,14 @@ def build_and_tune(
     report.params = {key: chosen[0]}
     report.recall_at_10, report.latency_p50_ms, report.latency_p99_ms = chosen[1], chosen[2], chosen[3]
     return index, report
+
+
+def centroid_baseline(index, x: np.ndarray, seed: int = 0) -> float:
+    """Mean distance of (a sample of) the indexed vectors to their IVF centroid; 0 for other kinds."""
+    from cerebro_core.index.incremental import centroid_distance
+
+    sample = x[np.random.default_rng(seed).choice(len(x), size=min(len(x), 20000), replace=False)]
+    return centroid_distance(index, sample)
 
 
 def serialize(index) -> bytes:
