@@ -136,6 +136,11 @@ def register_version(
     return mv
 
 
+def register_logged_model(name: str, model_uri: str, tags: dict[str, Any] | None = None):
+    """Register an MLflow logged model (``models:/m-…`` from ``log_model``) as a new version."""
+    return _mlflow().register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+
+
 def set_alias(name: str, alias: str, version: str | int) -> None:
     client().set_registered_model_alias(name, alias, str(version))
 

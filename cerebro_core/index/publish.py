@@ -84,8 +84,8 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
     )
     name = cfg.tracking.search_model_name
     run_id = mlflow.active_run().info.run_id
-    mv = tracking.register_version(
-        name, info.model_uri, run_id,
+    mv = tracking.register_logged_model(
+        name, info.model_uri,
         tags={"stage": "index", "clip_version": clip_version, "kind": report.kind, "n": report.n,
               "recall_at_10": round(report.recall_at_10, 4)},
     )
