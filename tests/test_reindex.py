@@ -75,8 +75,10 @@ REINDEX_SCRIPT = """
 import sys
 from cerebro_core.config import load_config
 from cerebro_core.index.reindex import run_reindex
-cfg = load_config(sys.argv[1], [sys.argv[2]])
-run_reindex(cfg, sys.argv[3], log=print)
+
+if __name__ == "__main__":  # decode workers are spawned: the script must be importable
+    cfg = load_config(sys.argv[1], [sys.argv[2]])
+    run_reindex(cfg, sys.argv[3], log=print)
 """
 
 
@@ -106,6 +108,7 @@ def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_p
     deadline = time.time() + 300
     while time.time() < deadline and len(_versions(home)) == n_before and proc.poll() is None:
         time.sleep(0.02)
+    assert proc.poll() is None, f"reindex exited early with {proc.returncode}"
     os.killpg(proc.pid, signal.SIGKILL)  # registered, not yet smoke-tested and aliased
     proc.wait()
     assert len(_versions(home)) == n_before + 1, "the kill must land between registration and the alias"
