@@ -31,12 +31,14 @@ class Endpoints:
 
 def resolve(cfg: CerebroConfig) -> Endpoints:
     home = cerebro_home()
+    embedded = f"sqlite:///{home / 'mlflow.db'}"
+    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
     if cfg.tracking.uri:
         uri, src = cfg.tracking.uri, "config"
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        uri, src = os.environ["MLFLOW_TRACKING_URI"], "env"
+    elif env_uri and env_uri != embedded:  # prepare_environment exports the embedded URI itself
+        uri, src = env_uri, "env"
     else:
-        uri, src = f"sqlite:///{home / 'mlflow.db'}", "embedded"
+        uri, src = embedded, "embedded"
     prefect_home = Path(os.environ.get("PREFECT_HOME", home / "prefect")).expanduser()
     prefect_api = os.environ.get("PREFECT_API_URL") or "ephemeral"
     storage_root = cfg.storage.root or str(home / "data")

@@ -229,6 +229,8 @@ def test_cli_download_through_prefect_and_mlflow(http_images, tmp_path):
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
     exp = client.get_experiment_by_name("cerebro")
+    assert exp.artifact_location.startswith(home.as_uri())  # all state under CEREBRO_HOME, none in cwd
+    assert not (tmp_path / "mlruns").exists()
     runs = client.search_runs([exp.experiment_id], "tags.stage = 'download'")
     assert len(runs) == 1
     run = runs[0]
