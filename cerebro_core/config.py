@@ -84,6 +84,29 @@ class FinetuneConfig(_Section):
     freeze_text: bool = True
 
 
+class AugmentConfig(_Section):
+    """open_clip's ``AugmentationCfg`` (training transform); the defaults are open_clip's."""
+
+    scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop area range")
+    ratio: Optional[tuple[float, float]] = None
+    color_jitter: Optional[float | tuple[float, float, float] | tuple[float, float, float, float]] = None
+    re_prob: Optional[float] = Field(None, ge=0, le=1, description="random erasing (use_timm)")
+    re_count: Optional[int] = Field(None, ge=1)
+    use_timm: bool = Field(False, description="timm transform (random erasing); no flips, as open_clip")
+    color_jitter_prob: Optional[float] = Field(None, ge=0, le=1)
+    gray_scale_prob: Optional[float] = Field(None, ge=0, le=1)
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 1:
+            raise ValueError("must be (low, high) with 0 < low <= high <= 1")
+        return v
+
+    def open_clip_cfg(self) -> dict:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
 class TrainConfig(_Section):
     model: str = Field("ViT-B-32", description="open_clip architecture name (random init, always)")
     batch_size: int = Field(480, ge=1, description="per-GPU (per-process) batch size")
@@ -112,6 +135,7 @@ class TrainConfig(_Section):
     log_every_steps: int = Field(50, ge=1)
     val_fraction: float = Field(0.01, ge=0, lt=1)
     zero_shot_source: str | None = Field(None, description="labelled image folder for zero-shot eval")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
 
 

@@ -56,8 +56,9 @@ class _NoPretrainedNote(logging.Filter):
         return "No pretrained weights loaded" not in record.getMessage()
 
 
-def create(name: str, device: str = "cpu", precision: str = "fp32") -> ClipBundle:
-    """A randomly initialised open_clip model with its transforms and tokenizer."""
+def create(name: str, device: str = "cpu", precision: str = "fp32", aug_cfg: dict | None = None) -> ClipBundle:
+    """A randomly initialised open_clip model with its transforms and tokenizer; ``aug_cfg`` is
+    open_clip's ``AugmentationCfg`` (as a dict) for the training transform."""
     import open_clip
 
     root = logging.getLogger()
@@ -65,7 +66,7 @@ def create(name: str, device: str = "cpu", precision: str = "fp32") -> ClipBundl
         root.addFilter(_NoPretrainedNote())
     arch = model_config(name)
     model, pre_train, pre_val = open_clip.create_model_and_transforms(
-        name, pretrained=None, precision=precision, device=device, output_dict=True
+        name, pretrained=None, precision=precision, device=device, output_dict=True, aug_cfg=aug_cfg
     )
     tokenizer = open_clip.get_tokenizer(name)
     return ClipBundle(model, pre_train, pre_val, tokenizer, name, arch)

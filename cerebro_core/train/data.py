@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -64,8 +65,9 @@ class PipelineSpec:
     shards: list[str]
     batch_size: int
     batches_per_epoch: int  # per rank
-    epoch: int
+    epoch: int  # the first epoch this loader serves
     seed: int
+    epochs: int = 1  # consecutive epochs served by one loader (workers persist across them)
     rank: int = 0
     world_size: int = 1
     start_batch: int = 0  # batches of this epoch already consumed (per rank), for resume
@@ -84,10 +86,10 @@ class ShardBatches(IterableDataset):
         self.spec, self.transform, self.tokenizer = spec, transform, tokenizer
         self.num_workers = max(1, num_workers)
 
-    def _slot_shards(self, slot: int, n_slots: int) -> list[str]:
+    def _slot_shards(self, slot: int, n_slots: int, epoch: int) -> list[str]:
         s = self.spec
         order = list(s.shards)
-        random.Random(_seed(s.seed, s.epoch, "shards")).shuffle(order)
+        random.Random(_seed(s.seed, epoch, "shards")).shuffle(order)
         if len(order) >= n_slots:
             return order[slot::n_slots]
         return [order[slot % len(order)]]
@@ -109,17 +111,32 @@ class ShardBatches(IterableDataset):
         info = get_worker_info()
         phys = info.id if info is not None else 0
         W = self.num_workers
-        # Rotate worker roles so that a loader started mid-epoch continues the round robin.
-        lw = (phys + s.start_batch) % W
+        # One loader serves ``s.epochs`` consecutive epochs (workers persist across epoch ends and
+        # keep prefetching through evaluation). The DataLoader deals batches round robin over
+        # its workers; batch b of an epoch was produced by logical worker b % W in an
+        # uninterrupted run, so each physical worker takes the logical role that continues that
+        # order given how many batches the stream has already yielded (this also covers a loader
+        # started mid-epoch on resume).
+        emitted = -s.start_batch  # stream position of the current epoch's batch 0
+        start = s.start_batch
+        for epoch in range(s.epoch, s.epoch + s.epochs):
+            lw = (phys - emitted) % W
+            yield from self._epoch(epoch, lw, start)
+            emitted += s.batches_per_epoch
+            start = 0
+
+    def _epoch(self, epoch: int, lw: int, start_batch: int):
+        s = self.spec
+        W = self.num_workers
         slot, n_slots = s.rank * W + lw, s.world_size * W
         total = s.batches_per_epoch // W + (1 if lw < s.batches_per_epoch % W else 0)
-        done = (s.start_batch - lw + W - 1) // W if s.start_batch > lw else 0
+        done = (start_batch - lw + W - 1) // W if start_batch > lw else 0
         remaining = total - done
         if remaining <= 0:
             return
         counter: dict = {}
-        rng = random.Random(_seed(s.seed, s.epoch, slot))
-        stream = self._cycle(self._slot_shards(slot, n_slots), rng, counter)
+        rng = random.Random(_seed(s.seed, epoch, slot))
+        stream = self._cycle(self._slot_shards(slot, n_slots, epoch), rng, counter)
         stream = _shuffle(stream, bufsize=s.shuffle_buffer, initial=min(100, s.shuffle_buffer), rng=rng)
         skipped_bad = 0
         produced = 0
@@ -145,9 +162,7 @@ class ShardBatches(IterableDataset):
             label = None
             if s.label_key is not None:
                 try:
-                    import json as _json
-
-                    label = int(_json.loads(sample["json"])[s.label_key])
+                    label = int(json.loads(sample["json"])[s.label_key])
                 except Exception:
                     skipped_bad += 1
                     continue
@@ -161,7 +176,7 @@ class ShardBatches(IterableDataset):
                 skipped_bad += 1
                 continue
             if not imgs:
-                torch.manual_seed(_seed(s.seed, s.epoch, slot, batch_idx) % (2**63))
+                torch.manual_seed(_seed(s.seed, epoch, slot, batch_idx) % (2**63))
             imgs.append(self.transform(img))
             texts.append(text)
             keys.append(f"{sample['__url__']}#{sample['__key__']}")

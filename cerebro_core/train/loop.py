@@ -206,7 +206,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     amp = d.cuda and hp.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if hp.precision == "bf16" else torch.float16
 
-    bundle = create(job.model, device=d.device)
+    bundle = create(job.model, device=d.device, aug_cfg=hp.augment.open_clip_cfg())
     model = bundle.model
     if job.init_from:
         ckpt.load_model_weights(model, ckpt.load(storage, job.init_from))
@@ -290,13 +290,15 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     skipped_total = 0
     last_ckpt = ""
     t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
+    # One loader for all remaining epochs: its workers persist across epoch ends.
+    spec = PipelineSpec(
+        shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
+        epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
+        seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
+        storage=job.storage, label_key=job.label_key,
+    )
+    loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
-        spec = PipelineSpec(
-            shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
-            epoch=epoch, seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-            storage=job.storage, label_key=job.label_key,
-        )
-        loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
         while micro_in_epoch < steps_per_epoch * micro_per_step and step < total_steps:
             lr = cosine_lr(step, hp.lr, hp.warmup_steps, total_steps)
             for g in opt.param_groups:
@@ -356,7 +358,6 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
                 on_step(step, total_steps, {"loss": loss_val})
             if step % hp.checkpoint_every_steps == 0 and step < total_steps:
                 last_ckpt = save()
-        del loader
         if micro_in_epoch >= steps_per_epoch * micro_per_step:
             epoch += 1
             micro_in_epoch = 0
@@ -367,6 +368,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
                     eval_history.append({"step": step, **ev})
                     log_metrics(ev, step)
             d.barrier()
+    del loader
     last_ckpt = save(final=True)
     final_eval: dict[str, float] = {}
     if d.is_main:
