@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/pseudo_label_inference.py [--models cerebro-tiny-vit-32 cerebro-tiny-vit-64] [--rounds 3]
 
 Same images (real photos from two sources in ../shared/data: CIFAR-10 animals, 32 px, and
-Caltech-101 animals, ~300 px JPEGs), same model (random weights; the cost is the same as trained),
+Caltech-101 animals, up to ~300 px JPEGs), same model (random weights; the cost is the same as trained),
 same vocabulary (6 + 35 animal classes, 4 templates), same batch size.
 
 - original: a thread pool decodes + preprocesses each batch in the main process (PIL), then one
@@ -43,7 +43,7 @@ def wildlife_images() -> tuple[list[str], list[str]]:
     for name in ("cifar10_animals", "caltech101_animals"):
         for r in csv.DictReader((SHARED / name / "labels.csv").open()):
             paths.append(str(SHARED / name / r["path"]))
-            classes.add(r["label"].replace("_", " "))
+            classes.add(r.get("label") or r["common_name"])
     return paths, sorted(classes)
 
 

@@ -1,7 +1,10 @@
 """The one embedding function: images and video stills → L2-normalised CLIP vectors.
 
-Used by the index stage, re-indexing and adapt's pseudo-labelling. Decoding runs in DataLoader
-worker processes (the safe decoder, then the model's eval transform); the model runs batched
+Used by the index stage, re-indexing and adapt's pseudo-labelling. Decoding (the safe decoder,
+then the model's eval transform) runs ahead of the model, overlapping it: in spawned DataLoader
+worker processes on GPU, where decode must keep a fast device fed; in a thread pool on CPU, where
+the model already uses the cores, Pillow releases the GIL while decoding, and a spawned worker's
+start-up (seconds of imports per call) would cost more than it saves. The model runs batched
 (fp16 on GPU). With torchrun, each rank takes every world_size-th item and writes its own part.
 Unreadable images or videos are skipped and counted, never fatal.
 
@@ -135,6 +138,28 @@ def _collate(batch):
     return [], None, [], bad
 
 
+def _threaded_batches(ds: _ItemDataset, batch_size: int, threads: int, ahead: int = 2):
+    """Collated batches in order, decoded by a thread pool ``ahead`` batches in advance."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    starts = iter(range(0, len(ds), batch_size))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cerebro-decode") as pool:
+        pending: deque = deque()
+
+        def submit() -> None:
+            a = next(starts, None)
+            if a is not None:
+                pending.append([pool.submit(ds.__getitem__, i) for i in range(a, min(a + batch_size, len(ds)))])
+
+        for _ in range(ahead + 1):
+            submit()
+        while pending:
+            futures = pending.popleft()
+            submit()
+            yield _collate([f.result() for f in futures])
+
+
 @dataclass
 class Embedded:
     vectors: np.ndarray  # float16 [n, d], L2-normalised
@@ -154,17 +179,27 @@ def embed_items(
     world_size: int = 1,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     progress: Optional[Callable[[int, int], None]] = None,
+    decode: str = "auto",
 ) -> Embedded:
+    """``decode``: "processes" (DataLoader workers), "threads" (a thread pool in this process,
+    next batches decoded while the model runs) or "auto" (processes on CUDA, threads on CPU);
+    ``workers=0`` decodes inline."""
     mine = items[rank::world_size]
     model.eval()
     half = device.startswith("cuda")
-    loader = DataLoader(
-        _ItemDataset(mine, transform, max_pixels), batch_size=batch_size, num_workers=workers,
-        collate_fn=_collate, pin_memory=half, prefetch_factor=4 if workers > 0 else None,
-        # spawn, not fork: this runs inside orchestrator processes full of threads (Prefect's
-        # event loop, MLflow clients), where forked decode workers die at start
-        multiprocessing_context="spawn" if workers > 0 else None,
-    )
+    if decode == "auto":
+        decode = "processes" if half else "threads"
+    ds = _ItemDataset(mine, transform, max_pixels)
+    if decode == "threads" and workers > 0:
+        loader: Iterable = _threaded_batches(ds, batch_size, max(2, os.cpu_count() or 1))
+    else:
+        loader = DataLoader(
+            ds, batch_size=batch_size, num_workers=workers,
+            collate_fn=_collate, pin_memory=half, prefetch_factor=4 if workers > 0 else None,
+            # spawn, not fork: this runs inside orchestrator processes full of threads (Prefect's
+            # event loop, MLflow clients), where forked decode workers die at start
+            multiprocessing_context="spawn" if workers > 0 else None,
+        )
     vecs, rows = [], []
     failures: Counter = Counter()
     done = 0

@@ -55,6 +55,8 @@ def test_defaults_bind_loopback_and_mask_secrets():
         ("serve.port=70000", "serve.port: Input should be less than or equal to 65535"),
         ("train.finetune.steps=-1", "train.finetune.steps: Input should be greater than or equal to 1"),
         ("train.batch_size.x=1", "train.batch_size: is not a section"),
+        ("train.augment.scale=[0.0, 1.0]", "train.augment.scale: Value error, must be (low, high)"),
+        ("train.augment.flip=true", "train.augment.flip: Extra inputs are not permitted"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
@@ -103,3 +105,16 @@ def test_cli_exits_2_before_running(command, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "train.batch_size: Input should be a valid integer" in proc.stderr
     assert not (tmp_path / "home").exists()
+
+
+def test_augment_reaches_open_clip_train_transform():
+    """``train.augment`` is open_clip's AugmentationCfg: the training transform it builds uses it."""
+    from cerebro_core.model.factory import create
+
+    cfg = load_config(REPO / "configs/adapt-cifar.yaml", ["train.augment.scale=[0.4, 1.0]"])
+    assert cfg.train.augment.open_clip_cfg() == {"scale": (0.4, 1.0), "use_timm": False}
+    b = create(cfg.train.model, aug_cfg=cfg.train.augment.open_clip_cfg())
+    crop = b.preprocess_train.transforms[0]
+    assert type(crop).__name__ == "RandomResizedCrop" and tuple(crop.scale) == (0.4, 1.0)
+    default = create(cfg.train.model, aug_cfg=load_config(REPO / "configs/demo.yaml").train.augment.open_clip_cfg())
+    assert tuple(default.preprocess_train.transforms[0].scale) == (0.9, 1.0)  # open_clip's own default

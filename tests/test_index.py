@@ -321,3 +321,25 @@ def test_server_picks_up_new_champion(server, indexed):
     assert h["version"] == sv.version and h["n"] == 62
     r = httpx.get(server + "/search", params={"q": "deer", "k": 3}, timeout=60).json()
     assert r["version"] == sv.version and all(x["source"] == "extra" for x in r["results"])
+
+
+def test_thread_and_process_decoding_embed_identically(shared_data, tmp_path, bomb_png):
+    """The CPU default (thread-pool decode) and the GPU default (spawned workers) give the same
+    vectors, rows in the same order, and the same failure counts on real photos + bad files."""
+    from cerebro_core.embed import Item, embed_items
+    from cerebro_core.model.factory import create
+
+    photos = sorted((shared_data / "caltech101_animals" / "images").rglob("*.jpg"))[::20]
+    photos += sorted((shared_data / "cifar10_animals").rglob("*.jpg"))[::100]
+    (tmp_path / "garbage.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "bomb.png").write_bytes(bomb_png)
+    uris = [str(p) for p in photos] + [str(tmp_path / "garbage.jpg"), str(tmp_path / "bomb.png"), "/nonexistent.jpg"]
+    items = [Item(uri=u, source="s") for u in uris]
+    b = create("cerebro-tiny-vit-32")
+    torch.manual_seed(0)
+    runs = {d: embed_items(b.model, b.preprocess_val, items, batch_size=16, workers=1, decode=d)
+            for d in ("processes", "threads")}
+    p, t = runs["processes"], runs["threads"]
+    assert len(t.rows) == len(photos) and [r["uri"] for r in t.rows] == [r["uri"] for r in p.rows]
+    assert t.failures == p.failures and sum(t.failures.values()) == 3
+    np.testing.assert_array_equal(t.vectors, p.vectors)
