@@ -38,11 +38,12 @@ SHARED = REPO.parent / "shared" / "data"
 TEMPLATES = ["a photo of a {}.", "a wildlife photo of a {}.", "a close-up photo of a {}.", "a {} in the wild."]
 
 
-def wildlife_images() -> tuple[list[str], list[str]]:
+def wildlife_images() -> tuple[list[tuple[str, str]], list[str]]:
+    """(path, source name) of every photo in both sources, and the union of their class names."""
     paths, classes = [], set()
     for name in ("cifar10_animals", "caltech101_animals"):
         for r in csv.DictReader((SHARED / name / "labels.csv").open()):
-            paths.append(str(SHARED / name / r["path"]))
+            paths.append((str(SHARED / name / r["path"]), name))
             classes.add(r.get("label") or r["common_name"])
     return paths, sorted(classes)
 
@@ -61,7 +62,7 @@ def original(model, preprocess, tokenizer, paths: list[str], classes: list[str],
     out = []
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         for i in range(0, len(paths), batch):
-            x = torch.stack(list(pool.map(load, paths[i:i + batch])))
+            x = torch.stack(list(pool.map(load, [p for p, _ in paths[i:i + batch]])))
             f = F.normalize(model.encode_image(x), dim=-1)
             out.append((f @ text.T).argmax(1).numpy())
     return np.concatenate(out)
@@ -73,13 +74,13 @@ def ours(bundle, paths: list[str], classes: list[str], batch: int) -> np.ndarray
     from cerebro_core.adapt.vocab import prompts_for
     from cerebro_core.embed import Item, default_workers, embed_items
 
-    items = [Item(uri=p, source=Path(p).parts[-4] if "caltech" in p else "cifar") for p in paths]
+    items = [Item(uri=p, source=src) for p, src in paths]
     cls = class_embeddings(bundle.model, bundle.tokenizer, prompts_for(classes, TEMPLATES, "names"))
     e = embed_items(bundle.model, bundle.preprocess_val, items, batch_size=batch, workers=default_workers())
     probs = probabilities(e.vectors, cls, float(bundle.model.logit_scale.detach().exp()))
-    select(probs, 0.3, 150)
+    select(probs, 0.3, 150)  # part of the labelling path the stage runs
     order = {r["uri"]: k for k, r in enumerate(e.rows)}
-    return probs.argmax(1)[[order[p] for p in paths]]
+    return probs.argmax(1)[[order[p] for p, _ in paths]]
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Literal, Optional
 
 import numpy as np
 import torch
@@ -179,14 +179,17 @@ def embed_items(
     world_size: int = 1,
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     progress: Optional[Callable[[int, int], None]] = None,
-    decode: str = "auto",
+    decode: Literal["auto", "processes", "threads"] = "auto",
 ) -> Embedded:
     """``decode``: "processes" (DataLoader workers), "threads" (a thread pool in this process,
     next batches decoded while the model runs) or "auto" (processes on CUDA, threads on CPU);
-    ``workers=0`` decodes inline."""
+    ``workers=0`` decodes inline. The thread pool has one thread per core (``workers`` sizes
+    the process pool only)."""
     mine = items[rank::world_size]
     model.eval()
     half = device.startswith("cuda")
+    if decode not in ("auto", "processes", "threads"):
+        raise ValueError(f"decode: {decode!r} is not one of auto, processes, threads")
     if decode == "auto":
         decode = "processes" if half else "threads"
     ds = _ItemDataset(mine, transform, max_pixels)

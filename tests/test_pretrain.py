@@ -87,6 +87,31 @@ def test_resume_position_is_exact(pair_shards):
             assert torch.equal(img_a, img_b)  # same augmentation too
 
 
+def test_one_loader_over_epochs_equals_one_loader_per_epoch(pair_shards):
+    """The persistent multi-epoch loader yields, batch for batch, what a fresh loader per epoch
+    yields — also with 2 workers and an odd number of batches per epoch (worker roles rotate at
+    each epoch end), and when started mid-epoch (resume)."""
+    from cerebro_core.train.data import make_loader
+
+    b = create(MODEL)
+
+    def run(epoch, epochs, start, workers):
+        spec = PipelineSpec(shards=pair_shards, batch_size=10, batches_per_epoch=5, epoch=epoch, epochs=epochs,
+                            seed=7, start_batch=start, return_keys=True)
+        return [(bt[0], bt[3]) for bt in make_loader(spec, b.preprocess_train, b.tokenizer, workers)]
+
+    for workers in (1, 2):
+        per_epoch = [x for e in (2, 3, 4) for x in run(e, 1, 0, workers)]
+        together = run(2, 3, 0, workers)
+        resumed = run(2, 3, 3, workers)
+        assert len(per_epoch) == len(together) == 15 and len(resumed) == 12
+        for (img_a, keys_a), (img_b, keys_b) in zip(per_epoch, together):
+            assert keys_a == keys_b and torch.equal(img_a, img_b)
+        for (img_a, keys_a), (img_b, keys_b) in zip(per_epoch[3:], resumed):
+            assert keys_a == keys_b and torch.equal(img_a, img_b)
+    assert [k for _, k in run(2, 1, 0, 1)] != [k for _, k in run(3, 1, 0, 1)]  # epochs do differ
+
+
 def test_two_process_gloo_ddp(pair_shards, tmp_path, cerebro_home):
     from cerebro_core.train.launch import launch
 
