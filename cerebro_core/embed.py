@@ -1,12 +1,21 @@
 """The one embedding function: images and video stills → L2-normalised CLIP vectors.
 
-Used by the index stage, re-indexing and adapt's pseudo-labelling. Decoding (the safe decoder,
-then the model's eval transform) runs ahead of the model, overlapping it: in spawned DataLoader
-worker processes on GPU, where decode must keep a fast device fed; in a thread pool on CPU, where
-the model already uses the cores, Pillow releases the GIL while decoding, and a spawned worker's
-start-up (seconds of imports per call) would cost more than it saves. The model runs batched
-(fp16 on GPU). With torchrun, each rank takes every world_size-th item and writes its own part.
+Used by the index stage, re-indexing and adapt's pseudo-labelling. On GPU, decoding (the safe
+decoder, then the model's eval transform) runs ahead of the model in spawned DataLoader worker
+processes, so that decode keeps a fast device fed, and the model runs in fp16. On CPU, batches
+are spread over one thread per core, each decoding its batch and running the model on it
+single-threaded (Pillow and torch release the GIL): no spawned worker start-up (seconds of
+imports per call), no OpenMP barrier waiting on a core that a decode thread holds. With torchrun, each rank takes every world_size-th item and writes its own part.
 Unreadable images or videos are skipped and counted, never fatal.
+
+Per-image work is kept to what must be per image (measured in docs/BENCHMARKS.md):
+  - JPEGs are decoded at a reduced DCT scale (Pillow's ``draft``, as ``Image.thumbnail`` does)
+    that still leaves at least ``draft_factor`` × the model's input size on the short side; the
+    transform's antialiased resize does the rest;
+  - the transform's tail (``ToTensor`` + ``Normalize``) runs once per batch on a uint8 stack —
+    bit-identical to running it per image;
+  - on CPU the model runs on cache-sized slices of the batch (:func:`cpu_forward_chunk`): a ViT's
+    MLP activations for 256 images spill out of the caches, 32-64 images do not.
 
 Output of :func:`write_parts`: ``emb-<rank>.npy`` (float16, [n, d]) + ``meta-<rank>.parquet``
 (id, uri, source, sha256, width, height, media_type, video_ts, plus any extra columns).
@@ -105,9 +114,61 @@ def read_still(path: str, ts: float) -> "images.Image.Image":
         return frame.to_image().convert("RGB")
 
 
+def split_transform(transform: Callable) -> tuple[Callable, Callable, Optional[int]]:
+    """(per-image part → uint8 CHW tensor, per-batch part, resize target or None).
+
+    open_clip's eval transform is ``Compose([Resize, CenterCrop, ConvertMode, ToTensor,
+    Normalize])``; its last two steps are split off to run on a stacked uint8 batch (the same
+    float ops, bit-identical). Any other transform runs whole per image (batch part: identity)."""
+    from torchvision import transforms as T
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) >= 2 and type(steps[-2]).__name__ in ("ToTensor", "MaybeToTensor") and isinstance(steps[-1], T.Normalize):
+        head, norm = T.Compose(steps[:-2]), steps[-1]
+
+        def per_batch(x: torch.Tensor) -> torch.Tensor:
+            return norm(x.float().div(255)) if x.dtype == torch.uint8 else norm(x)
+
+        size = next((s.size for s in steps if isinstance(s, T.Resize)), None)
+        target = (size if isinstance(size, int) else min(size)) if size is not None else None
+        return _ToUint8(head), per_batch, target
+    return transform, (lambda x: x), None
+
+
+class _ToUint8:
+    """The transform's head (resize, crop, mode) then a uint8 CHW tensor; a class, not a
+    closure, so that spawned decode workers can receive it."""
+
+    def __init__(self, head: Callable):
+        self.head = head
+
+    def __call__(self, img) -> torch.Tensor:
+        from torchvision.transforms import functional as TF
+
+        return TF.pil_to_tensor(self.head(img))
+
+
+def cpu_forward_chunk(model, budget_bytes: int = 8 << 20) -> int:
+    """Images per forward on CPU: a ViT's widest activation (tokens × MLP width, fp32) for the
+    chunk kept near ``budget_bytes`` (L2/L3-sized), a power of two in [8, 256]. Measured on the
+    tiny ViTs (2 cores): batch 256 at once 1.82 / 6.47 ms per image, this rule's 64 / 32 at a time
+    1.17 / 4.23 (ViT-32 / ViT-64). Non-ViT towers: 64."""
+    import math
+
+    v = getattr(model, "visual", None)
+    try:
+        grid = v.grid_size if hasattr(v, "grid_size") else None
+        tokens = int(grid[0] * grid[1]) + 1
+        mlp = int(v.transformer.resblocks[0].mlp.c_fc.out_features)
+    except (AttributeError, TypeError, IndexError):
+        return 64
+    per_image = tokens * mlp * 4
+    return int(min(256, max(8, 2 ** round(math.log2(max(1.0, budget_bytes / per_image))))))
+
+
 class _ItemDataset(Dataset):
-    def __init__(self, items: list[Item], transform: Callable, max_pixels: int):
-        self.items, self.transform, self.max_pixels = items, transform, max_pixels
+    def __init__(self, items: list[Item], transform: Callable, max_pixels: int, draft: Optional[int] = None):
+        self.items, self.transform, self.max_pixels, self.draft = items, transform, max_pixels, draft
 
     def __len__(self) -> int:
         return len(self.items)
@@ -122,8 +183,9 @@ class _ItemDataset(Dataset):
                 with open(it.uri, "rb") as f:
                     data = f.read()
                 sha = it.sha256 or hashlib.sha256(data).hexdigest()
-                img = images.decode(data, max_pixels=self.max_pixels)
-            return i, self.transform(img), sha, img.size[0], img.size[1], None
+                img = images.decode(data, max_pixels=self.max_pixels, draft=self.draft)
+            w, h = img.info.get("original_size", img.size)
+            return i, self.transform(img), sha, w, h, None
         except images.ImageRejected as exc:
             return i, None, None, 0, 0, exc.reason
         except Exception as exc:  # unreadable file, broken video
@@ -138,26 +200,34 @@ def _collate(batch):
     return [], None, [], bad
 
 
-def _threaded_batches(ds: _ItemDataset, batch_size: int, threads: int, ahead: int = 2):
-    """Collated batches in order, decoded by a thread pool ``ahead`` batches in advance."""
+def _batches_on_threads(ds: _ItemDataset, batch_size: int, threads: int, work: Callable):
+    """``work(collated batch)`` for every batch, in order, ``threads`` batches at a time: each
+    thread decodes its own batch and runs the model on it with one intra-op torch thread.
+
+    On a few CPU cores this beats decode-ahead + a multi-threaded forward: no OpenMP barrier
+    waits on a core that a decode thread holds, and Python/Pillow work of one batch overlaps the
+    matrix work of another (measured in docs/BENCHMARKS.md). The process-wide torch thread count
+    is restored afterwards."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    starts = iter(range(0, len(ds), batch_size))
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cerebro-decode") as pool:
-        pending: deque = deque()
+    def job(a: int):
+        return work(_collate([ds[i] for i in range(a, min(a + batch_size, len(ds)))]))
 
-        def submit() -> None:
-            a = next(starts, None)
-            if a is not None:
-                pending.append([pool.submit(ds.__getitem__, i) for i in range(a, min(a + batch_size, len(ds)))])
-
-        for _ in range(ahead + 1):
-            submit()
-        while pending:
-            futures = pending.popleft()
-            submit()
-            yield _collate([f.result() for f in futures])
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="cerebro-embed") as pool:
+            pending: deque = deque()
+            starts = iter(range(0, len(ds), batch_size))
+            for a in starts:
+                pending.append(pool.submit(job, a))
+                if len(pending) > threads:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -180,11 +250,16 @@ def embed_items(
     max_pixels: int = images.DEFAULT_MAX_PIXELS,
     progress: Optional[Callable[[int, int], None]] = None,
     decode: Literal["auto", "processes", "threads"] = "auto",
+    draft_factor: Optional[float] = 2.0,
+    forward_chunk: Optional[int] = None,
 ) -> Embedded:
-    """``decode``: "processes" (DataLoader workers), "threads" (a thread pool in this process,
-    next batches decoded while the model runs) or "auto" (processes on CUDA, threads on CPU);
-    ``workers=0`` decodes inline. The thread pool has one thread per core (``workers`` sizes
-    the process pool only)."""
+    """``decode``: "processes" (DataLoader workers decode ahead of the model), "threads" (one
+    thread per core, each decoding and embedding whole batches, see :func:`_batches_on_threads`)
+    or "auto" (processes on CUDA, threads on CPU); ``workers=0`` decodes inline (``workers``
+    sizes the process pool only). ``draft_factor``: JPEGs decoded at the smallest DCT scale that keeps
+    the short side ≥ factor × the transform's resize target (None: full resolution).
+    ``forward_chunk``: images per model call (None: :func:`cpu_forward_chunk` on CPU, the whole
+    batch on GPU)."""
     mine = items[rank::world_size]
     model.eval()
     half = device.startswith("cuda")
@@ -192,9 +267,23 @@ def embed_items(
         raise ValueError(f"decode: {decode!r} is not one of auto, processes, threads")
     if decode == "auto":
         decode = "processes" if half else "threads"
-    ds = _ItemDataset(mine, transform, max_pixels)
+    per_image, per_batch, target = split_transform(transform)
+    draft = int(round(draft_factor * target)) if (draft_factor and target) else None
+    chunk = forward_chunk or (batch_size if half else cpu_forward_chunk(model))
+    ds = _ItemDataset(mine, per_image, max_pixels, draft)
+
+    @torch.inference_mode()
+    def work(collated):
+        idx, batch, info, bad = collated
+        if batch is None:
+            return idx, None, info, bad
+        batch = per_batch(batch.to(device, non_blocking=True))
+        with torch.autocast("cuda", dtype=torch.float16, enabled=half):
+            f = torch.cat([model.encode_image(batch[a:a + chunk]) for a in range(0, len(batch), chunk)])
+        return idx, F.normalize(f.float(), dim=-1).cpu().numpy().astype(np.float16), info, bad
+
     if decode == "threads" and workers > 0:
-        loader: Iterable = _threaded_batches(ds, batch_size, max(2, os.cpu_count() or 1))
+        done_batches: Iterable = _batches_on_threads(ds, batch_size, max(2, os.cpu_count() or 1), work)
     else:
         loader = DataLoader(
             ds, batch_size=batch_size, num_workers=workers,
@@ -203,17 +292,15 @@ def embed_items(
             # event loop, MLflow clients), where forked decode workers die at start
             multiprocessing_context="spawn" if workers > 0 else None,
         )
+        done_batches = (work(c) for c in loader)
     vecs, rows = [], []
     failures: Counter = Counter()
     done = 0
-    for idx, batch, info, bad in loader:
+    for idx, v, info, bad in done_batches:
         for _, reason in bad:
             failures[reason] += 1
-        if batch is not None:
-            batch = batch.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.float16, enabled=half):
-                f = model.encode_image(batch)
-            vecs.append(F.normalize(f.float(), dim=-1).cpu().numpy().astype(np.float16))
+        if v is not None:
+            vecs.append(v)
             for j, (sha, w, h) in zip(idx, info):
                 it = mine[j]
                 rows.append({"uri": it.uri, "source": it.source, "sha256": sha, "width": int(w), "height": int(h),

@@ -324,8 +324,10 @@ def test_server_picks_up_new_champion(server, indexed):
 
 
 def test_thread_and_process_decoding_embed_identically(shared_data, tmp_path, bomb_png):
-    """The CPU default (thread-pool decode) and the GPU default (spawned workers) give the same
-    vectors, rows in the same order, and the same failure counts on real photos + bad files."""
+    """The CPU default (threads decoding + embedding whole batches, one torch thread each) and
+    the GPU default (spawned decode workers) give the same vectors (to fp16 storage precision:
+    one vs two intra-op threads may round differently), rows in the same order, and the same
+    failure counts on real photos + bad files; the torch thread count is restored."""
     from cerebro_core.embed import Item, embed_items
     from cerebro_core.model.factory import create
 
@@ -337,9 +339,50 @@ def test_thread_and_process_decoding_embed_identically(shared_data, tmp_path, bo
     items = [Item(uri=u, source="s") for u in uris]
     b = create("cerebro-tiny-vit-32")
     torch.manual_seed(0)
+    threads_before = torch.get_num_threads()
     runs = {d: embed_items(b.model, b.preprocess_val, items, batch_size=16, workers=1, decode=d)
             for d in ("processes", "threads")}
     p, t = runs["processes"], runs["threads"]
     assert len(t.rows) == len(photos) and [r["uri"] for r in t.rows] == [r["uri"] for r in p.rows]
     assert t.failures == p.failures and sum(t.failures.values()) == 3
-    np.testing.assert_array_equal(t.vectors, p.vectors)
+    np.testing.assert_allclose(t.vectors.astype(np.float32), p.vectors.astype(np.float32), atol=2e-3)
+    assert torch.get_num_threads() == threads_before
+
+
+def test_embedding_fast_paths_match_open_clip(shared_data):
+    """embed_items' CPU fast paths against open_clip's own preprocess + one encode_image call:
+    the batched ToTensor+Normalize tail is bit-identical, cache-sized forward slices agree to
+    fp16 storage precision, JPEG draft decoding keeps the short side ≥ 2× the input size, the
+    recorded width/height stay the file's, and its vectors stay within cosine 0.99."""
+    from PIL import Image
+
+    from cerebro_core.data import images
+    from cerebro_core.embed import Item, embed_items, split_transform
+    from cerebro_core.model.factory import create
+
+    jpgs = sorted((shared_data / "caltech101_animals" / "images").rglob("*.jpg"))[::25]
+    small = sorted((shared_data / "cifar10_animals").rglob("*.jpg"))[::150]
+    photos = jpgs + small
+    b = create("cerebro-tiny-vit-32")
+    torch.manual_seed(0)
+    model = b.model.eval()
+    pil = [Image.open(p).convert("RGB") for p in photos]
+    ref_x = torch.stack([b.preprocess_val(im) for im in pil])
+    per_image, per_batch, target = split_transform(b.preprocess_val)
+    assert target == 32
+    assert torch.equal(per_batch(torch.stack([per_image(im) for im in pil])), ref_x)
+    with torch.no_grad():
+        ref = torch.nn.functional.normalize(model.encode_image(ref_x), dim=-1).numpy()
+
+    items = [Item(uri=str(p), source="s") for p in photos]
+    exact = embed_items(model, b.preprocess_val, items, batch_size=16, workers=1, draft_factor=None, forward_chunk=5)
+    np.testing.assert_allclose(exact.vectors.astype(np.float32), ref, atol=1e-3)
+
+    im = images.decode(jpgs[0].read_bytes(), draft=64)
+    full = Image.open(jpgs[0])
+    assert 64 <= min(im.size) < min(full.size) and im.info["original_size"] == full.size
+    fast = embed_items(model, b.preprocess_val, items, batch_size=16, workers=1)
+    assert [(r["width"], r["height"]) for r in fast.rows] == [Image.open(p).size for p in photos]
+    cos = (fast.vectors.astype(np.float32) * ref).sum(1)
+    assert cos.min() >= 0.99, cos.min()
+    assert (cos[len(jpgs):] > 0.999).all()  # 32-px photos: nothing to draft

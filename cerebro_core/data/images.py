@@ -91,9 +91,21 @@ def check(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Optional[str]:
         return exc.reason
 
 
-def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB") -> Image.Image:
-    """Decode to a full-resolution image in ``mode``; raises :class:`ImageRejected`."""
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",
+           draft: Optional[int] = None) -> Image.Image:
+    """Decode to an image in ``mode``; raises :class:`ImageRejected`.
+
+    Full resolution, unless ``draft`` is given: then a JPEG is decoded at the smallest DCT
+    scale (1/2, 1/4, 1/8) whose short side is still ≥ ``draft`` pixels (Pillow's ``draft``, as
+    ``Image.thumbnail`` uses) — every byte is still read, so truncation is still caught. The
+    stored size before any reduction is in ``img.info["original_size"]``."""
     img = open_checked(data, max_pixels=max_pixels, full_check=False)
+    original_size = img.size
+    if draft and img.format == "JPEG":
+        w, h = img.size
+        s = min(w, h)
+        if s > draft:
+            img.draft("RGB", (max(1, w * draft // s), max(1, h * draft // s)))
     try:
         img.load()
     except OSError as exc:
@@ -107,4 +119,5 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB")
             bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
             img = Image.alpha_composite(bg, img)
         img = img.convert(mode)
+    img.info["original_size"] = original_size
     return img
