@@ -4,6 +4,7 @@ MLflow params/metrics/artifact/registered version; bad shards skipped and counte
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -218,3 +219,38 @@ def test_stage_tracks_everything_in_mlflow(pair_shards, shared_data, cerebro_hom
     local = mlflow.artifacts.download_artifacts(version.source)
     state = torch.load(Path(local) / "model.pt", weights_only=True)
     ckpt.load_model_weights(create(MODEL).model, state)
+
+
+OOM_RUNNER = """
+import json, resource, sys
+from cerebro_core.config import TrainConfig
+from cerebro_core.train.loop import TrainJob, train
+shards, bs, ck = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+hp = TrainConfig(model="cerebro-tiny-vit-32", batch_size=bs, epochs=1, precision="fp32", workers=0,
+                 checkpoint_every_steps=10_000, log_every_steps=1, val_fraction=0.0)
+job = TrainJob(model="cerebro-tiny-vit-32", hp=hp, train_shards=shards, train_samples=140, ckpt_dir=ck)
+# the process may map only 850 MB more than it has now (after importing torch): a real allocator
+# limit (measured: batch 10 needs ~700 MB more, batch 140 over 1000 MB)
+vm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmSize:")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (850 << 20), vm + (850 << 20)))
+try:
+    print("OK", train(job)["step"])
+except RuntimeError as exc:
+    print("ERROR", exc)
+"""
+
+
+def test_batch_that_exceeds_memory_is_a_clear_error(pair_shards, tmp_path):
+    """A real allocation failure (address space capped with RLIMIT_AS, the CPU analogue of a full
+    GPU): batch 140 fails with an error naming train.batch_size and the ways out; batch 10 under
+    the same cap trains, so the cap is what the big batch hits, not a broken set-up."""
+    def run(bs: int) -> str:
+        r = subprocess.run([sys.executable, "-c", OOM_RUNNER, json.dumps(pair_shards), str(bs), str(tmp_path / f"ck{bs}")],
+                           capture_output=True, text=True, timeout=600, cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2"))
+        return r.stdout.strip().splitlines()[-1] if r.stdout.strip() else r.stderr[-2000:]
+
+    assert run(10) == "OK 14"
+    big = run(140)
+    assert big.startswith("ERROR train.batch_size=140 does not fit in cpu memory"), big
+    assert "train.accum_steps" in big and "train.grad_checkpointing" in big

@@ -191,6 +191,12 @@ def _enc_txt(model, tokens, device):
 # --------------------------------------------------------------------------- training
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA raises ``torch.OutOfMemoryError``; the CPU allocator a plain RuntimeError."""
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) or (
+        "not enough memory" in str(exc))
+
+
 def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict[str, Any]:
     """Run (or resume) the training job; returns a summary (rank 0's view)."""
     from open_clip.loss import ClipLoss
@@ -311,7 +317,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             try:
                 loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler,
                                  image_only=job.objective == "vocab_ce")
-            except torch.OutOfMemoryError:
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
                 raise RuntimeError(
                     f"train.batch_size={hp.batch_size} does not fit in {d.device} memory: lower train.batch_size "
                     "(and raise train.accum_steps to keep the global batch) or set train.grad_checkpointing=true"
