@@ -1,0 +1,128 @@
+"""Pretraining throughput and model FLOPs utilisation (MFU) of our trainer on one accelerator.
+
+    .venv/bin/python benchmarks/gpu_throughput.py                      # ViT-B-32, bf16, batch 256, on CUDA
+    .venv/bin/python benchmarks/gpu_throughput.py --model cerebro-tiny-vit-32 --precision fp32 \
+        --batch 64 --steps 12 --peak-tflops 1.0                        # CPU smoke run of the same path
+
+What runs: ``cerebro_core.train.launch.launch`` — torchrun with one process per visible GPU,
+the real data path (webdataset shards → open_clip train transform → tokenizer) and the real
+step (autocast, ClipLoss, AdamW, clipping, logit-scale clamp). The shards hold synthetic
+images at the model's input size (random-noise JPEGs + captions: throughput does not depend on
+what the pixels show; no data set can be fetched on the device machine).
+
+Reported: samples/s per process (the trainer's own ``train/samples_per_s``, which includes
+waiting for data; median over the logged windows after the first), data-wait fraction, peak
+memory, and MFU = samples/s × model FLOPs per sample ÷ the device's peak dense FLOP/s. FLOPs per
+sample are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
+of the image and text towers (the matmuls and convolutions; attention and elementwise ops are
+what FlopCounterMode counts for them). Peaks (dense, no sparsity): H100 SXM / H200 bf16 989.4
+TFLOP/s, H100 PCIe 756; others: pass ``--peak-tflops``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+PEAK_BF16_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H200": 989.4, "H100 PCIe": 756.0, "A100": 312.0}
+
+
+def synthetic_shards(out: Path, n: int, size: int, per_shard: int = 1000) -> list[str]:
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    animals = ["red fox", "snow leopard", "moose", "barn owl", "grey wolf", "sea otter", "lynx", "bison"]
+    out.mkdir(parents=True, exist_ok=True)
+    tiles = []
+    for _ in range(64):  # 64 distinct images, re-encoded per sample with a random crop offset
+        tiles.append(rng.integers(0, 256, (size + 16, size + 16, 3), dtype=np.uint8))
+    with wds.ShardWriter(str(out / "%05d.tar"), maxcount=per_shard, verbose=0) as w:
+        for i in range(n):
+            t = tiles[i % 64]
+            dy, dx = rng.integers(0, 16, 2)
+            b = io.BytesIO()
+            Image.fromarray(t[dy:dy + size, dx:dx + size]).save(b, format="JPEG", quality=90)
+            w.write({"__key__": f"{i:08d}", "jpg": b.getvalue(),
+                     "txt": f"a photo of a {animals[i % len(animals)]} number {i}", "json": json.dumps({"i": i})})
+    return sorted(str(p) for p in out.glob("*.tar"))
+
+
+def flops_per_sample(model_name: str, device: str, precision: str) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from cerebro_core.model.factory import create
+
+    b = create(model_name)
+    model = b.model.to(device).train()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    n = 4
+    x = torch.randn(n, 3, size, size, device=device)
+    t = b.tokenizer(["a photo of a red fox"] * n).to(device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with FlopCounterMode(display=False) as fc:
+        with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+            o = model(x, t)
+            loss = (o["image_features"] @ o["text_features"].T).logsumexp(1).mean()
+        loss.backward()
+    return fc.get_total_flops() / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="ViT-B-32")
+    ap.add_argument("--batch", type=int, default=256, help="per process")
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
+    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--peak-tflops", type=float, default=0.0, help="per device; 0: from the device name")
+    args = ap.parse_args()
+
+    import torch
+
+    from cerebro_core.config import TrainConfig
+    from cerebro_core.model.factory import create
+    from cerebro_core.train.launch import launch, resolve_nproc
+    from cerebro_core.train.loop import TrainJob
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    name = torch.cuda.get_device_name(0) if cuda else "cpu"
+    peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
+    hp = TrainConfig(model=args.model, batch_size=args.batch, epochs=1, precision=args.precision,
+                     workers=args.workers, warmup_steps=5, lr=5e-4, checkpoint_every_steps=10**9,
+                     log_every_steps=5, val_fraction=0.0, grad_checkpointing=args.grad_checkpointing)
+    nproc = resolve_nproc(hp)
+    size = create(args.model).model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    n = args.batch * nproc * args.steps
+    with tempfile.TemporaryDirectory(prefix="cerebro-gpu-bench-") as td:
+        shards = synthetic_shards(Path(td) / "shards", n, size)
+        job = TrainJob(model=args.model, hp=hp, train_shards=shards, train_samples=n, ckpt_dir=str(Path(td) / "ck"))
+        s = launch(job, log=lambda line: print(line, file=sys.stderr))
+    hist = s["history"][1:] or s["history"]
+    sps = statistics.median(h["train/samples_per_s"] for h in hist) / nproc
+    wait = statistics.median(h["train/data_wait_frac"] for h in hist)
+    mem = max(h["train/peak_mem_mb"] for h in hist)
+    fps = flops_per_sample(args.model, device, args.precision)
+    mfu = sps * fps / (peak * 1e12) if peak else float("nan")
+    print(f"| device | model | precision | batch/process | processes | samples/s per process | data wait | peak memory (MB) | GFLOP/sample (fwd+bwd) | MFU |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {name} | {args.model} | {args.precision} | {args.batch} | {nproc} | {sps:.1f} | {wait:.2f} | {mem:.0f} "
+          f"| {fps / 1e9:.2f} | {mfu:.3f} |" + ("" if peak else " (no peak known: pass --peak-tflops)"))
+
+
+if __name__ == "__main__":
+    main()
