@@ -75,15 +75,6 @@ class DownloadConfig(_Section):
     disallowed_header_directives: list[str] = Field(default_factory=list)
 
 
-class FinetuneConfig(_Section):
-    lr: float = Field(1e-5, gt=0)
-    weight_decay: float = Field(0.1, ge=0)
-    warmup_steps: int = Field(0, ge=0)
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(64, ge=1)
-    freeze_text: bool = True
-
-
 class AugmentConfig(_Section):
     """open_clip's ``AugmentationCfg`` (training transform); the defaults are open_clip's."""
 
@@ -105,6 +96,18 @@ class AugmentConfig(_Section):
 
     def open_clip_cfg(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class FinetuneConfig(_Section):
+    lr: float = Field(1e-5, gt=0)
+    weight_decay: float = Field(0.1, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(64, ge=1)
+    freeze_text: bool = True
+    augment: Optional[AugmentConfig] = Field(
+        None, description="training view for fine-tuning (the 'strong' view; labels come from the eval "
+                          "view); None: train.augment")
 
 
 class TrainConfig(_Section):
@@ -166,6 +169,9 @@ class AdaptConfig(_Section):
     confidence_threshold: float = Field(0.5, ge=0, le=1)
     per_class_top_k: int = Field(100, ge=1)
     objective: Literal["clip", "masked_contrastive", "vocab_ce"] = "vocab_ce"
+    ema_teacher: Optional[float] = Field(
+        None, ge=0, lt=1, description="β: after each iteration the labelling teacher becomes β·teacher + "
+                                      "(1−β)·student (weights); the student trains on from its own weights")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
 

@@ -201,3 +201,41 @@ def test_vocabulary_formats(shared_data, tmp_path):
     assert len(inat) > 5000
     (tmp_path / "caps.txt").write_text("a fox in snow\na fox in snow\nan owl at night\n")
     assert load_vocabulary(str(tmp_path / "caps.txt")) == ["a fox in snow", "an owl at night"]
+
+
+def test_ema_teacher_and_strong_view(adapt_env):
+    """adapt.ema_teacher=β: after each iteration the labelling (and measured, selectable) teacher
+    is β·teacher + (1−β)·student, while the student trains on from its own weights;
+    train.finetune.augment is the fine-tune's training view (labels come from the eval view)."""
+    import mlflow
+
+    from cerebro_core.adapt.stage import finetune_config
+
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.ema_teacher=0.75", "adapt.iterations=2", "train.finetune.augment.scale=[0.3, 1.0]"])
+    assert finetune_config(cfg, 100).augment.scale == (0.3, 1.0)
+    assert finetune_config(adapt_env["cfg"], 100).augment == adapt_env["cfg"].train.augment
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert len(res.iterations) == 3
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                             order_by=["start_time DESC"])[0]
+    root = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    start = torch.load(Path(mlflow.artifacts.download_artifacts(
+        client.get_model_version("cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
+    teacher = start
+    for it in (1, 2):
+        student = ckpt.load(Storage(), str(sorted(root.rglob(f"{run.info.run_id}/iteration-{it}/checkpoints/*.pt"))[-1]))["model"]
+        ema = ckpt.load(Storage(), str(next(root.rglob(f"{run.info.run_id}/iteration-{it}/ema-teacher.pt"))))["model"]
+        moved = [k for k in student if student[k].is_floating_point() and not torch.equal(student[k], teacher[k])]
+        assert any(k.startswith("visual.") for k in moved) and not any(k.startswith("transformer.") for k in moved)
+        for k in student:
+            if student[k].is_floating_point():
+                torch.testing.assert_close(ema[k], 0.75 * teacher[k] + 0.25 * student[k])
+        teacher = ema
+    if res.best_iteration:
+        champion = client.get_model_version_by_alias("cerebro-clip", "champion")
+        published = torch.load(Path(mlflow.artifacts.download_artifacts(champion.source)) / "model.pt", weights_only=True)["model"]
+        best_ema = ckpt.load(Storage(), str(next(root.rglob(
+            f"{run.info.run_id}/iteration-{res.best_iteration}/ema-teacher.pt"))))["model"]
+        assert all(torch.equal(published[k], best_ema[k]) for k in best_ema)

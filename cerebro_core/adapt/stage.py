@@ -255,6 +255,15 @@ def write_pseudo_shards(storage: Storage, out_dir: str, items: list[Item], label
     return urls
 
 
+def ema_weights(teacher: dict, student: dict, beta: float) -> dict:
+    """β·teacher + (1−β)·student for floating tensors; other buffers (counters) from the student."""
+    out = {}
+    for k, s in student.items():
+        t = teacher[k]
+        out[k] = (beta * t.detach().to(s.dtype) + (1 - beta) * s.detach()) if s.is_floating_point() else s.clone()
+    return out
+
+
 def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
     ft = cfg.train.finetune
     batch = min(ft.batch_size, max(2, n_samples))
@@ -263,7 +272,7 @@ def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
         "batch_size": batch, "lr": ft.lr, "weight_decay": ft.weight_decay, "warmup_steps": ft.warmup_steps,
         "epochs": math.ceil(ft.steps / steps_per_epoch), "accum_steps": 1, "checkpoint_every_steps": 10**9,
         "keep_checkpoints": 1, "resume": "never", "log_every_steps": max(1, min(cfg.train.log_every_steps, ft.steps)),
-        "nproc_per_node": 1, "seed": cfg.adapt.seed,
+        "nproc_per_node": 1, "seed": cfg.adapt.seed, "augment": ft.augment or cfg.train.augment,
         # in-process: no forked loader workers inside a multi-threaded orchestrator process
         "workers": 0,
     })
@@ -377,8 +386,16 @@ def run_stage(
                     label_key="label" if a.objective != "clip" else None, class_embeddings=cls_path,
                 )
                 summary = train(job)
-                current_ckpt = summary["checkpoint"]
-                teacher = load(current_ckpt)
+                current_ckpt = summary["checkpoint"]  # the student trains on from its own weights
+                if a.ema_teacher is not None:
+                    teacher_ckpt = join(work, parent.info.run_id, f"iteration-{it}", "ema-teacher.pt")
+                    st = ckpt.load(storage, current_ckpt)
+                    ckpt.save(storage, teacher_ckpt, {
+                        "model": ema_weights(teacher.model.state_dict(), st["model"], a.ema_teacher),
+                        "model_name": model_name, "step": st["step"]})
+                else:
+                    teacher_ckpt = current_ckpt
+                teacher = load(teacher_ckpt)  # labels the next iteration; measured and selectable
                 m = measure(teacher)
                 row.update(flat(m))
                 row["final_loss"] = summary["final_loss"]
@@ -397,9 +414,9 @@ def run_stage(
                     on_iteration(row)
                 v = row.get("val/top1")
                 if v is not None and v > best[1]:
-                    best = (it, v, current_ckpt)
+                    best = (it, v, teacher_ckpt)
                 elif not val:
-                    best = (it, -1.0, current_ckpt)  # no labelled validation: the last iteration
+                    best = (it, -1.0, teacher_ckpt)  # no labelled validation: the last iteration
                 if a.early_stop and v is not None and prev_val is not None and v < prev_val:
                     log(f"adapt: validation fell ({prev_val:.3f} → {v:.3f}); stopping early")
                     break
