@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -93,6 +93,20 @@ class AugmentConfig(_Section):
         if not 0 < v[0] <= v[1] <= 1:
             raise ValueError("must be (low, high) with 0 < low <= high <= 1")
         return v
+
+    @model_validator(mode="after")
+    def _open_clip_applies_it(self) -> "AugmentConfig":
+        # open_clip's own (non-timm) transform silently ignores or asserts on these: fail here
+        if not self.use_timm:
+            if self.color_jitter_prob and not (isinstance(self.color_jitter, tuple) and len(self.color_jitter) == 4):
+                raise ValueError("color_jitter: must be 4 values (brightness, contrast, saturation, hue) "
+                                 "when color_jitter_prob is set")
+            if self.color_jitter is not None and not self.color_jitter_prob:
+                raise ValueError("color_jitter: open_clip applies it only with color_jitter_prob (or use_timm)")
+            for k in ("ratio", "re_prob", "re_count"):
+                if getattr(self, k) is not None:
+                    raise ValueError(f"{k}: open_clip applies it only with use_timm: true")
+        return self
 
     def open_clip_cfg(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v is not None}

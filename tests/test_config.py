@@ -57,6 +57,9 @@ def test_defaults_bind_loopback_and_mask_secrets():
         ("train.batch_size.x=1", "train.batch_size: is not a section"),
         ("train.augment.scale=[0.0, 1.0]", "train.augment.scale: Value error, must be (low, high)"),
         ("train.augment.flip=true", "train.augment.flip: Extra inputs are not permitted"),
+        ("train.augment.color_jitter_prob=0.8", "color_jitter: must be 4 values"),
+        ("train.augment.color_jitter=0.4", "color_jitter: open_clip applies it only with color_jitter_prob"),
+        ("train.finetune.augment.re_prob=0.3", "re_prob: open_clip applies it only with use_timm"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
