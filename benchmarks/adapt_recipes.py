@@ -20,7 +20,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from cerebro_core.model.factory import create
+from cerebro_core.train.loop import cosine_lr, param_groups  # the trainer's own
 import open_clip
+from open_clip.loss import ClipLoss
 EXTRA_CONFIGS = {
     "cerebro-rn18-32": {"embed_dim": 128, "vision_cfg": {"image_size": 32, "timm_model_name": "resnet18", "timm_model_pretrained": False, "timm_pool": "avg", "timm_proj": "linear"},
                         "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3}},
@@ -106,31 +108,23 @@ def feats(model, X, bs=500):
 def acc(model, tok, classes, X, Y):
     return float(((feats(model, X) @ cls_emb(model, tok, classes).T).argmax(1) == Y).float().mean())
 
-def param_groups(model, wd):
-    dec, no = [], []
-    for n, p in model.named_parameters():
-        if not p.requires_grad: continue
-        (no if (p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n or "embedding" in n) else dec).append(p)
-    return [{"params": no, "weight_decay": 0.}, {"params": dec, "weight_decay": wd}]
+def sched(opt, warm, total):
+    """The trainer's own warmup + cosine schedule (as a multiplier of the base lr)."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_lr(s, 1.0, warm, total))
 
-def sched(opt, base, warm, total):
-    def f(s): return (s+1)/warm if s < warm else 0.5*(1+math.cos(math.pi*(s-warm)/max(1,total-warm)))
-    return torch.optim.lr_scheduler.LambdaLR(opt, f)
 
-from open_clip.loss import ClipLoss
 
 def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-tiny-vit-32", D=None):
     classes, d, cx, ct = D
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     b = create(model_name, aug_cfg={"scale": (0.5, 1.0)} if aug == "rrc" else ({"scale": (0.35, 1.0)} if aug == "rrc35" else None)); model, tok = b.model, b.tokenizer
-    from PIL import Image as _I
-    pil = [_I.fromarray(x.permute(1,2,0).numpy()) for x in torch.cat([d["pretrain"][0], cx])] if aug.startswith("rrc") else None
+    pil = [Image.fromarray(x.permute(1,2,0).numpy()) for x in torch.cat([d["pretrain"][0], cx])] if aug.startswith("rrc") else None
     X = torch.cat([d["pretrain"][0], cx]); Yt = d["pretrain"][1]
     caps = [TEMPL[k % 6].format(classes[int(y)]) for k, y in enumerate(Yt)] + ct
     T = tok(caps)
     n = len(X); steps = epochs * (n // bs)
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-    sc = sched(opt, lr, 20, steps); loss_fn = ClipLoss()
+    sc = sched(opt, 20, steps); loss_fn = ClipLoss()
     s = 0
     for ep in range(epochs):
         perm = torch.randperm(n, generator=g)
@@ -147,7 +141,6 @@ def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-ti
             with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
     return model, tok
 
-from open_clip.loss import ClipLoss
 
 def probs_of(model, tok, classes, X, tta=False):
     cls = cls_emb(model, tok, classes); s = float(model.logit_scale.exp())
@@ -194,7 +187,7 @@ def run(seed, model, tok, D, a):
         for n_, p_ in model.named_parameters():
             p_.requires_grad_(n_.startswith("visual."))
         opt = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-6)
-        sc = sched(opt, a.lr, 5, a.steps)
+        sc = sched(opt, 5, a.steps)
         clip = ClipLoss()
         scale = float(model.logit_scale.exp())
         soft = p[idx] if a.soft else None

@@ -14,8 +14,8 @@ Reported: samples/s per process (the trainer's own ``train/samples_per_s``, whic
 waiting for data; median over the logged windows after the first), data-wait fraction, peak
 memory, and MFU = samples/s × model FLOPs per sample ÷ the device's peak dense FLOP/s. FLOPs per
 sample are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
-of the image and text towers (the matmuls and convolutions; attention and elementwise ops are
-what FlopCounterMode counts for them). Peaks (dense, no sparsity): H100 SXM / H200 bf16 989.4
+of both towers and open_clip's ``ClipLoss`` (it counts matmuls, convolutions and attention;
+elementwise ops are not counted, as usual for MFU). Peaks (dense, no sparsity): H100 SXM / H200 bf16 989.4
 TFLOP/s, H100 PCIe 756; others: pass ``--peak-tflops``.
 """
 
@@ -71,10 +71,12 @@ def flops_per_sample(model_name: str, device: str, precision: str) -> float:
     x = torch.randn(n, 3, size, size, device=device)
     t = b.tokenizer(["a photo of a red fox"] * n).to(device)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    from open_clip.loss import ClipLoss
+
     with FlopCounterMode(display=False) as fc:
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
             o = model(x, t)
-            loss = (o["image_features"] @ o["text_features"].T).logsumexp(1).mean()
+            loss = ClipLoss()(o["image_features"], o["text_features"], o["logit_scale"])
         loss.backward()
     return fc.get_total_flops() / n
 

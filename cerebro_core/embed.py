@@ -5,8 +5,9 @@ decoder, then the model's eval transform) runs ahead of the model in spawned Dat
 processes, so that decode keeps a fast device fed, and the model runs in fp16. On CPU, batches
 are spread over one thread per core, each decoding its batch and running the model on it
 single-threaded (Pillow and torch release the GIL): no spawned worker start-up (seconds of
-imports per call), no OpenMP barrier waiting on a core that a decode thread holds. With torchrun, each rank takes every world_size-th item and writes its own part.
-Unreadable images or videos are skipped and counted, never fatal.
+imports per call), no OpenMP barrier waiting on a core that a decode thread holds. With
+torchrun, each rank takes every world_size-th item and writes its own part. Unreadable images
+or videos are skipped and counted, never fatal.
 
 Per-image work is kept to what must be per image (measured in docs/BENCHMARKS.md):
   - JPEGs are decoded at a reduced DCT scale (Pillow's ``draft``, as ``Image.thumbnail`` does)
@@ -155,10 +156,9 @@ def cpu_forward_chunk(model, budget_bytes: int = 8 << 20) -> int:
     1.17 / 4.23 (ViT-32 / ViT-64). Non-ViT towers: 64."""
     import math
 
-    v = getattr(model, "visual", None)
-    try:
-        grid = v.grid_size if hasattr(v, "grid_size") else None
-        tokens = int(grid[0] * grid[1]) + 1
+    try:  # open_clip VisionTransformer
+        v = model.visual
+        tokens = int(v.grid_size[0] * v.grid_size[1]) + 1
         mlp = int(v.transformer.resblocks[0].mlp.c_fc.out_features)
     except (AttributeError, TypeError, IndexError):
         return 64
