@@ -5,6 +5,13 @@ stage's ~10), used to choose which recipes are worth running through the real st
     .venv/bin/python benchmarks/adapt_recipes.py pretrain --model cerebro-rn-32 --aug weak --epochs 40 --lr 1e-3 --seeds 0 --save
     .venv/bin/python benchmarks/adapt_recipes.py loop --model cerebro-rn-32 --pre weak_40 --seeds 0 --soft --T 0.5 --thr 0 --k 250 --replay 1.0
 
+Diagnostic bounds (the only place the pool's ground truth trains anything; never in the stage):
+what the loop would gain with labels of a given precision, and what the frozen features allow.
+
+    .venv/bin/python benchmarks/adapt_recipes.py pretrain --aug rrc --epochs 40 --lr 1e-3 --seeds 0 1 2 --save
+    .venv/bin/python benchmarks/adapt_recipes.py loop --pre rrc_40 --seeds 0 1 2 --lr 5e-4 --aug weak --oracle-noise 0.2
+    .venv/bin/python benchmarks/adapt_recipes.py probe --pre rrc_40 --seeds 0 1 2
+
 Same splits as the benchmark (per class by sorted file name: 100 pretraining pairs + 80 COCO
 pairs, 250 pool, 50 validation, 100 test). Pool labels are read only to print pseudo-label
 precision. Extra vision towers (convolutional) are registered from EXTRA_CONFIGS below.
@@ -143,7 +150,7 @@ def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-ti
 
 
 def probs_of(model, tok, classes, X, tta=False):
-    cls = cls_emb(model, tok, classes); s = float(model.logit_scale.exp())
+    cls = cls_emb(model, tok, classes); s = float(model.logit_scale.detach().exp())
     f = feats(model, X)
     p = torch.softmax(s * f @ cls.T, 1)
     if tta:
@@ -177,7 +184,11 @@ def run(seed, model, tok, D, a):
     teacher = model
     for it in range(1, a.iters + 1):
         p = probs_of(teacher, tok, classes, Xp, a.tta)
-        if a.control:
+        if a.oracle_noise is not None:  # diagnostic bound only: ground truth, a fraction redrawn at random
+            idx = torch.arange(len(Xp)); lab = Yp.clone(); conf = torch.ones(len(idx))
+            redraw = torch.rand(len(lab), generator=g) < a.oracle_noise
+            lab[redraw] = torch.randint(0, len(classes), (int(redraw.sum()),), generator=g)
+        elif a.control:
             idx = torch.randperm(len(Xp), generator=g)[:a.k * len(classes)]
             lab = torch.randint(0, len(classes), (len(idx),), generator=g); conf = torch.ones(len(idx))
         else:
@@ -245,6 +256,9 @@ def main_loop(argv):
     ap.add_argument("--aug", default="strong"); ap.add_argument("--soft", action="store_true"); ap.add_argument("--T", type=float, default=1.0)
     ap.add_argument("--ls", type=float, default=0.0); ap.add_argument("--replay", type=float, default=0.0)
     ap.add_argument("--control", action="store_true"); ap.add_argument("--control-replay-only", action="store_true")
+    ap.add_argument("--oracle-noise", type=float, default=None,
+                    help="diagnostic bound, not a recipe: train on the pool's ground truth with this fraction of "
+                         "labels redrawn uniformly (0 = clean), to measure what label precision the loop needs")
     a = ap.parse_args(argv)
     D = data(); classes = D[0]
     res = []
@@ -259,5 +273,41 @@ def main_loop(argv):
         print(f"MEAN it {it}: val {st.mean(r[it][3] for r in res):.3f} test {st.mean(r[it][4] for r in res):.3f}  d_test {st.mean(r[it][4]-r[0][4] for r in res):+.3f}")
 
 
+def main_probe(argv):
+    """Diagnostic bounds on the pretrained models (ground truth of the pool used here only): what a
+    classifier on the frozen image features could reach with *true* pool labels (linear probe,
+    class centroids), and what a teacher made of flip-TTA or an ensemble of the seeds reaches."""
+    ap = argparse.ArgumentParser(); ap.add_argument("--pre", default="rrc_40"); ap.add_argument("--model", default="cerebro-tiny-vit-32")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    a = ap.parse_args(argv)
+    D = data(); classes, d, _, _ = D
+    top1 = lambda logits, y: float((logits.argmax(1) == y).float().mean())
+    ens = {k: 0 for k in ("val", "test", "pool")}
+    for seed in a.seeds:
+        b = create(a.model); m, tok = b.model, b.tokenizer
+        m.load_state_dict(torch.load(OUT / f"pre_{a.model}_{a.pre}_{seed}.pt", weights_only=True))
+        f = {k: feats(m, d[k][0]) for k in ("pool", "val", "test")}
+        Yp = d["pool"][1]
+        cent = F.normalize(torch.stack([f["pool"][Yp == c].mean(0) for c in range(len(classes))]), dim=-1)
+        W = torch.zeros(f["pool"].shape[1], len(classes), requires_grad=True); bias = torch.zeros(len(classes), requires_grad=True)
+        opt = torch.optim.LBFGS([W, bias], max_iter=500)
+        def closure():
+            opt.zero_grad(); loss = F.cross_entropy(10 * f["pool"] @ W + bias, Yp) + 1e-2 * (W ** 2).sum(); loss.backward(); return loss
+        opt.step(closure)
+        row = []
+        for k in ("val", "test"):
+            p, pt = probs_of(m, tok, classes, d[k][0]), probs_of(m, tok, classes, d[k][0], tta=True)
+            ens[k] = ens[k] + p
+            with torch.no_grad():
+                row.append(f"{k}: zero-shot {top1(p, d[k][1]):.3f} flip-TTA {top1(pt, d[k][1]):.3f} "
+                           f"oracle centroids {top1(f[k] @ cent.T, d[k][1]):.3f} oracle linear probe {top1(10 * f[k] @ W + bias, d[k][1]):.3f}")
+        pp = probs_of(m, tok, classes, d["pool"][0]); ens["pool"] = ens["pool"] + pp
+        idx, lab, _ = select(pp, 0.0, 50)
+        print(f"seed {seed}: " + " | ".join(row) + f" | pool top-50/class precision {float((lab == Yp[idx]).float().mean()):.3f}", flush=True)
+    idx, lab, _ = select(ens["pool"] / len(a.seeds), 0.0, 50)
+    print(f"ensemble of seeds {a.seeds}: val {top1(ens['val'], d['val'][1]):.3f} test {top1(ens['test'], d['test'][1]):.3f} "
+          f"pool top-50/class precision {float((lab == d['pool'][1][idx]).float().mean()):.3f}")
+
+
 if __name__ == "__main__":
-    {"pretrain": main_pretrain, "loop": main_loop}[sys.argv[1]](sys.argv[2:])
+    {"pretrain": main_pretrain, "loop": main_loop, "probe": main_probe}[sys.argv[1]](sys.argv[2:])
