@@ -26,6 +26,7 @@ import numpy as np, torch, torch.nn.functional as F
 from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from cerebro_core.adapt.select import class_thresholds
 from cerebro_core.model.factory import create
 from cerebro_core.train.loop import cosine_lr, param_groups  # the trainer's own
 import open_clip
@@ -157,19 +158,15 @@ def probs_of(model, tok, classes, X, tta=False):
         p = 0.5 * (p + torch.softmax(s * feats(model, X.flip(-1)) @ cls.T, 1))
     return p
 
-def select(p, thr, k, adaptive=False):
+def select(p, thr, k, mode="fixed"):
+    """The stage's selection (confidence ≥ its class's threshold, per-class top-k), on tensors."""
     conf, lab = p.max(1)
+    th = torch.from_numpy(class_thresholds(p.numpy(), thr, mode))
     idx = []
-    C = p.shape[1]
-    for c in range(C):
+    for c in range(p.shape[1]):
         m = (lab == c).nonzero().flatten()
         m = m[conf[m].argsort(descending=True)]
-        if adaptive:  # per-class threshold: thr scaled by the class's max confidence (FlexMatch-like)
-            t = thr * conf[m].max() if len(m) else 1.0
-            m = m[conf[m] >= t]
-        else:
-            m = m[conf[m] >= thr]
-        idx.append(m[:k])
+        idx.append(m[conf[m] >= th[c]][:k])
     idx = torch.cat(idx)
     return idx, lab[idx], conf[idx]
 
@@ -192,7 +189,7 @@ def run(seed, model, tok, D, a):
             idx = torch.randperm(len(Xp), generator=g)[:a.k * len(classes)]
             lab = torch.randint(0, len(classes), (len(idx),), generator=g); conf = torch.ones(len(idx))
         else:
-            idx, lab, conf = select(p, a.thr, a.k, a.adaptive)
+            idx, lab, conf = select(p, a.thr, a.k, a.threshold_mode)
         prec = float((lab == Yp[idx]).float().mean()) if len(idx) else 0
         cls = cls_emb(model, tok, classes).detach()
         for n_, p_ in model.named_parameters():
@@ -251,7 +248,7 @@ def main_loop(argv):
     ap.add_argument("--pre", default="none_20"); ap.add_argument("--model", default="cerebro-tiny-vit-32")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--iters", type=int, default=3); ap.add_argument("--thr", type=float, default=0.3); ap.add_argument("--k", type=int, default=150)
-    ap.add_argument("--adaptive", action="store_true"); ap.add_argument("--tta", action="store_true")
+    ap.add_argument("--threshold-mode", default="fixed", choices=["fixed", "flexmatch"]); ap.add_argument("--tta", action="store_true")
     ap.add_argument("--steps", type=int, default=60); ap.add_argument("--bs", type=int, default=64); ap.add_argument("--lr", type=float, default=1e-4); ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--aug", default="strong"); ap.add_argument("--soft", action="store_true"); ap.add_argument("--T", type=float, default=1.0)
     ap.add_argument("--ls", type=float, default=0.0); ap.add_argument("--replay", type=float, default=0.0)

@@ -182,6 +182,9 @@ class AdaptConfig(_Section):
         description="captions written into the pseudo-labelled shards")
     confidence_threshold: float = Field(0.5, ge=0, le=1)
     per_class_top_k: int = Field(100, ge=1)
+    threshold_mode: Literal["fixed", "flexmatch"] = Field(
+        "fixed", description="fixed: confidence_threshold for every class; flexmatch: lower per-class "
+                             "thresholds for the classes the teacher is less sure of (FlexMatch, with warm-up)")
     objective: Literal["clip", "masked_contrastive", "vocab_ce"] = "vocab_ce"
     ema_teacher: Optional[float] = Field(
         None, ge=0, lt=1, description="β: after each iteration the labelling teacher becomes β·teacher + "

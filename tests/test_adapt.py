@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from cerebro_core.adapt.select import class_entropy, select
+from cerebro_core.adapt.select import class_entropy, class_thresholds, select
 from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
 from cerebro_core.config import load_config
 from cerebro_core.model import checkpoint as ckpt
@@ -85,6 +85,32 @@ def test_select_is_balanced_and_thresholded():
     assert abs(class_entropy(np.arange(5), 5) - 1.0) < 1e-9
 
 
+def _probs(rows: list[tuple[int, float]], n_classes: int = 3) -> np.ndarray:
+    """One row per (predicted class, confidence); the rest of the mass spread over the others."""
+    p = np.zeros((len(rows), n_classes))
+    for i, (c, conf) in enumerate(rows):
+        p[i] = (1 - conf) / (n_classes - 1)
+        p[i, c] = conf
+    return p
+
+
+def test_flexmatch_thresholds_lower_the_bar_for_unsure_classes():
+    # σ = [3, 1, 0] images at ≥ 0.5, 2 below it: β = σ / max(3, 2) = [1, 1/3, 0],
+    # T = β / (2 − β) · 0.5 = [0.5, 0.1, 0]
+    probs = _probs([(0, 0.9), (0, 0.8), (0, 0.7), (1, 0.6), (1, 0.4), (2, 0.45)])
+    assert np.allclose(class_thresholds(probs, 0.5, "fixed"), [0.5, 0.5, 0.5])
+    assert np.allclose(class_thresholds(probs, 0.5, "flexmatch"), [0.5, 0.1, 0.0])
+    idx_fixed, _, _ = select(probs, 0.5, per_class_top_k=10)
+    idx_flex, labels, _ = select(probs, 0.5, per_class_top_k=10, mode="flexmatch")
+    assert list(idx_fixed) == [0, 1, 2, 3] and list(idx_flex) == [0, 1, 2, 3, 4, 5]
+    assert list(labels) == [0, 0, 0, 1, 1, 2]
+    # warm-up: while most images are unsure, every class's bar is low
+    unsure = _probs([(0, 0.9)] + [(1, 0.4)] * 9)
+    assert class_thresholds(unsure, 0.5, "flexmatch").max() < 0.5 / 9
+    with pytest.raises(ValueError):
+        class_thresholds(probs, 0.5, "adaptive")
+
+
 def test_one_iteration_end_to_end(adapt_env):
     import mlflow
     import webdataset as wds
@@ -101,6 +127,7 @@ def test_one_iteration_end_to_end(adapt_env):
     assert [c.data.tags["iteration"] for c in children] == ["1"]
     child = children[0]
     for k in ("selected", "coverage", "mean_confidence", "class_entropy", "pseudo_label_precision", "val/top1",
+              "class_threshold_min", "class_threshold_max",
               "val/text_to_image_R5"):
         assert k in child.data.metrics, k
     arts = {a.path for a in client.list_artifacts(child.info.run_id)}

@@ -5,7 +5,8 @@ ModelVersion + wildlife sources + vocabulary ──adapt──▶ ModelVersion {
 One iteration:
   1. embed every unlabelled image with the current model (the shared embedding function);
   2. class probabilities over the vocabulary (prompt-ensembled text embeddings);
-  3. select pseudo-labels: confidence ≥ threshold AND per-class top-k (class balance);
+  3. select pseudo-labels: confidence ≥ threshold (fixed, or per class: FlexMatch) AND per-class
+     top-k (class balance);
   4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
      score, iteration, source);
   5. fine-tune with the pretrain trainer (objective: clip | masked_contrastive | vocab_ce);
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from cerebro_core import tracking
-from cerebro_core.adapt.select import class_entropy, select
+from cerebro_core.adapt.select import class_entropy, class_thresholds, select
 from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.config import CerebroConfig, SourceConfig, TrainConfig
 from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
@@ -352,7 +353,8 @@ def run_stage(
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[r["uri"]] for r in e.rows]
                 probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.detach().exp()))
-                idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k)
+                idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k, a.threshold_mode)
+                thresholds = class_thresholds(probs, a.confidence_threshold, a.threshold_mode)
                 if control:  # same images and steps, labels carrying no teacher information
                     labels = rng.integers(0, len(classes), size=len(idx))
                 sel_items = [items[i] for i in idx]
@@ -364,6 +366,7 @@ def run_stage(
                     "class_entropy": class_entropy(labels, len(classes)),
                     "pseudo_label_precision": (sum(p == g for p, g in known) / len(known)) if known else float("nan"),
                     "embed_failures": sum(e.failures.values()),
+                    "class_threshold_min": float(thresholds.min()), "class_threshold_max": float(thresholds.max()),
                 }
                 if len(idx) < 2:
                     log(f"adapt: iteration {it}: {len(idx)} images selected, stopping")
