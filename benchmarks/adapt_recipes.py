@@ -26,7 +26,7 @@ import numpy as np, torch, torch.nn.functional as F
 from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from cerebro_core.adapt.select import class_thresholds
+from cerebro_core.adapt.select import select as select_pseudo_labels
 from cerebro_core.model.factory import create
 from cerebro_core.train.loop import cosine_lr, param_groups  # the trainer's own
 import open_clip
@@ -159,16 +159,11 @@ def probs_of(model, tok, classes, X, tta=False):
     return p
 
 def select(p, thr, k, mode="fixed"):
-    """The stage's selection (confidence ≥ its class's threshold, per-class top-k), on tensors."""
-    conf, lab = p.max(1)
-    th = torch.from_numpy(class_thresholds(p.numpy(), thr, mode))
-    idx = []
-    for c in range(p.shape[1]):
-        m = (lab == c).nonzero().flatten()
-        m = m[conf[m].argsort(descending=True)]
-        idx.append(m[conf[m] >= th[c]][:k])
-    idx = torch.cat(idx)
-    return idx, lab[idx], conf[idx]
+    """The stage's selection (cerebro_core.adapt.select), returned grouped by class, most
+    confident first — the order the recipes' batch sampling was measured with."""
+    idx, lab, conf = select_pseudo_labels(p.numpy(), thr, k, mode)
+    order = np.lexsort((-conf, lab))
+    return torch.from_numpy(idx[order]), torch.from_numpy(lab[order]), torch.from_numpy(conf[order])
 
 def run(seed, model, tok, D, a):
     classes, d, cx, ct = D
