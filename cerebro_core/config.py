@@ -189,8 +189,26 @@ class AdaptConfig(_Section):
     ema_teacher: Optional[float] = Field(
         None, ge=0, lt=1, description="β: after each iteration the labelling teacher becomes β·teacher + "
                                       "(1−β)·student (weights); the student trains on from its own weights")
+    student: Literal["finetune", "scratch"] = Field(
+        "finetune", description="finetune: the student trains on from the teacher's weights (train.finetune); "
+                                "scratch: noisy student — each iteration a new model from random weights is "
+                                "pretrained (train.*) on the pretraining pairs plus the pseudo-captioned images")
+    pairs: Optional[str] = Field(
+        None, description="scratch student: the download output (or its manifest.json) with the pretraining "
+                          "pairs; default: this config's download output")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _student_ok(self) -> "AdaptConfig":
+        if self.student == "scratch":
+            if self.objective != "clip":
+                raise ValueError("objective: a scratch student is pretrained with the contrastive loss on pairs "
+                                 "and pseudo-captions; set adapt.objective: clip")
+            if self.ema_teacher is not None:
+                raise ValueError("ema_teacher: averages teacher and student weights, which needs a student "
+                                 "fine-tuned from the teacher (adapt.student: finetune)")
+        return self
 
 
 class IndexConfig(_Section):

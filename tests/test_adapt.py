@@ -266,3 +266,63 @@ def test_ema_teacher_and_strong_view(adapt_env):
         best_ema = ckpt.load(Storage(), str(next(root.rglob(
             f"{run.info.run_id}/iteration-{res.best_iteration}/ema-teacher.pt"))))["model"]
         assert all(torch.equal(published[k], best_ema[k]) for k in best_ema)
+
+
+def test_scratch_student_and_its_control(adapt_env):
+    """adapt.student=scratch (noisy student): each iteration pretrains a new model from random
+    weights on the pretraining pairs plus the pseudo-captioned pool images, for train.epochs passes
+    over both; the control trains on the pairs alone for the same number of steps."""
+    import mlflow
+    from conftest import shardset_for
+
+    from cerebro_core.model.factory import create
+
+    root = adapt_env["root"]
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2"])
+    n_pairs = 6 * 40
+
+    def student_of(control: bool) -> tuple[dict, dict]:
+        res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None, control=control)
+        client = mlflow.MlflowClient()
+        run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                                 order_by=["start_time DESC"])[0]
+        ck = sorted((Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt").rglob(
+            f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+        child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
+        assert "train/loss" in child.data.metrics  # the student's training curve, in the iteration's run
+        assert child.data.metrics["student_steps"] == res.iterations[1]["student_steps"]
+        return res.iterations[1], ckpt.load(Storage(), str(ck))["model"]
+
+    row, student = student_of(control=False)
+    assert row["selected"] > 0
+    assert row["student_train_samples"] == n_pairs + row["selected"]
+    assert row["student_steps"] == 2 * ((n_pairs + row["selected"]) // 40)
+    ctl_row, ctl = student_of(control=True)
+    assert ctl_row["student_train_samples"] == n_pairs and ctl_row["student_steps"] == row["student_steps"]
+    # from random weights (the trainer's seed for iteration 1), not from the teacher: both towers
+    # trained, and the student is far nearer its fresh initialisation than the teacher's weights
+    teacher = torch.load(Path(mlflow.artifacts.download_artifacts(mlflow.MlflowClient().get_model_version(
+        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
+    torch.manual_seed(cfg.train.seed + 1000)
+    fresh = create(cfg.train.model).model.state_dict()
+    dist = lambda a, b: sum(float((a[k].float() - b[k].float()).norm()) for k in a if a[k].is_floating_point())  # noqa: E731
+    assert dist(student, fresh) < 0.5 * dist(student, teacher)
+    assert any(not torch.equal(student[k], fresh[k]) for k in student if k.startswith("transformer."))
+    assert any(not torch.equal(student[k], ctl[k]) for k in student)  # the pseudo-labels made a difference
+
+
+def test_scratch_student_needs_pairs_and_the_contrastive_objective(adapt_env, tmp_path):
+    from cerebro_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="objective: a scratch student"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.student=scratch"])
+    with pytest.raises(ConfigError, match="ema_teacher"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+            "adapt.student=scratch", "adapt.objective=clip", "adapt.ema_teacher=0.5"])
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={tmp_path}"])
+    with pytest.raises(AdaptInputError, match="adapt.pairs: no download output"):
+        run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)

@@ -9,7 +9,10 @@ One iteration:
      top-k (class balance);
   4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
      score, iteration, source);
-  5. fine-tune with the pretrain trainer (objective: clip | masked_contrastive | vocab_ce);
+  5. train the student with the pretrain trainer: fine-tune the teacher (objective: clip |
+     masked_contrastive | vocab_ce), or — ``adapt.student: scratch``, a noisy student — pretrain
+     a new model from random weights on the pretraining pairs plus the pseudo-captioned images,
+     under torchrun with the pretraining settings;
   6. evaluate: validation/test zero-shot top-1 and mean-per-class, text→image R@k, pseudo-label
      precision (ground truth read here only, after selection), forgetting on general pairs.
 Ground-truth labels are used for measurement only: selection and training never see them.
@@ -43,8 +46,9 @@ from cerebro_core.home import resolve
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage, join
+from cerebro_core.train.launch import launch, resolve_nproc
 from cerebro_core.train.loop import TrainJob, train
-from cerebro_core.train.pretrain import ModelVersion, publish_model
+from cerebro_core.train.pretrain import ModelVersion, publish_model, split_shards
 
 
 class AdaptInputError(ValueError):
@@ -279,6 +283,36 @@ def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
     })
 
 
+def pretraining_pairs(cfg: CerebroConfig, storage: Storage):
+    """The pairs a scratch student is pretrained on (a download stage output), checked up front."""
+    from cerebro_core.data.download import default_output, load_manifest
+
+    where = cfg.adapt.pairs or default_output(cfg.download, resolve(cfg).storage_root, cfg.name)
+    try:
+        return load_manifest(storage, where)
+    except (FileNotFoundError, OSError, ValueError) as exc:
+        raise AdaptInputError(f"adapt.pairs: no download output with a manifest at {where} ({exc})") from None
+
+
+def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shards: list[str], n_pseudo: int,
+                        ckpt_dir: str, iteration: int, control: bool, mlflow_run_id: Optional[str] = None) -> TrainJob:
+    """Noisy student: a new model from random weights, trained like the pretrain stage (``train.*``,
+    its augmentation, the contrastive loss) on the pairs plus the pseudo-captioned images, for
+    ``train.epochs`` passes over both. The control trains on the pairs alone for the same steps."""
+    train_urls, val_urls, n_pairs = split_shards(pairs, cfg.train.val_fraction)
+    hp = cfg.train
+    global_batch = hp.batch_size * resolve_nproc(hp) * hp.nnodes * hp.accum_steps
+    steps = hp.epochs * ((n_pairs + n_pseudo) // global_batch)
+    n_train = n_pairs if control else n_pairs + n_pseudo
+    hp = hp.model_copy(update={
+        "seed": hp.seed + 1000 * iteration,  # a fresh initialisation per iteration
+        "epochs": math.ceil(steps / max(1, n_train // global_batch)), "resume": "never",
+    })
+    return TrainJob(model=model_name, hp=hp, train_shards=train_urls + ([] if control else pseudo_shards),
+                    train_samples=n_train, val_shards=val_urls, storage=cfg.storage, ckpt_dir=ckpt_dir,
+                    max_steps=steps, objective="clip", mlflow_run_id=mlflow_run_id)
+
+
 def run_stage(
     cfg: CerebroConfig,
     start_version: Optional[str] = None,
@@ -287,7 +321,8 @@ def run_stage(
     control: bool = False,
 ) -> AdaptResult:
     """Run the loop. ``control=True`` runs the equal-step control instead: the same objective and
-    steps on the same images with labels drawn at random (no information from the teacher)."""
+    steps with no information from the teacher — a fine-tuned student gets the same images with
+    labels drawn at random; a scratch student is pretrained on the pairs alone."""
     from cerebro_core.model.registry import download, resolve_version
 
     pool, val, test, classes, counts = gather(cfg)
@@ -300,6 +335,7 @@ def run_stage(
     model_name = json.loads((start_dir / "model_config.json").read_text())["model_name"]
     prompts = prompts_for(classes, a.templates, a.vocabulary_kind)
     general = sorted(storage.glob(a.general_pairs)) if a.general_pairs else []
+    pairs = pretraining_pairs(cfg, storage) if a.student == "scratch" else None
     work = join(resolve(cfg).storage_root, cfg.name, "adapt", tracking.client().get_experiment_by_name(
         cfg.tracking.experiment).experiment_id)
     rng = np.random.default_rng(a.seed)
@@ -347,7 +383,7 @@ def run_stage(
         for it in range(1, a.iterations + 1):
             with tracking.stage_run(cfg, "adapt-iteration", run_name=f"iteration {it}",
                                     parent_run_id=parent.info.run_id, tags={"iteration": str(it)},
-                                    log_config=False):
+                                    log_config=False) as child:
                 cls = class_embeddings(teacher.model, teacher.tokenizer, prompts)
                 e = embed_items(teacher.model, teacher.preprocess_val, pool, batch_size=256, workers=workers)
                 by_uri = {p.uri: p for p in pool}
@@ -380,15 +416,21 @@ def run_stage(
                 if a.objective == "vocab_ce":
                     cls_path = str(Path(tempfile.mkdtemp(prefix="cerebro-cls-")) / "classes.npy")
                     np.save(cls_path, cls.numpy(), allow_pickle=False)
-                hp = finetune_config(cfg, len(idx))
-                job = TrainJob(
-                    model=model_name, hp=hp, train_shards=shards, train_samples=len(idx), storage=cfg.storage,
-                    ckpt_dir=join(work, parent.info.run_id, f"iteration-{it}", "checkpoints"),
-                    init_from=current_ckpt, max_steps=cfg.train.finetune.steps,
-                    freeze_text=cfg.train.finetune.freeze_text, objective=a.objective,
-                    label_key="label" if a.objective != "clip" else None, class_embeddings=cls_path,
-                )
-                summary = train(job)
+                ckpt_dir = join(work, parent.info.run_id, f"iteration-{it}", "checkpoints")
+                if a.student == "scratch":
+                    job = scratch_student_job(cfg, model_name, pairs, shards, len(idx), ckpt_dir, it, control,
+                                              mlflow_run_id=child.info.run_id)  # its curve in the iteration's run
+                    row.update({"student_train_samples": job.train_samples, "student_steps": job.max_steps})
+                    summary = launch(job, log=log)
+                else:
+                    job = TrainJob(
+                        model=model_name, hp=finetune_config(cfg, len(idx)), train_shards=shards,
+                        train_samples=len(idx), storage=cfg.storage, ckpt_dir=ckpt_dir,
+                        init_from=current_ckpt, max_steps=cfg.train.finetune.steps,
+                        freeze_text=cfg.train.finetune.freeze_text, objective=a.objective,
+                        label_key="label" if a.objective != "clip" else None, class_embeddings=cls_path,
+                    )
+                    summary = train(job)
                 current_ckpt = summary["checkpoint"]  # the student trains on from its own weights
                 if a.ema_teacher is not None:
                     teacher_ckpt = join(work, parent.info.run_id, f"iteration-{it}", "ema-teacher.pt")
