@@ -5,6 +5,11 @@ stage's ~10), used to choose which recipes are worth running through the real st
     .venv/bin/python benchmarks/adapt_recipes.py pretrain --model cerebro-rn-32 --aug weak --epochs 40 --lr 1e-3 --seeds 0 --save
     .venv/bin/python benchmarks/adapt_recipes.py loop --model cerebro-rn-32 --pre weak_40 --seeds 0 --soft --T 0.5 --thr 0 --k 250 --replay 1.0
 
+Noisy student (a new model pretrained from random weights on the pairs + the teacher's
+pseudo-captioned pool images) and its control (the pairs alone, same steps):
+
+    .venv/bin/python benchmarks/adapt_recipes.py student --pre rrc_40 --seeds 0 1 2 [--control]
+
 Diagnostic bounds (the only place the pool's ground truth trains anything; never in the stage):
 what the loop would gain with labels of a given precision, and what the frozen features allow.
 
@@ -122,15 +127,24 @@ def sched(opt, warm, total):
 
 
 
-def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-tiny-vit-32", D=None):
+def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-tiny-vit-32", D=None,
+             extra=None, steps=None):
+    """Contrastive pretraining from random weights on the protocol's pairs (+ `extra` (images,
+    captions) pairs, e.g. pseudo-captioned pool images for a noisy student); `steps` overrides
+    epochs × batches so that a control can match a student's step count."""
     classes, d, cx, ct = D
     torch.manual_seed(seed); g = torch.Generator().manual_seed(seed)
     b = create(model_name, aug_cfg={"scale": (0.5, 1.0)} if aug == "rrc" else ({"scale": (0.35, 1.0)} if aug == "rrc35" else None)); model, tok = b.model, b.tokenizer
     pil = [Image.fromarray(x.permute(1,2,0).numpy()) for x in torch.cat([d["pretrain"][0], cx])] if aug.startswith("rrc") else None
     X = torch.cat([d["pretrain"][0], cx]); Yt = d["pretrain"][1]
     caps = [TEMPL[k % 6].format(classes[int(y)]) for k, y in enumerate(Yt)] + ct
+    if extra is not None:
+        X = torch.cat([X, extra[0]]); caps = caps + list(extra[1])
+        if pil is not None:
+            pil += [Image.fromarray(x.permute(1,2,0).numpy()) for x in extra[0]]
     T = tok(caps)
-    n = len(X); steps = epochs * (n // bs)
+    n = len(X); steps = steps or epochs * (n // bs)
+    epochs = math.ceil(steps / (n // bs))
     opt = torch.optim.AdamW(param_groups(model, 0.1), lr=lr, betas=(0.9, 0.98), eps=1e-6)
     sc = sched(opt, 20, steps); loss_fn = ClipLoss()
     s = 0
@@ -147,6 +161,8 @@ def pretrain(seed, epochs=20, aug="none", lr=2e-3, bs=64, model_name="cerebro-ti
             loss = loss_fn(o["image_features"], o["text_features"], o["logit_scale"])
             opt.zero_grad(); loss.backward(); opt.step(); sc.step(); s += 1
             with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
+            if s == steps:
+                return model, tok
     return model, tok
 
 
@@ -265,6 +281,36 @@ def main_loop(argv):
         print(f"MEAN it {it}: val {st.mean(r[it][3] for r in res):.3f} test {st.mean(r[it][4] for r in res):.3f}  d_test {st.mean(r[it][4]-r[0][4] for r in res):+.3f}")
 
 
+def main_student(argv):
+    """Noisy student: a new model pretrained from random weights on the protocol's pairs plus the
+    pool images captioned with the teacher's pseudo-labels (the stage's selection, a random
+    template each), under the same augmentation; the control is the same pretraining on the pairs
+    alone for the same number of steps."""
+    ap = argparse.ArgumentParser(); ap.add_argument("--pre", default="rrc_40"); ap.add_argument("--model", default="cerebro-tiny-vit-32")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0]); ap.add_argument("--thr", type=float, default=0.4); ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--epochs", type=int, default=40); ap.add_argument("--lr", type=float, default=1e-3); ap.add_argument("--aug", default="rrc")
+    ap.add_argument("--control", action="store_true"); ap.add_argument("--tta", action="store_true")
+    a = ap.parse_args(argv)
+    D = data(); classes, d, cx, _ = D
+    for seed in a.seeds:
+        t0 = time.time()
+        b = create(a.model); m, tok = b.model, b.tokenizer
+        m.load_state_dict(torch.load(OUT / f"pre_{a.model}_{a.pre}_{seed}.pt", weights_only=True))
+        v0, t0_ = acc(m, tok, classes, *d["val"]), acc(m, tok, classes, *d["test"])
+        Xp, Yp = d["pool"]
+        idx, lab, _ = select(probs_of(m, tok, classes, Xp, a.tta), a.thr, a.k)
+        prec = float((lab == Yp[idx]).float().mean())
+        g = random.Random(seed)
+        caps = [g.choice(TEMPL).format(classes[int(c)]) for c in lab]
+        n_pairs = len(d["pretrain"][0]) + len(cx)
+        steps = a.epochs * ((n_pairs + len(idx)) // 64)
+        extra = None if a.control else (Xp[idx], caps)
+        s, tok2 = pretrain(seed + 1000, a.epochs, a.aug, a.lr, model_name=a.model, D=D, extra=extra, steps=steps)
+        v, t = acc(s, tok2, classes, *d["val"]), acc(s, tok2, classes, *d["test"])
+        print(f"seed {seed} {'control (pairs only)' if a.control else 'student'}: selected {len(idx)} precision {prec:.3f} steps {steps} | "
+              f"teacher val {v0:.3f} test {t0_:.3f} -> val {v:.3f} test {t:.3f} (d_test {t - t0_:+.3f})  {time.time() - t0:.0f}s", flush=True)
+
+
 def main_probe(argv):
     """Diagnostic bounds on the pretrained models (ground truth of the pool used here only): what a
     classifier on the frozen image features could reach with *true* pool labels (linear probe,
@@ -302,4 +348,4 @@ def main_probe(argv):
 
 
 if __name__ == "__main__":
-    {"pretrain": main_pretrain, "loop": main_loop, "probe": main_probe}[sys.argv[1]](sys.argv[2:])
+    {"pretrain": main_pretrain, "loop": main_loop, "probe": main_probe, "student": main_student}[sys.argv[1]](sys.argv[2:])
