@@ -61,7 +61,8 @@ def pretrain_pairs(split: Path) -> list[tuple[str, Path]]:
     return pairs
 
 
-def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str]) -> dict:
+def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str],
+             control_iterations: int | None = None) -> dict:
     os.environ["CEREBRO_HOME"] = str(work / f"home-{seed}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from conftest import shardset_for, write_pair_shards
@@ -71,15 +72,21 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
     from cerebro_core.train.pretrain import run_stage as pretrain
 
     shards = write_pair_shards(pretrain_pairs(splits["pretrain"]), work / f"shards-{seed}", per_shard=100)
+    shardset = shardset_for(shards, f"cifar-{seed}")
+    (work / f"shards-{seed}" / "manifest.json").write_text(shardset.model_dump_json())  # adapt.student=scratch reads it
     sources = [f"adapt.sources=[{{name: pool, path: {splits['pool']}}}]",
                f"adapt.validation_source={{name: val, path: {splits['val']}}}",
                f"adapt.test_source={{name: test, path: {splits['test']}}}",
-               f"adapt.vocabulary={work / 'classes.txt'}", f"train.seed={seed}", f"adapt.seed={seed}"]
+               f"adapt.vocabulary={work / 'classes.txt'}", f"train.seed={seed}", f"adapt.seed={seed}",
+               f"adapt.pairs={work / f'shards-{seed}'}"]
     cfg = load_config(config, sources + extra)
-    mv = pretrain(cfg, shardset_for(shards, f"cifar-{seed}"), log=lambda s: None)
-    res = adapt(cfg, start_version=mv.version, log=lambda s: print(f"  seed {seed}: {s}", file=sys.stderr))
-    ctl = adapt(cfg, start_version=mv.version, log=lambda s: print(f"  seed {seed} control: {s}", file=sys.stderr),
-                control=True)
+    mv = pretrain(cfg, shardset, log=lambda s: None)
+    quiet = lambda s: None if s.startswith(("launch:", "step ", "epoch ")) else print(f"  seed {seed}: {s}", file=sys.stderr)  # noqa: E731
+    res = adapt(cfg, start_version=mv.version, log=quiet)
+    ctl_cfg = cfg if control_iterations is None else load_config(
+        config, sources + extra + [f"adapt.iterations={control_iterations}"])
+    ctl = adapt(ctl_cfg, start_version=mv.version, control=True,
+                log=lambda s: quiet("control: " + s) if not s.startswith(("launch:", "step ", "epoch ")) else None)
     return {"loop": res.iterations, "control": ctl.iterations, "best": res.best_iteration}
 
 
@@ -92,13 +99,16 @@ def main() -> None:
     ap.add_argument("--config", default=str(REPO / "configs/adapt-cifar.yaml"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--control-iterations", type=int, default=None,
+                    help="iterations of the control (default: as the loop); a scratch student's control is the "
+                         "same pairs-only pretraining every iteration, so 1 measures it")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
     splits = make_splits(work)
     (work / "classes.txt").write_text("\n".join(sorted(p.name for p in splits["pool"].iterdir() if p.is_dir())))
     summary = []
     for seed in args.seeds:
-        r = run_seed(args.config, seed, splits, work, args.sets)
+        r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations)
         print(f"\n### seed {seed} (best iteration by validation: {r['best']})\n")
         print("| run | iteration | selected | pseudo-label precision | class entropy | val top-1 | test top-1 | test mean/class | general T→I R@5 |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -110,20 +120,25 @@ def main() -> None:
                       f"{fmt(row.get('pseudo_label_precision'))} | {fmt(row.get('class_entropy'))} | "
                       f"{fmt(row.get('val/top1'))} | {fmt(row.get('test/top1'))} | {fmt(row.get('test/mean_per_class'))} | "
                       f"{fmt(row.get('general/text_to_image_R5'))} |")
-        pre = r["loop"][0]["test/top1"]
-        best = r["loop"][r["best"]]["test/top1"]
         ctl_rows = [x for x in r["control"] if x["iteration"] == len(r["loop"]) - 1] or r["control"][-1:]
-        summary.append({"seed": seed, "pretrained": pre, "published": best,
-                        "last": r["loop"][-1].get("test/top1"), "control_last": ctl_rows[-1].get("test/top1")})
-    print("\n### summary (test top-1; published = best iteration by validation)\n")
-    print("| seed | pretrained | published (keep-best) | loop, last iteration | control, same iteration | last − pretrained | last − control |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for s in summary:
-        print(f"| {s['seed']} | {s['pretrained']:.3f} | {s['published']:.3f} | {s['last']:.3f} | {s['control_last']:.3f} | "
-              f"{s['last'] - s['pretrained']:+.3f} | {s['last'] - s['control_last']:+.3f} |")
+        row = {"seed": seed}
+        for part in ("test", "val"):
+            row.update({f"{part}_pretrained": r["loop"][0][f"{part}/top1"],
+                        f"{part}_published": r["loop"][r["best"]][f"{part}/top1"],
+                        f"{part}_last": r["loop"][-1].get(f"{part}/top1"),
+                        f"{part}_control_last": ctl_rows[-1].get(f"{part}/top1")})
+        summary.append(row)
+        sys.stdout.flush()
     m = lambda k: statistics.mean(s[k] for s in summary)  # noqa: E731
-    print(f"| mean | {m('pretrained'):.3f} | {m('published'):.3f} | {m('last'):.3f} | {m('control_last'):.3f} | "
-          f"{m('last') - m('pretrained'):+.3f} | {m('last') - m('control_last'):+.3f} |")
+    for part in ("test", "val"):
+        print(f"\n### summary, {part} top-1 (published = best iteration by validation)\n")
+        print("| seed | pretrained | published (keep-best) | loop, last iteration | control, same iteration | "
+              "last − pretrained | last − control |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for s in summary + [{"seed": "mean", **{k: m(k) for k in summary[0] if k != "seed"}}]:
+            print(f"| {s['seed']} | {s[part + '_pretrained']:.3f} | {s[part + '_published']:.3f} | {s[part + '_last']:.3f} | "
+                  f"{s[part + '_control_last']:.3f} | {s[part + '_last'] - s[part + '_pretrained']:+.3f} | "
+                  f"{s[part + '_last'] - s[part + '_control_last']:+.3f} |")
     shutil.rmtree(work, ignore_errors=True)
 
 
