@@ -1,6 +1,7 @@
 """Stage 3, adapt: the mechanics on real CIFAR photos — balanced selection, pseudo-labelled shards,
 fine-tuning changes the weights, per-iteration MLflow child runs and artifacts, keep-best and the
-champion alias, ground truth unused (permuting it changes nothing), objectives, bad inputs."""
+champion alias, ground truth unused (permuting it changes nothing), objectives, bad inputs, the EMA
+teacher and the scratch (noisy) student with its pairs-only control."""
 
 from __future__ import annotations
 
