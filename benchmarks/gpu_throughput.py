@@ -12,7 +12,8 @@ what the pixels show; no data set can be fetched on the device machine).
 
 Reported: samples/s per process (the trainer's own ``train/samples_per_s``, which includes
 waiting for data; median over the logged windows after the first), data-wait fraction, peak
-memory, and MFU = samples/s × model FLOPs per sample ÷ the device's peak dense FLOP/s. FLOPs per
+memory; on CUDA also the trainer's step alone on a batch already on the GPU (``--step-only-batches``,
+AdamW foreach and fused: the compute ceiling the data path is held against); and MFU = samples/s × model FLOPs per sample ÷ the device's peak dense FLOP/s. FLOPs per
 sample are counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward + backward
 of both towers and open_clip's ``ClipLoss`` (it counts matmuls, convolutions and attention;
 elementwise ops are not counted, as usual for MFU). Peaks (dense, no sparsity): H100 SXM / H200 bf16 989.4
@@ -27,6 +28,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,16 +45,18 @@ def synthetic_shards(out: Path, n: int, size: int, per_shard: int = 1000) -> lis
     rng = np.random.default_rng(0)
     animals = ["red fox", "snow leopard", "moose", "barn owl", "grey wolf", "sea otter", "lynx", "bison"]
     out.mkdir(parents=True, exist_ok=True)
-    tiles = []
-    for _ in range(64):  # 64 distinct images, re-encoded per sample with a random crop offset
-        tiles.append(rng.integers(0, 256, (size + 16, size + 16, 3), dtype=np.uint8))
+    # 256 distinct JPEGs (random crops of 64 noise tiles), cycled: decoding costs what it costs
+    # for any sample, and writing 10^4 shards' worth stays cheap
+    tiles = [rng.integers(0, 256, (size + 16, size + 16, 3), dtype=np.uint8) for _ in range(64)]
+    jpegs = []
+    for i in range(256):
+        dy, dx = rng.integers(0, 16, 2)
+        b = io.BytesIO()
+        Image.fromarray(tiles[i % 64][dy:dy + size, dx:dx + size]).save(b, format="JPEG", quality=90)
+        jpegs.append(b.getvalue())
     with wds.ShardWriter(str(out / "%05d.tar"), maxcount=per_shard, verbose=0) as w:
         for i in range(n):
-            t = tiles[i % 64]
-            dy, dx = rng.integers(0, 16, 2)
-            b = io.BytesIO()
-            Image.fromarray(t[dy:dy + size, dx:dx + size]).save(b, format="JPEG", quality=90)
-            w.write({"__key__": f"{i:08d}", "jpg": b.getvalue(),
+            w.write({"__key__": f"{i:08d}", "jpg": jpegs[i % len(jpegs)],
                      "txt": f"a photo of a {animals[i % len(animals)]} number {i}", "json": json.dumps({"i": i})})
     return sorted(str(p) for p in out.glob("*.tar"))
 
@@ -81,6 +85,45 @@ def flops_per_sample(model_name: str, device: str, precision: str) -> float:
     return fc.get_total_flops() / n
 
 
+def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warmup: int = 5,
+              fused: bool = False) -> tuple[float, float]:
+    """Samples/s of the trainer's own step (``loop._step``: autocast forward of both towers,
+    ClipLoss, backward; then AdamW) on one batch already on the GPU: the compute ceiling that the
+    data path is measured against; ``fused``: AdamW's fused CUDA kernel instead of the trainer's
+    default (foreach). Returns (samples/s, peak memory MB)."""
+    import torch
+    from open_clip.loss import ClipLoss
+
+    from cerebro_core.model.factory import create
+    from cerebro_core.train.loop import _step, param_groups
+
+    b = create(model_name, device="cuda")
+    model = b.model.train()
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    opt = torch.optim.AdamW(param_groups(model, 0.2), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+    clip = ClipLoss()
+    loss_fn = lambda img, txt, scale, labels: clip(img, txt, scale)  # noqa: E731
+    amp = precision in ("bf16", "fp16")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+    x = torch.randn(batch, 3, size, size, device="cuda")
+    t = b.tokenizer([f"a photo of a red fox number {i}" for i in range(batch)]).cuda()
+    micro = [(x, t, 0, None, None)]
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + steps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        _step(model, model, micro, loss_fn, "cuda", amp, dtype, scaler)
+        (scaler.step(opt), scaler.update()) if scaler is not None else opt.step()
+        torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return batch / statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="ViT-B-32")
@@ -90,6 +133,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--grad-checkpointing", action="store_true")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="per device; 0: from the device name")
+    ap.add_argument("--no-step-only", action="store_true", help="skip the step-only (data-free) measurement")
+    ap.add_argument("--step-only-batches", type=int, nargs="*", default=None,
+                    help="batch sizes of the step-only measurement (default: --batch)")
     args = ap.parse_args()
 
     import torch
@@ -119,11 +165,20 @@ def main() -> None:
     wait = statistics.median(h["train/data_wait_frac"] for h in hist)
     mem = max(h["train/peak_mem_mb"] for h in hist)
     fps = flops_per_sample(args.model, device, args.precision)
-    mfu = sps * fps / (peak * 1e12) if peak else float("nan")
-    print(f"| device | model | precision | batch/process | processes | samples/s per process | data wait | peak memory (MB) | GFLOP/sample (fwd+bwd) | MFU |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(f"| {name} | {args.model} | {args.precision} | {args.batch} | {nproc} | {sps:.1f} | {wait:.2f} | {mem:.0f} "
-          f"| {fps / 1e9:.2f} | {mfu:.3f} |" + ("" if peak else " (no peak known: pass --peak-tflops)"))
+    rows = [("data path (torchrun, webdataset, transforms)", args.batch, sps, f"{wait:.2f}", mem)]
+    if cuda and not args.no_step_only:
+        for batch in args.step_only_batches or [args.batch]:
+            for fused in (False, True):
+                sps_step, mem_step = step_only(args.model, batch, args.precision, fused=fused)
+                rows.append((f"step only, AdamW {'fused' if fused else 'foreach'} (batch on the GPU)",
+                             batch, sps_step, "—", mem_step))
+    print("| device | model | precision | batch/process | processes | measured | samples/s per process | data wait "
+          "| peak memory (MB) | GFLOP/sample (fwd+bwd) | MFU |")
+    print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    for what, batch, v, w, m in rows:
+        mfu = v * fps / (peak * 1e12) if peak else float("nan")
+        print(f"| {name} | {args.model} | {args.precision} | {batch} | {nproc} | {what} | {v:.1f} | {w} | {m:.0f} "
+              f"| {fps / 1e9:.2f} | {mfu:.3f} |" + ("" if peak else " (no peak known: pass --peak-tflops)"))
 
 
 if __name__ == "__main__":

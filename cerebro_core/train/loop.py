@@ -228,7 +228,10 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         model.set_grad_checkpointing(True)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps)
+    # fused CUDA kernel on a GPU: 1.24x the step rate of the default (foreach) for ViT-B-32 bf16 at
+    # batch 256 on an H100, 1.12x at 1024 (benchmarks/gpu_throughput.py, step only)
+    opt = torch.optim.AdamW(param_groups(model, hp.weight_decay), lr=hp.lr, betas=(hp.beta1, hp.beta2), eps=hp.eps,
+                            fused=d.cuda)
     scaler = torch.amp.GradScaler("cuda") if (d.cuda and hp.precision == "fp16") else None
     ddp_model = model
     if d.world_size > 1:
