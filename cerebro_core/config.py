@@ -196,6 +196,9 @@ class AdaptConfig(_Section):
     pairs: Optional[str] = Field(
         None, description="scratch student: the download output (or its manifest.json) with the pretraining "
                           "pairs; default: this config's download output")
+    label_ensemble: bool = Field(
+        False, description="label with the mean class probabilities of every model of the loop so far (the "
+                           "starting model and each iteration's student) instead of the latest model alone")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
 

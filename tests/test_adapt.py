@@ -1,7 +1,7 @@
 """Stage 3, adapt: the mechanics on real CIFAR photos — balanced selection, pseudo-labelled shards,
 fine-tuning changes the weights, per-iteration MLflow child runs and artifacts, keep-best and the
 champion alias, ground truth unused (permuting it changes nothing), objectives, bad inputs, the EMA
-teacher and the scratch (noisy) student with its pairs-only control."""
+teacher, the scratch (noisy) student with its pairs-only control, and the label ensemble."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from cerebro_core.adapt.select import class_entropy, class_thresholds, select
+from cerebro_core.adapt.select import ProbabilityEnsemble, class_entropy, class_thresholds, select
 from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
 from cerebro_core.config import load_config
 from cerebro_core.model import checkpoint as ckpt
@@ -84,6 +84,16 @@ def test_select_is_balanced_and_thresholded():
     assert set(idx[labels == 0]) == set(c0[np.argsort(-probs[c0, 0])][:20])
     assert class_entropy(np.zeros(10, int), 5) == 0.0
     assert abs(class_entropy(np.arange(5), 5) - 1.0) < 1e-9
+
+
+def test_probability_ensemble_averages_per_image():
+    e = ProbabilityEnsemble()
+    e.add(["a", "b", "c"], np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]]))
+    e.add(["c", "a"], np.array([[0.1, 0.9], [0.3, 0.7]]))  # another order; "b" failed to decode this time
+    assert e.models == 2
+    np.testing.assert_allclose(e.mean(["b", "a", "c"]), [[0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], rtol=1e-6)
+    with pytest.raises(ValueError, match="2 keys for 3 rows"):
+        e.add(["a", "b"], np.zeros((3, 2)))
 
 
 def _probs(rows: list[tuple[int, float]], n_classes: int = 3) -> np.ndarray:
@@ -267,6 +277,60 @@ def test_ema_teacher_and_strong_view(adapt_env):
         best_ema = ckpt.load(Storage(), str(next(root.rglob(
             f"{run.info.run_id}/iteration-{res.best_iteration}/ema-teacher.pt"))))["model"]
         assert all(torch.equal(published[k], best_ema[k]) for k in best_ema)
+
+
+def test_label_ensemble_labels_with_the_mean_of_the_loop_models(adapt_env):
+    """adapt.label_ensemble: iteration 2 selects from the mean class probabilities of the starting
+    model and the iteration-1 student (recomputed here from their checkpoints), not the student's."""
+    import tarfile
+
+    import mlflow
+
+    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.embed import embed_items
+    from cerebro_core.model.factory import create
+
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.label_ensemble=true", "adapt.iterations=2"])
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert [r.get("labelling_models") for r in res.iterations[1:]] == [1, 2]
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                             order_by=["start_time DESC"])[0]
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    start = torch.load(Path(mlflow.artifacts.download_artifacts(client.get_model_version(
+        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
+    student1 = ckpt.load(Storage(), str(sorted(work.rglob(f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]))["model"]
+    pool, _, _, classes, _ = gather(cfg)
+    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
+    sha = {p.uri: p.sha256 for p in pool}
+    probs = {}
+    for name, weights in (("start", start), ("student1", student1)):
+        b = create(cfg.train.model)
+        b.model.load_state_dict(weights)
+        b.model.eval()
+        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
+        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
+        probs[name] = dict(zip((sha[r["uri"]] for r in e.rows), p))
+    keys = sorted(probs["start"])
+
+    def expected(p: np.ndarray) -> dict[str, tuple[int, float]]:
+        idx, labels, scores = select(p, cfg.adapt.confidence_threshold, cfg.adapt.per_class_top_k)
+        return {keys[i]: (int(lab), float(sc)) for i, lab, sc in zip(idx, labels, scores)}
+
+    mean = expected(np.stack([(probs["start"][k] + probs["student1"][k]) / 2 for k in keys]))
+    alone = expected(np.stack([probs["student1"][k] for k in keys]))
+    written = {}
+    for shard in sorted(work.rglob(f"{run.info.run_id}/iteration-2/shards/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    written[meta["sha256"]] = (meta["label"], meta["score"])
+    assert written.keys() == mean.keys()
+    for k, (lab, sc) in written.items():
+        assert lab == mean[k][0] and abs(sc - mean[k][1]) < 1e-4
+    assert any(abs(written[k][1] - alone[k][1]) > 1e-3 for k in written.keys() & alone.keys())
 
 
 def test_scratch_student_and_its_control(adapt_env):

@@ -43,6 +43,30 @@ def select(probs: np.ndarray, threshold: float, per_class_top_k: int,
     return idx.astype(np.int64), pred[idx].astype(np.int64), conf[idx].astype(np.float32)
 
 
+class ProbabilityEnsemble:
+    """Running mean of class probabilities over the models of the loop, per image key (a pool
+    image that one model failed to decode is averaged over the models that saw it)."""
+
+    def __init__(self) -> None:
+        self._sum: dict[str, np.ndarray] = {}
+        self._n: dict[str, int] = {}
+        self.models = 0
+
+    def add(self, keys: list[str], probs: np.ndarray) -> None:
+        if len(keys) != len(probs):
+            raise ValueError(f"{len(keys)} keys for {len(probs)} rows of probabilities")
+        for k, p in zip(keys, probs):
+            self._sum[k] = self._sum.get(k, 0.0) + p.astype(np.float64)
+            self._n[k] = self._n.get(k, 0) + 1
+        self.models += 1
+
+    def mean(self, keys: list[str]) -> np.ndarray:
+        """Mean probabilities of ``keys`` (rows in that order)."""
+        if not keys:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([self._sum[k] / self._n[k] for k in keys]).astype(np.float32)
+
+
 def class_entropy(labels: np.ndarray, n_classes: int) -> float:
     """Normalised entropy of the selected labels' class distribution (1 = uniform, 0 = collapse)."""
     if len(labels) == 0 or n_classes < 2:

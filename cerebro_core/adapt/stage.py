@@ -4,7 +4,8 @@ ModelVersion + wildlife sources + vocabulary ──adapt──▶ ModelVersion {
 
 One iteration:
   1. embed every unlabelled image with the current model (the shared embedding function);
-  2. class probabilities over the vocabulary (prompt-ensembled text embeddings);
+  2. class probabilities over the vocabulary (prompt-ensembled text embeddings) — with
+     ``adapt.label_ensemble``, their mean over the starting model and every student so far;
   3. select pseudo-labels: confidence ≥ threshold (fixed, or per class: FlexMatch) AND per-class
      top-k (class balance);
   4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel
 
 from cerebro_core import tracking
-from cerebro_core.adapt.select import class_entropy, class_thresholds, select
+from cerebro_core.adapt.select import ProbabilityEnsemble, class_entropy, class_thresholds, select
 from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.config import CerebroConfig, SourceConfig, TrainConfig
 from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
@@ -339,6 +340,7 @@ def run_stage(
     work = join(resolve(cfg).storage_root, cfg.name, "adapt", tracking.client().get_experiment_by_name(
         cfg.tracking.experiment).experiment_id)
     rng = np.random.default_rng(a.seed)
+    ensemble = ProbabilityEnsemble()
     workers = default_workers()
 
     def load(ck: str):
@@ -389,6 +391,10 @@ def run_stage(
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[r["uri"]] for r in e.rows]
                 probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.detach().exp()))
+                if a.label_ensemble:  # the mean over the starting model and every student so far
+                    keys = [r["uri"] for r in e.rows]
+                    ensemble.add(keys, probs)
+                    probs = ensemble.mean(keys)
                 idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k, a.threshold_mode)
                 thresholds = class_thresholds(probs, a.confidence_threshold, a.threshold_mode)
                 if control:  # same images and steps, labels carrying no teacher information
@@ -403,6 +409,7 @@ def run_stage(
                     "pseudo_label_precision": (sum(p == g for p, g in known) / len(known)) if known else float("nan"),
                     "embed_failures": sum(e.failures.values()),
                     "class_threshold_min": float(thresholds.min()), "class_threshold_max": float(thresholds.max()),
+                    "labelling_models": ensemble.models if a.label_ensemble else 1,
                 }
                 if len(idx) < 2:
                     log(f"adapt: iteration {it}: {len(idx)} images selected, stopping")
