@@ -62,7 +62,7 @@ def pretrain_pairs(split: Path) -> list[tuple[str, Path]]:
 
 
 def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str],
-             control_iterations: int | None = None) -> dict:
+             control_iterations: int | None = None, control_only: bool = False) -> dict:
     os.environ["CEREBRO_HOME"] = str(work / f"home-{seed}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from conftest import shardset_for, write_pair_shards
@@ -82,12 +82,16 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
     cfg = load_config(config, sources + extra)
     mv = pretrain(cfg, shardset, log=lambda s: None)
     quiet = lambda s: None if s.startswith(("launch:", "step ", "epoch ")) else print(f"  seed {seed}: {s}", file=sys.stderr)  # noqa: E731
-    res = adapt(cfg, start_version=mv.version, log=quiet)
+    res = None if control_only else adapt(cfg, start_version=mv.version, log=quiet)
     ctl_cfg = cfg if control_iterations is None else load_config(
         config, sources + extra + [f"adapt.iterations={control_iterations}"])
     ctl = adapt(ctl_cfg, start_version=mv.version, control=True,
                 log=lambda s: quiet("control: " + s) if not s.startswith(("launch:", "step ", "epoch ")) else None)
-    return {"loop": res.iterations, "control": ctl.iterations, "best": res.best_iteration}
+    if res is None:  # --control-only: the loop's table holds the starting model (the control's iteration 0)
+        return {"loop": ctl.iterations[:1], "control": ctl.iterations, "best": 0, "control_only": True,
+                "control_best": ctl.best_iteration}
+    return {"loop": res.iterations, "control": ctl.iterations, "best": res.best_iteration,
+            "control_best": ctl.best_iteration}
 
 
 def fmt(x) -> str:
@@ -102,13 +106,15 @@ def main() -> None:
     ap.add_argument("--control-iterations", type=int, default=None,
                     help="iterations of the control (default: as the loop); a scratch student's control is the "
                          "same pairs-only pretraining every iteration, so 1 measures it")
+    ap.add_argument("--control-only", action="store_true",
+                    help="pretrain and run the control alone (to complete a loop measured in another run)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
     splits = make_splits(work)
     (work / "classes.txt").write_text("\n".join(sorted(p.name for p in splits["pool"].iterdir() if p.is_dir())))
     summary = []
     for seed in args.seeds:
-        r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations)
+        r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations, args.control_only)
         print(f"\n### seed {seed} (best iteration by validation: {r['best']})\n")
         print("| run | iteration | selected | pseudo-label precision | class entropy | val top-1 | test top-1 | test mean/class | general T→I R@5 |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -120,25 +126,28 @@ def main() -> None:
                       f"{fmt(row.get('pseudo_label_precision'))} | {fmt(row.get('class_entropy'))} | "
                       f"{fmt(row.get('val/top1'))} | {fmt(row.get('test/top1'))} | {fmt(row.get('test/mean_per_class'))} | "
                       f"{fmt(row.get('general/text_to_image_R5'))} |")
-        ctl_rows = [x for x in r["control"] if x["iteration"] == len(r["loop"]) - 1] or r["control"][-1:]
+        ctl_rows = ([x for x in r["control"] if x["iteration"] == len(r["loop"]) - 1] if not r.get("control_only")
+                    else []) or r["control"][-1:]
         row = {"seed": seed}
         for part in ("test", "val"):
             row.update({f"{part}_pretrained": r["loop"][0][f"{part}/top1"],
                         f"{part}_published": r["loop"][r["best"]][f"{part}/top1"],
                         f"{part}_last": r["loop"][-1].get(f"{part}/top1"),
-                        f"{part}_control_last": ctl_rows[-1].get(f"{part}/top1")})
+                        f"{part}_control_last": ctl_rows[-1].get(f"{part}/top1"),
+                        f"{part}_control_published": r["control"][r["control_best"]].get(f"{part}/top1")})
         summary.append(row)
         sys.stdout.flush()
     m = lambda k: statistics.mean(s[k] for s in summary)  # noqa: E731
     for part in ("test", "val"):
         print(f"\n### summary, {part} top-1 (published = best iteration by validation)\n")
         print("| seed | pretrained | published (keep-best) | loop, last iteration | control, same iteration | "
-              "last − pretrained | last − control |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
+              "control, keep-best | last − pretrained | last − control | published − control keep-best |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for s in summary + [{"seed": "mean", **{k: m(k) for k in summary[0] if k != "seed"}}]:
             print(f"| {s['seed']} | {s[part + '_pretrained']:.3f} | {s[part + '_published']:.3f} | {s[part + '_last']:.3f} | "
-                  f"{s[part + '_control_last']:.3f} | {s[part + '_last'] - s[part + '_pretrained']:+.3f} | "
-                  f"{s[part + '_last'] - s[part + '_control_last']:+.3f} |")
+                  f"{s[part + '_control_last']:.3f} | {s[part + '_control_published']:.3f} | "
+                  f"{s[part + '_last'] - s[part + '_pretrained']:+.3f} | {s[part + '_last'] - s[part + '_control_last']:+.3f} | "
+                  f"{s[part + '_published'] - s[part + '_control_published']:+.3f} |")
     shutil.rmtree(work, ignore_errors=True)
 
 
