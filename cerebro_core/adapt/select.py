@@ -45,7 +45,8 @@ def select(probs: np.ndarray, threshold: float, per_class_top_k: int,
 
 class ProbabilityEnsemble:
     """Running mean of class probabilities over the models of the loop, per image key (a pool
-    image that one model failed to decode is averaged over the models that saw it)."""
+    image that one model failed to decode is averaged over the models that saw it). Sums are kept in
+    float32: images × classes × 4 bytes (153k images × 1,000 names: 0.6 GB)."""
 
     def __init__(self) -> None:
         self._sum: dict[str, np.ndarray] = {}
@@ -56,7 +57,7 @@ class ProbabilityEnsemble:
         if len(keys) != len(probs):
             raise ValueError(f"{len(keys)} keys for {len(probs)} rows of probabilities")
         for k, p in zip(keys, probs):
-            self._sum[k] = self._sum.get(k, 0.0) + p.astype(np.float64)
+            self._sum[k] = self._sum.get(k, 0.0) + p.astype(np.float32)
             self._n[k] = self._n.get(k, 0) + 1
         self.models += 1
 
@@ -64,7 +65,7 @@ class ProbabilityEnsemble:
         """Mean probabilities of ``keys`` (rows in that order)."""
         if not keys:
             return np.zeros((0, 0), np.float32)
-        return np.stack([self._sum[k] / self._n[k] for k in keys]).astype(np.float32)
+        return np.stack([self._sum[k] / np.float32(self._n[k]) for k in keys])
 
 
 def class_entropy(labels: np.ndarray, n_classes: int) -> float:
