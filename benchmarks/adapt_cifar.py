@@ -62,7 +62,7 @@ def pretrain_pairs(split: Path) -> list[tuple[str, Path]]:
 
 
 def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str],
-             control_iterations: int | None = None, control_only: bool = False) -> dict:
+             control_iterations: int | None = None, control_only: bool = False, loop_only: bool = False) -> dict:
     os.environ["CEREBRO_HOME"] = str(work / f"home-{seed}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from conftest import shardset_for, write_pair_shards
@@ -83,6 +83,10 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
     mv = pretrain(cfg, shardset, log=lambda s: None)
     quiet = lambda s: None if s.startswith(("launch:", "step ", "epoch ")) else print(f"  seed {seed}: {s}", file=sys.stderr)  # noqa: E731
     res = None if control_only else adapt(cfg, start_version=mv.version, log=quiet)
+    if loop_only:  # the control measured in another run (same pretraining, protocol and steps)
+        nan = {"test/top1": float("nan"), "val/top1": float("nan")}
+        return {"loop": res.iterations, "control": [{"iteration": 0, **nan}], "best": res.best_iteration,
+                "control_best": 0}
     ctl_cfg = cfg if control_iterations is None else load_config(
         config, sources + extra + [f"adapt.iterations={control_iterations}"])
     ctl = adapt(ctl_cfg, start_version=mv.version, control=True,
@@ -108,13 +112,16 @@ def main() -> None:
                          "same pairs-only pretraining every iteration, so 1 measures it")
     ap.add_argument("--control-only", action="store_true",
                     help="pretrain and run the control alone (to complete a loop measured in another run)")
+    ap.add_argument("--loop-only", action="store_true",
+                    help="pretrain and run the loop alone (its control measured in another run)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
     splits = make_splits(work)
     (work / "classes.txt").write_text("\n".join(sorted(p.name for p in splits["pool"].iterdir() if p.is_dir())))
     summary = []
     for seed in args.seeds:
-        r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations, args.control_only)
+        r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations, args.control_only,
+                     args.loop_only)
         print(f"\n### seed {seed} (best iteration by validation: {r['best']})\n")
         print("| run | iteration | selected | pseudo-label precision | class entropy | val top-1 | test top-1 | test mean/class | general T→I R@5 |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

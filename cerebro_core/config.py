@@ -196,6 +196,13 @@ class AdaptConfig(_Section):
     pairs: Optional[str] = Field(
         None, description="scratch student: the download output (or its manifest.json) with the pretraining "
                           "pairs; default: this config's download output")
+    student_targets: Literal["captions", "soft"] = Field(
+        "captions", description="scratch student: captions — each selected image is trained contrastively with a "
+                                "caption of its pseudo-label; soft — the teacher's class probabilities are distilled "
+                                "into the student's zero-shot head (cross-entropy of the student's softmax over its "
+                                "own prompt-ensembled class embeddings against them), the pairs keep the contrastive "
+                                "loss")
+    distill_weight: float = Field(1.0, gt=0, description="soft targets: weight of the distillation term")
     label_ensemble: bool = Field(
         False, description="label with the mean class probabilities of every model of the loop so far (the "
                            "starting model and each iteration's student) instead of the latest model alone")
@@ -211,6 +218,9 @@ class AdaptConfig(_Section):
             if self.ema_teacher is not None:
                 raise ValueError("ema_teacher: averages teacher and student weights, which needs a student "
                                  "fine-tuned from the teacher (adapt.student: finetune)")
+        elif self.student_targets != "captions":
+            raise ValueError("student_targets: soft targets are distilled into a student trained from scratch "
+                             "on the pairs too; set adapt.student: scratch")
         return self
 
 

@@ -391,3 +391,132 @@ def test_scratch_student_needs_pairs_and_the_contrastive_objective(adapt_env, tm
         "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={tmp_path}"])
     with pytest.raises(AdaptInputError, match="adapt.pairs: no download output"):
         run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+
+
+def _distill_job(**kw):
+    from cerebro_core.config import TrainConfig
+    from cerebro_core.train.loop import TrainJob
+
+    return TrainJob(model="cerebro-tiny-vit-32", hp=TrainConfig(), train_shards=[], train_samples=1, ckpt_dir="-",
+                    objective="clip_distill", soft_key="soft", distill_prompts=[["a", "b"], ["c"], ["d", "e", "f"]],
+                    **kw)
+
+
+def test_clip_distill_loss_is_contrastive_on_pairs_plus_distillation_on_soft_rows():
+    """clip_distill: rows without soft targets (pairs) get open_clip's ClipLoss among themselves;
+    rows with them, cross-entropy of the model's zero-shot softmax (distill_scale × cosine to the
+    prompt-ensembled class embeddings) against the targets — whose gradient vanishes where the
+    targets equal the model's own distribution."""
+    import torch.nn.functional as F
+    from open_clip.loss import ClipLoss
+
+    from cerebro_core.train.loop import _clip_distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    prompts = torch.randn(6, 16, generator=g)  # 2 + 1 + 3 prompts
+    scale = torch.tensor(10.0)
+    job = _distill_job(distill_scale=20.0, distill_weight=0.5)
+    loss = _clip_distill_loss(job, 0, 1)
+    none = torch.zeros(8, 3)
+    torch.testing.assert_close(loss(img, txt, scale, none, prompts), ClipLoss()(img, txt, scale))
+
+    pn = F.normalize(prompts, dim=-1)
+    cls = F.normalize(torch.stack([pn[0:2].mean(0), pn[2], pn[3:6].mean(0)]), dim=-1)
+    targets = torch.zeros(8, 3)
+    targets[5:] = torch.softmax(torch.randn(3, 3, generator=g), dim=1)
+    expected = ClipLoss()(img[:5], txt[:5], scale) + 0.5 * -(
+        targets[5:] * torch.log_softmax(20.0 * img[5:] @ cls.T, dim=1)).sum(1).mean()
+    torch.testing.assert_close(loss(img, txt, scale, targets, prompts), expected)
+
+    own = torch.zeros(8, 3)
+    own[5:] = torch.softmax(20.0 * img[5:] @ cls.T, dim=1)
+    x = img.clone().requires_grad_(True)
+    loss(x, txt, scale, own, prompts).backward()
+    assert x.grad[5:].abs().max() < 1e-5 and x.grad[:5].abs().max() > 1e-3
+    x.grad = None
+    loss(x, txt, scale, targets, prompts).backward()
+    assert x.grad[5:].abs().max() > 1e-3
+
+
+def test_soft_targets_need_a_scratch_student(adapt_env):
+    from cerebro_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="student_targets"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.student_targets=soft"])
+    with pytest.raises(ConfigError, match="distill_weight"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+            "adapt.student=scratch", "adapt.objective=clip", "adapt.student_targets=soft", "adapt.distill_weight=0"])
+
+
+def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
+    """adapt.student_targets=soft: the shards carry the teacher's class probabilities for each
+    selected image (recomputed here from the teacher's checkpoint), the trainer reads them back as
+    dense targets (zeros for the pairs), and the distilled student agrees with the teacher on the
+    pool more than the equal-step pairs-only control does."""
+    import mlflow
+    import webdataset as wds
+    from conftest import shardset_for
+
+    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.embed import embed_items
+    from cerebro_core.model.factory import create
+    from cerebro_core.train.data import PipelineSpec, make_loader
+
+    root = adapt_env["root"]
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2",
+        "adapt.student_targets=soft", "adapt.distill_weight=5"])
+    client = mlflow.MlflowClient()
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    pool, _, _, classes, _ = gather(cfg)
+    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
+    sha = {p.uri: p.sha256 for p in pool}
+
+    def pool_probs(weights: dict) -> dict[str, np.ndarray]:
+        b = create(cfg.train.model)
+        b.model.load_state_dict(weights)
+        b.model.eval()
+        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
+        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
+        return dict(zip((sha[r["uri"]] for r in e.rows), p))
+
+    def student_of(control: bool) -> tuple[str, dict]:
+        run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None, control=control)
+        run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                                 order_by=["start_time DESC"])[0]
+        ck = sorted(work.rglob(f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+        return run.info.run_id, ckpt.load(Storage(), str(ck))["model"]
+
+    run_id, student = student_of(control=False)
+    teacher = pool_probs(torch.load(Path(mlflow.artifacts.download_artifacts(client.get_model_version(
+        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"])
+    tars = sorted(str(t) for t in work.rglob(f"{run_id}/iteration-1/shards/*.tar"))
+    written = {s["json"]["sha256"]: s["json"]["soft"] for s in wds.WebDataset(tars, shardshuffle=False).decode()}
+    assert written
+    for k, soft in written.items():
+        dense = np.zeros(len(classes))
+        dense[soft["i"]] = soft["p"]
+        np.testing.assert_allclose(dense, teacher[k], atol=1e-4)
+    # the trainer's loader: dense soft rows for the pseudo-labelled images, zero rows for the pairs
+    b = create(cfg.train.model)
+    spec = PipelineSpec(shards=shards + tars, batch_size=len(written) + 240, batches_per_epoch=1, epoch=0, seed=0,
+                        soft_key="soft", soft_classes=len(classes), return_keys=True, shuffle_buffer=1)
+    _, _, skipped, keys, targets = next(iter(make_loader(spec, b.preprocess_val, b.tokenizer, 0)))
+    assert skipped == 0 and targets.shape == (len(written) + 240, len(classes))
+    is_pseudo = torch.tensor([any(k.startswith(t + "#") for t in tars) for k in keys])
+    assert int(is_pseudo.sum()) == len(written)
+    assert torch.all(targets[~is_pseudo] == 0)
+    torch.testing.assert_close(targets[is_pseudo].sum(1), torch.ones(len(written)), atol=1e-4, rtol=0)
+
+    _, control = student_of(control=True)
+    distilled, ctl = pool_probs(student), pool_probs(control)
+
+    def kl_to_teacher(p: dict) -> float:
+        return float(np.mean([np.sum(teacher[k] * (np.log(teacher[k] + 1e-9) - np.log(p[k] + 1e-9))) for k in written]))
+
+    assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(ctl), (kl_to_teacher(distilled), kl_to_teacher(ctl))

@@ -12,8 +12,9 @@ One iteration:
      score, iteration, source);
   5. train the student with the pretrain trainer: fine-tune the teacher (objective: clip |
      masked_contrastive | vocab_ce), or — ``adapt.student: scratch``, a noisy student — pretrain
-     a new model from random weights on the pretraining pairs plus the pseudo-captioned images,
-     under torchrun with the pretraining settings;
+     a new model from random weights on the pretraining pairs plus the pseudo-labelled images
+     (pseudo-captioned, or with ``adapt.student_targets: soft`` the teacher's class probabilities
+     distilled into the student's zero-shot head), under torchrun with the pretraining settings;
   6. evaluate: validation/test zero-shot top-1 and mean-per-class, text→image R@k, pseudo-label
      precision (ground truth read here only, after selection), forgetting on general pairs.
 Ground-truth labels are used for measurement only: selection and training never see them.
@@ -238,8 +239,26 @@ def sample_grid_png(items: list[Item], labels: list[str], scores: list[float], p
 # --------------------------------------------------------------------------- the loop
 
 
+SOFT_TOP_K = 64  # soft targets keep each image's 64 most probable classes, renormalised
+
+
+def sparse_soft_targets(probs: np.ndarray, k: int = SOFT_TOP_K) -> list[dict]:
+    """Per row, ``{"i": class ids, "p": probabilities}`` of its ``k`` most probable classes,
+    renormalised to sum to 1 (a 1,000-name vocabulary × 153k images stays small in the shards)."""
+    out = []
+    for row in probs:
+        idx = np.argsort(-row, kind="stable")[:k]
+        p = row[idx].astype(np.float64)
+        p = p / p.sum()
+        out.append({"i": [int(i) for i in idx], "p": [round(float(x), 6) for x in p]})
+    return out
+
+
 def write_pseudo_shards(storage: Storage, out_dir: str, items: list[Item], labels: list[int], scores: list[float],
-                        classes: list[str], templates: list[str], iteration: int, per_shard: int = 1000) -> list[str]:
+                        classes: list[str], templates: list[str], iteration: int, per_shard: int = 1000,
+                        soft: Optional[list[dict]] = None) -> list[str]:
+    """Pseudo-labelled shards: image, a caption of its label from ``templates``, and json (label,
+    score, iteration, source, sha256, and — with ``soft`` — the teacher's soft targets)."""
     import webdataset as wds
 
     urls = []
@@ -253,6 +272,8 @@ def write_pseudo_shards(storage: Storage, out_dir: str, items: list[Item], label
                 caption = templates[k % len(templates)].format(classes[lab])
                 meta = {"label": int(lab), "label_name": classes[lab], "score": float(sc), "iteration": iteration,
                         "source": it.source, "sha256": it.sha256}
+                if soft is not None:
+                    meta["soft"] = soft[k]
                 w.write({"__key__": f"{k:07d}", ext: data, "txt": caption, "json": json.dumps(meta)})
         for p in sorted(Path(td).glob("*.tar")):
             url = join(out_dir, p.name)
@@ -296,10 +317,14 @@ def pretraining_pairs(cfg: CerebroConfig, storage: Storage):
 
 
 def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shards: list[str], n_pseudo: int,
-                        ckpt_dir: str, iteration: int, control: bool, mlflow_run_id: Optional[str] = None) -> TrainJob:
+                        ckpt_dir: str, iteration: int, control: bool, mlflow_run_id: Optional[str] = None,
+                        prompts: Optional[list[list[str]]] = None, teacher_scale: float = 100.0) -> TrainJob:
     """Noisy student: a new model from random weights, trained like the pretrain stage (``train.*``,
-    its augmentation, the contrastive loss) on the pairs plus the pseudo-captioned images, for
-    ``train.epochs`` passes over both. The control trains on the pairs alone for the same steps."""
+    its augmentation, the contrastive loss) on the pairs plus the pseudo-labelled images, for
+    ``train.epochs`` passes over both: pseudo-captioned (``adapt.student_targets: captions``) or
+    distilled from the teacher's soft targets into the student's zero-shot head over ``prompts``
+    at the teacher's logit scale (``soft``). The control trains on the pairs alone for the same
+    steps, with the contrastive loss."""
     train_urls, val_urls, n_pairs = split_shards(pairs, cfg.train.val_fraction)
     hp = cfg.train
     global_batch = hp.batch_size * resolve_nproc(hp) * hp.nnodes * hp.accum_steps
@@ -309,9 +334,15 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
         "seed": hp.seed + 1000 * iteration,  # a fresh initialisation per iteration
         "epochs": math.ceil(steps / max(1, n_train // global_batch)), "resume": "never",
     })
+    distill = {}
+    if cfg.adapt.student_targets == "soft" and not control:
+        if not prompts:
+            raise ValueError("soft targets need the class prompts")
+        distill = {"objective": "clip_distill", "soft_key": "soft", "distill_prompts": prompts,
+                   "distill_scale": teacher_scale, "distill_weight": cfg.adapt.distill_weight}
     return TrainJob(model=model_name, hp=hp, train_shards=train_urls + ([] if control else pseudo_shards),
                     train_samples=n_train, val_shards=val_urls, storage=cfg.storage, ckpt_dir=ckpt_dir,
-                    max_steps=steps, objective="clip", mlflow_run_id=mlflow_run_id)
+                    max_steps=steps, mlflow_run_id=mlflow_run_id, **({"objective": "clip"} | distill))
 
 
 def run_stage(
@@ -390,7 +421,8 @@ def run_stage(
                 e = embed_items(teacher.model, teacher.preprocess_val, pool, batch_size=256, workers=workers)
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[r["uri"]] for r in e.rows]
-                probs = probabilities(e.vectors, cls, float(teacher.model.logit_scale.detach().exp()))
+                teacher_scale = float(teacher.model.logit_scale.detach().exp())
+                probs = probabilities(e.vectors, cls, teacher_scale)
                 if a.label_ensemble:  # the mean over the starting model and every student so far
                     keys = [r["uri"] for r in e.rows]
                     ensemble.add(keys, probs)
@@ -417,8 +449,9 @@ def run_stage(
                     history.append(row)
                     break
                 shard_dir = join(work, parent.info.run_id, f"iteration-{it}", "shards")
+                soft = sparse_soft_targets(probs[idx]) if a.student_targets == "soft" and not control else None
                 shards = write_pseudo_shards(storage, shard_dir, sel_items, list(labels), list(scores), classes,
-                                             a.caption_templates, it)
+                                             a.caption_templates, it, soft=soft)
                 cls_path = None
                 if a.objective == "vocab_ce":
                     cls_path = str(Path(tempfile.mkdtemp(prefix="cerebro-cls-")) / "classes.npy")
@@ -426,7 +459,8 @@ def run_stage(
                 ckpt_dir = join(work, parent.info.run_id, f"iteration-{it}", "checkpoints")
                 if a.student == "scratch":
                     job = scratch_student_job(cfg, model_name, pairs, shards, len(idx), ckpt_dir, it, control,
-                                              mlflow_run_id=child.info.run_id)  # its curve in the iteration's run
+                                              mlflow_run_id=child.info.run_id,  # its curve in the iteration's run
+                                              prompts=prompts, teacher_scale=teacher_scale)
                     row.update({"student_train_samples": job.train_samples, "student_steps": job.max_steps})
                     summary = launch(job, log=log)
                 else:

@@ -75,11 +75,16 @@ class PipelineSpec:
     caption_key: str = "txt"
     return_keys: bool = False  # yield sample keys too (tests and debugging)
     label_key: Optional[str] = None  # read an integer label from the sample's json (adapt objectives)
+    # read soft targets {"i": [class ids], "p": [probabilities]} from the sample's json: a dense
+    # [soft_classes] row per sample, all zeros for a sample without them (a plain pair)
+    soft_key: Optional[str] = None
+    soft_classes: int = 0
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 class ShardBatches(IterableDataset):
-    """Yields ``(images, tokens, n_skipped, keys | None, labels | None)``; see the module docstring."""
+    """Yields ``(images, tokens, n_skipped, keys | None, labels | soft targets | None)``; see the
+    module docstring."""
 
     def __init__(self, spec: PipelineSpec, transform: Callable, tokenizer: Callable, num_workers: int):
         super().__init__()
@@ -166,6 +171,12 @@ class ShardBatches(IterableDataset):
                 except Exception:
                     skipped_bad += 1
                     continue
+            if s.soft_key is not None:
+                try:
+                    label = _soft_row(sample.get("json"), s.soft_key, s.soft_classes)
+                except (ValueError, KeyError, TypeError, IndexError):
+                    skipped_bad += 1
+                    continue
             if to_skip > 0:
                 if images.check(img_bytes) is None:
                     to_skip -= 1
@@ -184,13 +195,31 @@ class ShardBatches(IterableDataset):
             if len(imgs) == s.batch_size:
                 yield (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0),
                        keys if s.return_keys else None,
-                       torch.tensor(labels) if s.label_key is not None else None)
+                       _stack_targets(labels, s))
                 skipped_bad = 0
                 imgs, texts, keys, labels = [], [], [], []
                 produced += 1
                 batch_idx += 1
                 if produced >= remaining:
                     return
+
+
+def _soft_row(raw: Optional[bytes], key: str, n_classes: int) -> torch.Tensor:
+    row = torch.zeros(n_classes)
+    meta = json.loads(raw) if raw else {}
+    if meta.get(key) is None:
+        return row  # no soft targets: a plain pair
+    idx, p = meta[key]["i"], meta[key]["p"]
+    if len(idx) != len(p) or min(idx, default=0) < 0 or max(idx, default=0) >= n_classes:
+        raise ValueError(f"soft targets {key!r}: {len(idx)} ids for {len(p)} probabilities, {n_classes} classes")
+    row[torch.tensor(idx, dtype=torch.long)] = torch.tensor(p, dtype=torch.float32)
+    return row
+
+
+def _stack_targets(labels: list, s: PipelineSpec) -> Optional[torch.Tensor]:
+    if s.soft_key is not None:
+        return torch.stack(labels)
+    return torch.tensor(labels) if s.label_key is not None else None
 
 
 def make_loader(spec: PipelineSpec, transform, tokenizer, num_workers: int) -> DataLoader:

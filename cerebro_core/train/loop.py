@@ -50,10 +50,16 @@ class TrainJob(BaseModel):
     max_steps: Optional[int] = None
     freeze_text: bool = False
     # clip: open_clip's ClipLoss; masked_contrastive: same-label pairs removed from the negatives;
-    # vocab_ce: cross-entropy of image features against fixed class embeddings (class_embeddings)
-    objective: Literal["clip", "masked_contrastive", "vocab_ce"] = "clip"
+    # vocab_ce: cross-entropy of image features against fixed class embeddings (class_embeddings);
+    # clip_distill: the contrastive loss on samples without soft targets (pairs) + distillation of
+    # the soft targets (soft_key) into the model's own zero-shot head over distill_prompts
+    objective: Literal["clip", "masked_contrastive", "vocab_ce", "clip_distill"] = "clip"
     label_key: Optional[str] = None
     class_embeddings: Optional[str] = None  # .npy [C, d] (vocab_ce)
+    soft_key: Optional[str] = None  # json key of the soft targets (clip_distill)
+    distill_prompts: list[list[str]] = Field(default_factory=list)  # per class, its prompts (clip_distill)
+    distill_scale: float = 100.0  # logit scale of the zero-shot head the targets came from
+    distill_weight: float = 1.0
     mlflow_run_id: Optional[str] = None
     result_path: Optional[str] = None
 
@@ -216,8 +222,10 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     model = bundle.model
     if job.init_from:
         ckpt.load_model_weights(model, ckpt.load(storage, job.init_from))
-    if job.objective != "clip" and not job.label_key:
+    if job.objective not in ("clip", "clip_distill") and not job.label_key:
         raise ValueError(f"adapt.objective={job.objective} needs labelled samples (label_key)")
+    if job.objective == "clip_distill" and not (job.soft_key and job.distill_prompts):
+        raise ValueError("clip_distill needs soft targets (soft_key) and the class prompts (distill_prompts)")
     if job.objective == "vocab_ce" and not job.class_embeddings:
         raise ValueError("adapt.objective=vocab_ce needs class embeddings")
     if job.freeze_text or job.objective == "vocab_ce":
@@ -241,6 +249,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
                          world_size=d.world_size)
     loss_fn = make_loss(job, clip_loss, d.device)
+    prompt_tokens = None  # clip_distill: every class prompt rides along in each step's text batch
+    if job.objective == "clip_distill":
+        prompt_tokens = bundle.tokenizer([t for plist in job.distill_prompts for t in plist])
 
     micro_per_step = hp.accum_steps
     global_batch = hp.batch_size * d.world_size * micro_per_step
@@ -304,7 +315,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-        storage=job.storage, label_key=job.label_key,
+        storage=job.storage, label_key=job.label_key, soft_key=job.soft_key, soft_classes=len(job.distill_prompts),
     )
     loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
@@ -319,7 +330,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             opt.zero_grad(set_to_none=True)
             try:
                 loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler,
-                                 image_only=job.objective == "vocab_ce")
+                                 image_only=job.objective == "vocab_ce", extra_text=prompt_tokens)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _out_of_memory(exc):
                     raise
@@ -410,12 +421,15 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
 
 
 def make_loss(job: TrainJob, clip_loss, device: str):
-    """loss(image_features, text_features, logit_scale, labels) for the job's objective."""
+    """loss(image_features, text_features, logit_scale, labels, extra_text_features) for the job's
+    objective (labels: class ids, or soft targets [B, C] for clip_distill)."""
     if job.objective == "clip":
-        return lambda img, txt, scale, labels: clip_loss(img, txt, scale)
+        return lambda img, txt, scale, labels, extra=None: clip_loss(img, txt, scale)
+    if job.objective == "clip_distill":
+        return _clip_distill_loss(job, clip_loss.rank, clip_loss.world_size)
     if job.objective == "masked_contrastive":
 
-        def masked(img, txt, scale, labels):
+        def masked(img, txt, scale, labels, extra=None):
             logits = scale * img @ txt.T
             n = logits.shape[0]
             same = labels.to(logits.device)[:, None] == labels.to(logits.device)[None, :]
@@ -430,30 +444,74 @@ def make_loss(job: TrainJob, clip_loss, device: str):
     cls = torch.from_numpy(np.load(job.class_embeddings, allow_pickle=False)).float().to(device)
     cls = F.normalize(cls, dim=-1)
 
-    def vocab_ce(img, txt, scale, labels):
+    def vocab_ce(img, txt, scale, labels, extra=None):
         return F.cross_entropy(scale * F.normalize(img, dim=-1) @ cls.T, labels.to(img.device))
 
     return vocab_ce
 
 
-def _forward(model, images, texts, amp: bool, amp_dtype, image_only: bool = False):
+def _clip_distill_loss(job: TrainJob, rank: int, world_size: int):
+    """Contrastive loss among the samples without soft targets (the pairs; gathered across ranks as
+    open_clip's default ``ClipLoss``) + ``distill_weight`` × cross-entropy of the model's zero-shot
+    distribution — ``distill_scale`` × cosine to its own prompt-ensembled class embeddings, computed
+    in the same forward — against the soft targets of the other samples (knowledge distillation)."""
+    n_prompts = [len(p) for p in job.distill_prompts]
+    owner = torch.repeat_interleave(torch.arange(len(n_prompts)), torch.tensor(n_prompts))
+
+    def loss(img, txt, scale, targets, prompt_feats):
+        targets = targets.to(img.device)
+        soft = targets.sum(1) > 0
+        pi, pt, pair = img, txt, ~soft
+        if world_size > 1:
+            from open_clip.loss import gather_features
+
+            pi, pt = gather_features(img, txt, local_loss=False, gather_with_grad=False, rank=rank,
+                                     world_size=world_size)
+            masks = [torch.empty_like(pair, dtype=torch.uint8) for _ in range(world_size)]
+            dist.all_gather(masks, pair.to(torch.uint8))  # gloo has no bool all_gather
+            pair = torch.cat(masks).bool()
+        pi, pt = pi[pair], pt[pair]
+        total = img.sum() * 0.0
+        if pi.shape[0] > 1:
+            logits = scale * pi @ pt.T
+            target = torch.arange(pi.shape[0], device=img.device)
+            total = total + (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+        if soft.any():
+            f = F.normalize(prompt_feats.float(), dim=-1)
+            cls = torch.zeros(len(n_prompts), f.shape[1], device=f.device).index_add(0, owner.to(f.device), f)
+            cls = F.normalize(cls, dim=-1)  # the prompt ensemble: mean of normalised prompt embeddings
+            logp = F.log_softmax(job.distill_scale * F.normalize(img[soft].float(), dim=-1) @ cls.T, dim=1)
+            total = total + job.distill_weight * -(targets[soft] * logp).sum(1).mean()
+        return total
+
+    return loss
+
+
+def _forward(model, images, texts, amp: bool, amp_dtype, image_only: bool = False, extra_text=None):
+    """(image features, text features, logit scale, features of ``extra_text`` | None). Extra
+    texts (class prompts) go through the same forward as the batch's captions, so DDP syncs their
+    gradients as any other."""
     with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
         if image_only:  # through the (DDP) wrapper so gradients sync; open_clip skips the text tower
             out = model(images, None)
-            return out["image_features"], None, out["logit_scale"]
-        out = model(images, texts)
-    return out["image_features"], out["text_features"], out["logit_scale"]
+            return out["image_features"], None, out["logit_scale"], None
+        n = texts.shape[0]
+        out = model(images, texts if extra_text is None else torch.cat([texts, extra_text]))
+    txt = out["text_features"]
+    return out["image_features"], txt[:n], out["logit_scale"], (None if extra_text is None else txt[n:])
 
 
-def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler, image_only: bool = False) -> float:
+def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler, image_only: bool = False,
+          extra_text=None) -> float:
     """One optimizer step's forward/backward. With accumulation, open_clip's exact scheme: features
     of all micro-batches first (no grad), then each micro-batch again with grad against the rest,
     so the contrastive loss sees the whole accumulated batch."""
     moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True), m[4]) for m in micro]
+    extra = extra_text.to(device, non_blocking=True) if extra_text is not None else None
     if len(moved) == 1:
         i, t, lab = moved[0]
-        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype, image_only)
-        loss = loss_fn(img, txt, scale, lab)
+        img, txt, scale, ext = _forward(ddp_model, i, t, amp, amp_dtype, image_only, extra)
+        loss = loss_fn(img, txt, scale, lab, ext)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return float(loss.detach())
     labels = torch.cat([m[2] for m in moved]) if moved[0][2] is not None else None
@@ -461,10 +519,10 @@ def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler, imag
         feats = [_forward(ddp_model, i, t, amp, amp_dtype, image_only)[:2] for i, t, _ in moved]
     total = 0.0
     for j, (i, t, _) in enumerate(moved):
-        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype, image_only)
+        img, txt, scale, ext = _forward(ddp_model, i, t, amp, amp_dtype, image_only, extra)
         all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
         all_txt = None if image_only else torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
-        loss = loss_fn(all_img, all_txt, scale, labels) / len(moved)
+        loss = loss_fn(all_img, all_txt, scale, labels, ext) / len(moved)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
     return total
