@@ -520,3 +520,45 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
         return float(np.mean([np.sum(teacher[k] * (np.log(teacher[k] + 1e-9) - np.log(p[k] + 1e-9))) for k in written]))
 
     assert kl_to_teacher(distilled) < 0.5 * kl_to_teacher(ctl), (kl_to_teacher(distilled), kl_to_teacher(ctl))
+
+
+def _distill_rank(rank: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    from cerebro_core.train.loop import _clip_distill_loss
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    img, txt, targets, prompts = torch.load(out + ".in", weights_only=True)
+    half = slice(4 * rank, 4 * rank + 4)
+    loss = _clip_distill_loss(_distill_job(distill_scale=20.0, distill_weight=0.5), rank, 2)
+    value = loss(img[half], txt[half], torch.tensor(10.0), targets[half], prompts)
+    torch.save(value.detach(), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_clip_distill_loss_across_two_gloo_ranks(tmp_path):
+    """Under DDP each rank's contrastive term covers the pairs of every rank (gathered, with the
+    pair mask), its distillation term its own soft rows."""
+    import torch.multiprocessing as mp
+    import torch.nn.functional as F
+    from open_clip.loss import ClipLoss
+
+    g = torch.Generator().manual_seed(1)
+    img = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
+    prompts = torch.randn(6, 16, generator=g)
+    targets = torch.zeros(8, 3)
+    soft = torch.tensor([False, True, False, True, True, False, False, True])
+    targets[soft] = torch.softmax(torch.randn(4, 3, generator=g), dim=1)
+    out = str(tmp_path / "loss")
+    torch.save((img, txt, targets, prompts), out + ".in")
+    mp.spawn(_distill_rank, args=(f"file://{tmp_path / 'init'}", out), nprocs=2)
+    pn = F.normalize(prompts, dim=-1)
+    cls = F.normalize(torch.stack([pn[0:2].mean(0), pn[2], pn[3:6].mean(0)]), dim=-1)
+    contrastive = ClipLoss()(img[~soft], txt[~soft], torch.tensor(10.0))
+    for rank in (0, 1):
+        mine = torch.zeros(8, dtype=torch.bool)
+        mine[4 * rank:4 * rank + 4] = True
+        rows = soft & mine
+        distill = -(targets[rows] * torch.log_softmax(20.0 * img[rows] @ cls.T, dim=1)).sum(1).mean()
+        torch.testing.assert_close(torch.load(f"{out}.{rank}", weights_only=True), contrastive + 0.5 * distill)
