@@ -62,7 +62,8 @@ def pretrain_pairs(split: Path) -> list[tuple[str, Path]]:
 
 
 def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str],
-             control_iterations: int | None = None, control_only: bool = False, loop_only: bool = False) -> dict:
+             control_iterations: int | None = None, control_only: bool = False, loop_only: bool = False,
+             teachers: int = 1) -> dict:
     os.environ["CEREBRO_HOME"] = str(work / f"home-{seed}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from conftest import shardset_for, write_pair_shards
@@ -81,6 +82,11 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
                f"adapt.pairs={work / f'shards-{seed}'}"]
     cfg = load_config(config, sources + extra)
     mv = pretrain(cfg, shardset, log=lambda s: None)
+    if teachers > 1 and not control_only:  # more teachers from the same pairs, other seeds: adapt.extra_teachers
+        versions = [pretrain(load_config(config, sources + extra + [f"train.seed={seed + 100 * j}"]), shardset,
+                             log=lambda s: None).version for j in range(1, teachers)]
+        extra = extra + ["adapt.extra_teachers=[" + ", ".join(f"'{v}'" for v in versions) + "]"]
+        cfg = load_config(config, sources + extra)
     quiet = lambda s: None if s.startswith(("launch:", "step ", "epoch ")) else print(f"  seed {seed}: {s}", file=sys.stderr)  # noqa: E731
     res = None if control_only else adapt(cfg, start_version=mv.version, log=quiet)
     if loop_only:  # the control measured in another run (same pretraining, protocol and steps)
@@ -114,6 +120,8 @@ def main() -> None:
                     help="pretrain and run the control alone (to complete a loop measured in another run)")
     ap.add_argument("--loop-only", action="store_true",
                     help="pretrain and run the loop alone (its control measured in another run)")
+    ap.add_argument("--teachers", type=int, default=1,
+                    help="label with the mean of this many teachers pretrained on the same pairs (seeds seed + 100·j)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
     splits = make_splits(work)
@@ -121,7 +129,7 @@ def main() -> None:
     summary = []
     for seed in args.seeds:
         r = run_seed(args.config, seed, splits, work, args.sets, args.control_iterations, args.control_only,
-                     args.loop_only)
+                     args.loop_only, args.teachers)
         print(f"\n### seed {seed} (best iteration by validation: {r['best']})\n")
         print("| run | iteration | selected | pseudo-label precision | class entropy | val top-1 | test top-1 | test mean/class | general T→I R@5 |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -203,6 +203,10 @@ class AdaptConfig(_Section):
                                 "own prompt-ensembled class embeddings against them), the pairs keep the contrastive "
                                 "loss")
     distill_weight: float = Field(1.0, gt=0, description="soft targets: weight of the distillation term")
+    extra_teachers: list[str] = Field(
+        default_factory=list, description="versions of the registered model (e.g. pretrained with other seeds) "
+                                          "that label every iteration together with the current teacher: the "
+                                          "mean of their class probabilities")
     label_ensemble: bool = Field(
         False, description="label with the mean class probabilities of every model of the loop so far (the "
                            "starting model and each iteration's student) instead of the latest model alone")

@@ -94,6 +94,11 @@ def test_probability_ensemble_averages_per_image():
     np.testing.assert_allclose(e.mean(["b", "a", "c"]), [[0.2, 0.8], [0.6, 0.4], [0.3, 0.7]], rtol=1e-6)
     with pytest.raises(ValueError, match="2 keys for 3 rows"):
         e.add(["a", "b"], np.zeros((3, 2)))
+    # one more model's rows, without adding them: "d" is new to the ensemble
+    np.testing.assert_allclose(e.mean_with(["a", "d"], np.array([[0.0, 1.0], [0.4, 0.6]])),
+                               [[0.4, 0.6], [0.4, 0.6]], rtol=1e-6)
+    assert e.models == 2
+    np.testing.assert_allclose(e.mean(["a"]), [[0.6, 0.4]], rtol=1e-6)
 
 
 def _probs(rows: list[tuple[int, float]], n_classes: int = 3) -> np.ndarray:
@@ -562,3 +567,68 @@ def test_clip_distill_loss_across_two_gloo_ranks(tmp_path):
         rows = soft & mine
         distill = -(targets[rows] * torch.log_softmax(20.0 * img[rows] @ cls.T, dim=1)).sum(1).mean()
         torch.testing.assert_close(torch.load(f"{out}.{rank}", weights_only=True), contrastive + 0.5 * distill)
+
+
+def test_extra_teachers_label_with_the_mean_of_their_probabilities(adapt_env):
+    """adapt.extra_teachers: iteration 1 selects from the mean class probabilities of the starting
+    model and another registered version (pretrained here with another seed), recomputed here from
+    their weights; a version that does not exist fails before any compute, naming the key."""
+    import tarfile
+
+    import mlflow
+    from conftest import shardset_for
+
+    from cerebro_core import tracking
+    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.embed import embed_items
+    from cerebro_core.model.factory import create
+    from cerebro_core.train.pretrain import run_stage as pretrain
+
+    with pytest.raises(AdaptInputError, match=r"adapt.extra_teachers\[0\]: no version '999'"):
+        run_stage(load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.extra_teachers=['999']"]),
+                  start_version=adapt_env["mv"].version, log=lambda s: None)
+    shards = sorted(str(p) for p in (adapt_env["root"] / "shards").glob("*.tar"))
+    other = pretrain(load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["train.seed=7"]),
+                     shardset_for(shards, "adapt"), log=lambda s: None)
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [f"adapt.extra_teachers=['{other.version}']"])
+    try:
+        res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    finally:
+        tracking.set_alias("cerebro-clip", "champion", adapt_env["mv"].version)
+    assert res.iterations[1]["labelling_models"] == 2
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                             order_by=["start_time DESC"])[0]
+    pool, _, _, classes, _ = gather(cfg)
+    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
+    sha = {p.uri: p.sha256 for p in pool}
+    probs = {}
+    for v in (adapt_env["mv"].version, other.version):
+        b = create(cfg.train.model)
+        b.model.load_state_dict(torch.load(Path(mlflow.artifacts.download_artifacts(
+            client.get_model_version("cerebro-clip", v).source)) / "model.pt", weights_only=True)["model"])
+        b.model.eval()
+        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
+        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
+        probs[v] = dict(zip((sha[r["uri"]] for r in e.rows), p))
+    keys = sorted(probs[other.version])
+
+    def expected(p: np.ndarray) -> dict[str, tuple[int, float]]:
+        idx, labels, scores = select(p, cfg.adapt.confidence_threshold, cfg.adapt.per_class_top_k)
+        return {keys[i]: (int(lab), float(sc)) for i, lab, sc in zip(idx, labels, scores)}
+
+    mean = expected(np.stack([(probs[adapt_env["mv"].version][k] + probs[other.version][k]) / 2 for k in keys]))
+    alone = expected(np.stack([probs[adapt_env["mv"].version][k] for k in keys]))
+    written = {}
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    for shard in sorted(work.rglob(f"{run.info.run_id}/iteration-1/shards/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    written[meta["sha256"]] = (meta["label"], meta["score"])
+    assert written.keys() == mean.keys()
+    for k, (lab, sc) in written.items():
+        assert lab == mean[k][0] and abs(sc - mean[k][1]) < 1e-4
+    assert any(abs(written[k][1] - alone[k][1]) > 1e-3 for k in written.keys() & alone.keys())

@@ -67,6 +67,14 @@ class ProbabilityEnsemble:
             return np.zeros((0, 0), np.float32)
         return np.stack([self._sum[k] / np.float32(self._n[k]) for k in keys])
 
+    def mean_with(self, keys: list[str], probs: np.ndarray) -> np.ndarray:
+        """Mean over the ensemble's models and one more model's ``probs`` (rows of ``keys``),
+        leaving the ensemble as it was."""
+        if len(keys) != len(probs):
+            raise ValueError(f"{len(keys)} keys for {len(probs)} rows of probabilities")
+        return np.stack([(self._sum.get(k, 0.0) + p.astype(np.float32)) / np.float32(self._n.get(k, 0) + 1)
+                         for k, p in zip(keys, probs)]) if keys else np.zeros((0, 0), np.float32)
+
 
 def class_entropy(labels: np.ndarray, n_classes: int) -> float:
     """Normalised entropy of the selected labels' class distribution (1 = uniform, 0 = collapse)."""

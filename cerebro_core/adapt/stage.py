@@ -4,8 +4,9 @@ ModelVersion + wildlife sources + vocabulary ──adapt──▶ ModelVersion {
 
 One iteration:
   1. embed every unlabelled image with the current model (the shared embedding function);
-  2. class probabilities over the vocabulary (prompt-ensembled text embeddings) — with
-     ``adapt.label_ensemble``, their mean over the starting model and every student so far;
+  2. class probabilities over the vocabulary (prompt-ensembled text embeddings) — averaged with
+     those of ``adapt.extra_teachers`` (other registered versions, e.g. pretrained with other
+     seeds), and with ``adapt.label_ensemble`` over the starting model and every student so far;
   3. select pseudo-labels: confidence ≥ threshold (fixed, or per class: FlexMatch) AND per-class
      top-k (class balance);
   4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
@@ -362,6 +363,12 @@ def run_stage(
     a = cfg.adapt
     storage = Storage(cfg.storage)
     mv0 = resolve_version(cfg.tracking.model_name, "champion", start_version)
+    extra_mvs = []
+    for i, v in enumerate(a.extra_teachers):
+        try:
+            extra_mvs.append(resolve_version(cfg.tracking.model_name, None, v))
+        except Exception:
+            raise AdaptInputError(f"adapt.extra_teachers[{i}]: no version {v!r} of {cfg.tracking.model_name}") from None
     start_dir = download(mv0)
     current_ckpt = str(start_dir / "model.pt")
     model_name = json.loads((start_dir / "model_config.json").read_text())["model_name"]
@@ -374,11 +381,17 @@ def run_stage(
     ensemble = ProbabilityEnsemble()
     workers = default_workers()
 
-    def load(ck: str):
-        b = create(model_name)
+    def load(ck: str, name: str = model_name):
+        b = create(name)
         ckpt.load_model_weights(b.model, ckpt.load(storage, ck))
         b.model.eval()
         return b
+
+    def pool_probabilities(b) -> tuple[list[str], np.ndarray]:
+        """(pool image keys, class probabilities) of one model, each with its own text tower and scale."""
+        cls = class_embeddings(b.model, b.tokenizer, prompts)
+        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=workers)
+        return [r["uri"] for r in e.rows], probabilities(e.vectors, cls, float(b.model.logit_scale.detach().exp()))
 
     def measure(b) -> dict:
         cls = class_embeddings(b.model, b.tokenizer, prompts)
@@ -406,6 +419,11 @@ def run_stage(
     with tracking.stage_run(cfg, "adapt", tags=tags) as parent:
         tracking.log_params({"adapt.pool_size": len(pool), "adapt.classes": len(classes),
                              **{f"adapt.counts.{k}": v for k, v in counts.items()}})
+        extras = ensemble if a.label_ensemble else ProbabilityEnsemble()
+        for mv in extra_mvs:  # fixed members of every iteration's labelling ensemble
+            d = download(mv)
+            extras.add(*pool_probabilities(load(str(d / "model.pt"),
+                                                json.loads((d / "model_config.json").read_text())["model_name"])))
         teacher = load(current_ckpt)
         m0 = measure(teacher)
         row0 = {"iteration": 0, **flat(m0)}
@@ -423,10 +441,12 @@ def run_stage(
                 items = [by_uri[r["uri"]] for r in e.rows]
                 teacher_scale = float(teacher.model.logit_scale.detach().exp())
                 probs = probabilities(e.vectors, cls, teacher_scale)
-                if a.label_ensemble:  # the mean over the starting model and every student so far
-                    keys = [r["uri"] for r in e.rows]
+                keys = [r["uri"] for r in e.rows]
+                if a.label_ensemble:  # the mean over the starting model and every student so far (+ extras)
                     ensemble.add(keys, probs)
                     probs = ensemble.mean(keys)
+                elif extras.models:  # the mean over the current teacher and the extra teachers
+                    probs = extras.mean_with(keys, probs)
                 idx, labels, scores = select(probs, a.confidence_threshold, a.per_class_top_k, a.threshold_mode)
                 thresholds = class_thresholds(probs, a.confidence_threshold, a.threshold_mode)
                 if control:  # same images and steps, labels carrying no teacher information
@@ -441,7 +461,7 @@ def run_stage(
                     "pseudo_label_precision": (sum(p == g for p, g in known) / len(known)) if known else float("nan"),
                     "embed_failures": sum(e.failures.values()),
                     "class_threshold_min": float(thresholds.min()), "class_threshold_max": float(thresholds.max()),
-                    "labelling_models": ensemble.models if a.label_ensemble else 1,
+                    "labelling_models": ensemble.models if a.label_ensemble else extras.models + 1,
                 }
                 if len(idx) < 2:
                     log(f"adapt: iteration {it}: {len(idx)} images selected, stopping")
