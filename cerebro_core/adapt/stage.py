@@ -356,6 +356,8 @@ def run_stage(
     """Run the loop. ``control=True`` runs the equal-step control instead: the same objective and
     steps with no information from the teacher — a fine-tuned student gets the same images with
     labels drawn at random; a scratch student is pretrained on the pairs alone."""
+    from mlflow.exceptions import MlflowException
+
     from cerebro_core.model.registry import download, resolve_version
 
     pool, val, test, classes, counts = gather(cfg)
@@ -367,7 +369,9 @@ def run_stage(
     for i, v in enumerate(a.extra_teachers):
         try:
             extra_mvs.append(resolve_version(cfg.tracking.model_name, None, v))
-        except Exception:
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             raise AdaptInputError(f"adapt.extra_teachers[{i}]: no version {v!r} of {cfg.tracking.model_name}") from None
     start_dir = download(mv0)
     current_ckpt = str(start_dir / "model.pt")
