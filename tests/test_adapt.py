@@ -284,49 +284,47 @@ def test_ema_teacher_and_strong_view(adapt_env):
         assert all(torch.equal(published[k], best_ema[k]) for k in best_ema)
 
 
-def test_label_ensemble_labels_with_the_mean_of_the_loop_models(adapt_env):
-    """adapt.label_ensemble: iteration 2 selects from the mean class probabilities of the starting
-    model and the iteration-1 student (recomputed here from their checkpoints), not the student's."""
-    import tarfile
-
+def _registered_weights(version: str) -> dict:
     import mlflow
 
+    source = mlflow.MlflowClient().get_model_version("cerebro-clip", version).source
+    return torch.load(Path(mlflow.artifacts.download_artifacts(source)) / "model.pt", weights_only=True)["model"]
+
+
+def _pool_probs(cfg, weights: dict) -> dict[str, np.ndarray]:
+    """Class probabilities of one model on the pool, per image sha256, recomputed from its weights."""
     from cerebro_core.adapt.stage import class_embeddings, probabilities
     from cerebro_core.adapt.vocab import prompts_for
     from cerebro_core.embed import embed_items
     from cerebro_core.model.factory import create
 
-    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.label_ensemble=true", "adapt.iterations=2"])
-    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
-    assert [r.get("labelling_models") for r in res.iterations[1:]] == [1, 2]
-    client = mlflow.MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
-                             order_by=["start_time DESC"])[0]
-    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
-    start = torch.load(Path(mlflow.artifacts.download_artifacts(client.get_model_version(
-        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
-    student1 = ckpt.load(Storage(), str(sorted(work.rglob(f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]))["model"]
     pool, _, _, classes, _ = gather(cfg)
     prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
     sha = {p.uri: p.sha256 for p in pool}
-    probs = {}
-    for name, weights in (("start", start), ("student1", student1)):
-        b = create(cfg.train.model)
-        b.model.load_state_dict(weights)
-        b.model.eval()
-        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
-        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
-        probs[name] = dict(zip((sha[r["uri"]] for r in e.rows), p))
-    keys = sorted(probs["start"])
+    b = create(cfg.train.model)
+    b.model.load_state_dict(weights)
+    b.model.eval()
+    e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
+    p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
+    return dict(zip((sha[r["uri"]] for r in e.rows), p))
+
+
+def _assert_selected_from_the_mean(cfg, run_id: str, iteration: int, a: dict, b: dict) -> None:
+    """The iteration's shards hold exactly the selection from the mean of two models' probabilities
+    (labels and scores), which differs from the selection from ``b`` alone."""
+    import tarfile
+
+    keys = sorted(a)
 
     def expected(p: np.ndarray) -> dict[str, tuple[int, float]]:
         idx, labels, scores = select(p, cfg.adapt.confidence_threshold, cfg.adapt.per_class_top_k)
         return {keys[i]: (int(lab), float(sc)) for i, lab, sc in zip(idx, labels, scores)}
 
-    mean = expected(np.stack([(probs["start"][k] + probs["student1"][k]) / 2 for k in keys]))
-    alone = expected(np.stack([probs["student1"][k] for k in keys]))
+    mean = expected(np.stack([(a[k] + b[k]) / 2 for k in keys]))
+    alone = expected(np.stack([b[k] for k in keys]))
     written = {}
-    for shard in sorted(work.rglob(f"{run.info.run_id}/iteration-2/shards/*.tar")):
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    for shard in sorted(work.rglob(f"{run_id}/iteration-{iteration}/shards/*.tar")):
         with tarfile.open(shard) as tf:
             for m in tf.getmembers():
                 if m.name.endswith(".json"):
@@ -336,6 +334,23 @@ def test_label_ensemble_labels_with_the_mean_of_the_loop_models(adapt_env):
     for k, (lab, sc) in written.items():
         assert lab == mean[k][0] and abs(sc - mean[k][1]) < 1e-4
     assert any(abs(written[k][1] - alone[k][1]) > 1e-3 for k in written.keys() & alone.keys())
+
+
+def test_label_ensemble_labels_with_the_mean_of_the_loop_models(adapt_env):
+    """adapt.label_ensemble: iteration 2 selects from the mean class probabilities of the starting
+    model and the iteration-1 student (recomputed here from their checkpoints), not the student's."""
+    import mlflow
+
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.label_ensemble=true", "adapt.iterations=2"])
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert [r.get("labelling_models") for r in res.iterations[1:]] == [1, 2]
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                             order_by=["start_time DESC"])[0]
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    student1 = ckpt.load(Storage(), str(sorted(work.rglob(f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]))["model"]
+    _assert_selected_from_the_mean(cfg, run.info.run_id, 2, _pool_probs(cfg, _registered_weights(adapt_env["mv"].version)),
+                                   _pool_probs(cfg, student1))
 
 
 def test_scratch_student_and_its_control(adapt_env):
@@ -464,9 +479,6 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
     import webdataset as wds
     from conftest import shardset_for
 
-    from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import prompts_for
-    from cerebro_core.embed import embed_items
     from cerebro_core.model.factory import create
     from cerebro_core.train.data import PipelineSpec, make_loader
 
@@ -478,17 +490,7 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
         "adapt.student_targets=soft", "adapt.distill_weight=5"])
     client = mlflow.MlflowClient()
     work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
-    pool, _, _, classes, _ = gather(cfg)
-    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
-    sha = {p.uri: p.sha256 for p in pool}
-
-    def pool_probs(weights: dict) -> dict[str, np.ndarray]:
-        b = create(cfg.train.model)
-        b.model.load_state_dict(weights)
-        b.model.eval()
-        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
-        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
-        return dict(zip((sha[r["uri"]] for r in e.rows), p))
+    classes = gather(cfg)[3]
 
     def student_of(control: bool) -> tuple[str, dict]:
         run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None, control=control)
@@ -498,8 +500,7 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
         return run.info.run_id, ckpt.load(Storage(), str(ck))["model"]
 
     run_id, student = student_of(control=False)
-    teacher = pool_probs(torch.load(Path(mlflow.artifacts.download_artifacts(client.get_model_version(
-        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"])
+    teacher = _pool_probs(cfg, _registered_weights(adapt_env["mv"].version))
     tars = sorted(str(t) for t in work.rglob(f"{run_id}/iteration-1/shards/*.tar"))
     written = {s["json"]["sha256"]: s["json"]["soft"] for s in wds.WebDataset(tars, shardshuffle=False).decode()}
     assert written
@@ -519,7 +520,7 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
     torch.testing.assert_close(targets[is_pseudo].sum(1), torch.ones(len(written)), atol=1e-4, rtol=0)
 
     _, control = student_of(control=True)
-    distilled, ctl = pool_probs(student), pool_probs(control)
+    distilled, ctl = _pool_probs(cfg, student), _pool_probs(cfg, control)
 
     def kl_to_teacher(p: dict) -> float:
         return float(np.mean([np.sum(teacher[k] * (np.log(teacher[k] + 1e-9) - np.log(p[k] + 1e-9))) for k in written]))
@@ -573,16 +574,10 @@ def test_extra_teachers_label_with_the_mean_of_their_probabilities(adapt_env):
     """adapt.extra_teachers: iteration 1 selects from the mean class probabilities of the starting
     model and another registered version (pretrained here with another seed), recomputed here from
     their weights; a version that does not exist fails before any compute, naming the key."""
-    import tarfile
-
     import mlflow
     from conftest import shardset_for
 
     from cerebro_core import tracking
-    from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import prompts_for
-    from cerebro_core.embed import embed_items
-    from cerebro_core.model.factory import create
     from cerebro_core.train.pretrain import run_stage as pretrain
 
     with pytest.raises(AdaptInputError, match=r"adapt.extra_teachers\[0\]: no version '999'"):
@@ -600,35 +595,5 @@ def test_extra_teachers_label_with_the_mean_of_their_probabilities(adapt_env):
     client = mlflow.MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
                              order_by=["start_time DESC"])[0]
-    pool, _, _, classes, _ = gather(cfg)
-    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
-    sha = {p.uri: p.sha256 for p in pool}
-    probs = {}
-    for v in (adapt_env["mv"].version, other.version):
-        b = create(cfg.train.model)
-        b.model.load_state_dict(torch.load(Path(mlflow.artifacts.download_artifacts(
-            client.get_model_version("cerebro-clip", v).source)) / "model.pt", weights_only=True)["model"])
-        b.model.eval()
-        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
-        p = probabilities(e.vectors, class_embeddings(b.model, b.tokenizer, prompts), float(b.model.logit_scale.detach().exp()))
-        probs[v] = dict(zip((sha[r["uri"]] for r in e.rows), p))
-    keys = sorted(probs[other.version])
-
-    def expected(p: np.ndarray) -> dict[str, tuple[int, float]]:
-        idx, labels, scores = select(p, cfg.adapt.confidence_threshold, cfg.adapt.per_class_top_k)
-        return {keys[i]: (int(lab), float(sc)) for i, lab, sc in zip(idx, labels, scores)}
-
-    mean = expected(np.stack([(probs[adapt_env["mv"].version][k] + probs[other.version][k]) / 2 for k in keys]))
-    alone = expected(np.stack([probs[adapt_env["mv"].version][k] for k in keys]))
-    written = {}
-    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
-    for shard in sorted(work.rglob(f"{run.info.run_id}/iteration-1/shards/*.tar")):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tf.extractfile(m).read())
-                    written[meta["sha256"]] = (meta["label"], meta["score"])
-    assert written.keys() == mean.keys()
-    for k, (lab, sc) in written.items():
-        assert lab == mean[k][0] and abs(sc - mean[k][1]) < 1e-4
-    assert any(abs(written[k][1] - alone[k][1]) > 1e-3 for k in written.keys() & alone.keys())
+    _assert_selected_from_the_mean(cfg, run.info.run_id, 1, _pool_probs(cfg, _registered_weights(other.version)),
+                                   _pool_probs(cfg, _registered_weights(adapt_env["mv"].version)))
