@@ -210,11 +210,21 @@ class AdaptConfig(_Section):
     label_ensemble: bool = Field(
         False, description="label with the mean class probabilities of every model of the loop so far (the "
                            "starting model and each iteration's student) instead of the latest model alone")
+    cross_fit_folds: int = Field(
+        0, ge=0, le=16, description="scratch student, K ≥ 2: label iteration i+1 out of fold — K more students, "
+                                    "each trained like iteration i's on the pairs plus its selection minus one "
+                                    "fold of the pool (by image hash), label that fold, so no image is labelled "
+                                    "by a model that trained on its own pseudo-label; 0: off")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
 
     @model_validator(mode="after")
     def _student_ok(self) -> "AdaptConfig":
+        if self.cross_fit_folds == 1:
+            raise ValueError("cross_fit_folds: 0 (off) or at least 2 folds")
+        if self.cross_fit_folds and self.student != "scratch":
+            raise ValueError("cross_fit_folds: out-of-fold labelling trains students from scratch on the pairs; "
+                             "set adapt.student: scratch")
         if self.student == "scratch":
             if self.objective != "clip":
                 raise ValueError("objective: a scratch student is pretrained with the contrastive loss on pairs "

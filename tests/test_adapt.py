@@ -309,11 +309,24 @@ def _pool_probs(cfg, weights: dict) -> dict[str, np.ndarray]:
     return dict(zip((sha[r["uri"]] for r in e.rows), p))
 
 
+def _written(run_id: str, where: str) -> dict[str, tuple[int, float]]:
+    """(label, score) per image sha256 in the pseudo-labelled shards under ``{run_id}/{where}``."""
+    import tarfile
+
+    written = {}
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    for shard in sorted(work.rglob(f"{run_id}/{where}/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    written[meta["sha256"]] = (meta["label"], meta["score"])
+    return written
+
+
 def _assert_selected_from_the_mean(cfg, run_id: str, iteration: int, a: dict, b: dict) -> None:
     """The iteration's shards hold exactly the selection from the mean of two models' probabilities
     (labels and scores), which differs from the selection from ``b`` alone."""
-    import tarfile
-
     keys = sorted(a)
 
     def expected(p: np.ndarray) -> dict[str, tuple[int, float]]:
@@ -322,14 +335,7 @@ def _assert_selected_from_the_mean(cfg, run_id: str, iteration: int, a: dict, b:
 
     mean = expected(np.stack([(a[k] + b[k]) / 2 for k in keys]))
     alone = expected(np.stack([b[k] for k in keys]))
-    written = {}
-    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
-    for shard in sorted(work.rglob(f"{run_id}/iteration-{iteration}/shards/*.tar")):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tf.extractfile(m).read())
-                    written[meta["sha256"]] = (meta["label"], meta["score"])
+    written = _written(run_id, f"iteration-{iteration}/shards")
     assert written.keys() == mean.keys()
     for k, (lab, sc) in written.items():
         assert lab == mean[k][0] and abs(sc - mean[k][1]) < 1e-4
@@ -597,3 +603,53 @@ def test_extra_teachers_label_with_the_mean_of_their_probabilities(adapt_env):
                              order_by=["start_time DESC"])[0]
     _assert_selected_from_the_mean(cfg, run.info.run_id, 1, _pool_probs(cfg, _registered_weights(other.version)),
                                    _pool_probs(cfg, _registered_weights(adapt_env["mv"].version)))
+
+
+def test_cross_fit_labels_each_fold_with_a_student_that_never_saw_it(adapt_env):
+    """adapt.cross_fit_folds=2: after iteration 1, two more students are trained like it, each on
+    the pairs plus iteration 1's selection minus one fold of the pool; iteration 2 selects from
+    their out-of-fold probabilities (recomputed here from their checkpoints), not from the
+    iteration-1 student, which trained on those very pseudo-labels."""
+    import mlflow
+    from conftest import shardset_for
+
+    from cerebro_core.adapt.stage import fold_of
+    from cerebro_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="cross_fit_folds: out-of-fold"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + ["adapt.cross_fit_folds=2"])
+    with pytest.raises(ConfigError, match="cross_fit_folds: 0"):
+        load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+            "adapt.student=scratch", "adapt.objective=clip", "adapt.cross_fit_folds=1"])
+    root = adapt_env["root"]
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2",
+        "adapt.iterations=2", "adapt.cross_fit_folds=2"])
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    assert [r.get("cross_fit_folds") for r in res.iterations[1:]] == [0, 2]
+    client = mlflow.MlflowClient()
+    run_id = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                                order_by=["start_time DESC"])[0].info.run_id
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    fold = {p.sha256: fold_of(p, 2) for p in gather(cfg)[0]}
+    selected1 = _written(run_id, "iteration-1/shards")
+    oof = {}
+    for k in (0, 1):
+        trained_on = _written(run_id, f"iteration-1/fold-{k}/shards")
+        assert trained_on and trained_on.keys() == {h for h in selected1 if fold[h] != k}
+        assert all(trained_on[h] == selected1[h] for h in trained_on)  # the same pseudo-labels
+        weights = ckpt.load(Storage(), str(sorted(work.rglob(f"{run_id}/iteration-1/fold-{k}/checkpoints/*.pt"))[-1]))
+        oof.update({h: p for h, p in _pool_probs(cfg, weights["model"]).items() if fold[h] == k})
+    assert oof.keys() == fold.keys()
+    keys = sorted(oof)
+    idx, labels, scores = select(np.stack([oof[h] for h in keys]), cfg.adapt.confidence_threshold,
+                                 cfg.adapt.per_class_top_k)
+    written2 = _written(run_id, "iteration-2/shards")
+    assert written2.keys() == {keys[i] for i in idx}
+    for i, lab, sc in zip(idx, labels, scores):
+        assert written2[keys[i]][0] == lab and abs(written2[keys[i]][1] - sc) < 1e-4
+    student1 = ckpt.load(Storage(), str(sorted(work.rglob(f"{run_id}/iteration-1/checkpoints/*.pt"))[-1]))["model"]
+    own = _pool_probs(cfg, student1)
+    assert any(abs(float(own[h].max()) - written2[h][1]) > 1e-3 for h in written2)

@@ -7,6 +7,9 @@ One iteration:
   2. class probabilities over the vocabulary (prompt-ensembled text embeddings) — averaged with
      those of ``adapt.extra_teachers`` (other registered versions, e.g. pretrained with other
      seeds), and with ``adapt.label_ensemble`` over the starting model and every student so far;
+     with ``adapt.cross_fit_folds: K`` (scratch student) the previous iteration's labels come out
+     of fold instead: K students, each trained without one fold of the pool, label that fold — a
+     student that trained on an image's pseudo-label otherwise hands the same label back;
   3. select pseudo-labels: confidence ≥ threshold (fixed, or per class: FlexMatch) AND per-class
      top-k (class balance);
   4. write pseudo-labelled webdataset shards (image, caption from a template, json with label,
@@ -319,7 +322,8 @@ def pretraining_pairs(cfg: CerebroConfig, storage: Storage):
 
 def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shards: list[str], n_pseudo: int,
                         ckpt_dir: str, iteration: int, control: bool, mlflow_run_id: Optional[str] = None,
-                        prompts: Optional[list[list[str]]] = None, teacher_scale: float = 100.0) -> TrainJob:
+                        prompts: Optional[list[list[str]]] = None, teacher_scale: float = 100.0,
+                        seed_offset: int = 0) -> TrainJob:
     """Noisy student: a new model from random weights, trained like the pretrain stage (``train.*``,
     its augmentation, the contrastive loss) on the pairs plus the pseudo-labelled images, for
     ``train.epochs`` passes over both: pseudo-captioned (``adapt.student_targets: captions``) or
@@ -332,7 +336,7 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
     steps = hp.epochs * ((n_pairs + n_pseudo) // global_batch)
     n_train = n_pairs if control else n_pairs + n_pseudo
     hp = hp.model_copy(update={
-        "seed": hp.seed + 1000 * iteration,  # a fresh initialisation per iteration
+        "seed": hp.seed + 1000 * iteration + seed_offset,  # a fresh initialisation per iteration (and fold)
         "epochs": math.ceil(steps / max(1, n_train // global_batch)), "resume": "never",
     })
     distill = {}
@@ -344,6 +348,12 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
     return TrainJob(model=model_name, hp=hp, train_shards=train_urls + ([] if control else pseudo_shards),
                     train_samples=n_train, val_shards=val_urls, storage=cfg.storage, ckpt_dir=ckpt_dir,
                     max_steps=steps, mlflow_run_id=mlflow_run_id, **({"objective": "clip"} | distill))
+
+
+def fold_of(item: Item, folds: int) -> int:
+    """The cross-fit fold of a pool image: from its content hash, so it is stable across runs and
+    independent of any label."""
+    return int((item.sha256 or hashlib.sha256(item.uri.encode()).hexdigest())[:12], 16) % folds
 
 
 def run_stage(
@@ -391,10 +401,10 @@ def run_stage(
         b.model.eval()
         return b
 
-    def pool_probabilities(b) -> tuple[list[str], np.ndarray]:
+    def pool_probabilities(b, items: Optional[list[Item]] = None) -> tuple[list[str], np.ndarray]:
         """(pool image keys, class probabilities) of one model, each with its own text tower and scale."""
         cls = class_embeddings(b.model, b.tokenizer, prompts)
-        e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=workers)
+        e = embed_items(b.model, b.preprocess_val, pool if items is None else items, batch_size=256, workers=workers)
         return [r["uri"] for r in e.rows], probabilities(e.vectors, cls, float(b.model.logit_scale.detach().exp()))
 
     def measure(b) -> dict:
@@ -418,6 +428,28 @@ def run_stage(
                     f[f"{part}/{k}"] = float(v)
         return f
 
+    def out_of_fold(run_id: str, it: int, sel_items: list[Item], labels, scores, soft, teacher_scale: float,
+                    ) -> dict[str, np.ndarray]:
+        """Cross-fit: for each fold k, a student trained like iteration ``it``'s on the pairs plus
+        the selection minus fold k labels fold k (probabilities per pool image uri)."""
+        k_folds = a.cross_fit_folds
+        out: dict[str, np.ndarray] = {}
+        for k in range(k_folds):
+            keep = [j for j, x in enumerate(sel_items) if fold_of(x, k_folds) != k]
+            base = join(work, run_id, f"iteration-{it}", f"fold-{k}")
+            shards = write_pseudo_shards(storage, join(base, "shards"), [sel_items[j] for j in keep],
+                                         [labels[j] for j in keep], [scores[j] for j in keep], classes,
+                                         a.caption_templates, it, soft=[soft[j] for j in keep] if soft else None)
+            job = scratch_student_job(cfg, model_name, pairs, shards, len(keep), join(base, "checkpoints"), it,
+                                      False, prompts=prompts, teacher_scale=teacher_scale, seed_offset=500 + k)
+            summary = launch(job, log=log)
+            held_out = [x for x in pool if fold_of(x, k_folds) == k]
+            keys, probs = pool_probabilities(load(summary["checkpoint"]), held_out)
+            out.update(zip(keys, probs))
+            log(f"adapt: iteration {it}: fold {k + 1}/{k_folds} student ({len(keep)} pseudo-labelled images, "
+                f"{job.max_steps} steps) labelled {len(keys)} held-out pool images")
+        return out
+
     history: list[dict] = []
     tags = {"start_version": mv0.version, "objective": a.objective, "control": str(control)}
     with tracking.stage_run(cfg, "adapt", tags=tags) as parent:
@@ -435,17 +467,21 @@ def run_stage(
         tracking.log_metrics({k: v for k, v in row0.items() if k != "iteration"}, step=0)
         best = (0, row0.get("val/top1", -1.0), current_ckpt)
         prev_val = row0.get("val/top1")
+        pending = None  # cross-fit: (iteration, selection, labels, scores, soft targets, scale) to label from
         for it in range(1, a.iterations + 1):
             with tracking.stage_run(cfg, "adapt-iteration", run_name=f"iteration {it}",
                                     parent_run_id=parent.info.run_id, tags={"iteration": str(it)},
                                     log_config=False) as child:
                 cls = class_embeddings(teacher.model, teacher.tokenizer, prompts)
-                e = embed_items(teacher.model, teacher.preprocess_val, pool, batch_size=256, workers=workers)
-                by_uri = {p.uri: p for p in pool}
-                items = [by_uri[r["uri"]] for r in e.rows]
                 teacher_scale = float(teacher.model.logit_scale.detach().exp())
-                probs = probabilities(e.vectors, cls, teacher_scale)
-                keys = [r["uri"] for r in e.rows]
+                by_uri = {p.uri: p for p in pool}
+                if pending is not None:  # cross-fit: each image labelled by a student that never saw it
+                    oof = out_of_fold(parent.info.run_id, *pending)
+                    keys = [p.uri for p in pool if p.uri in oof]
+                    probs = np.stack([oof[k] for k in keys])
+                else:
+                    keys, probs = pool_probabilities(teacher)
+                items = [by_uri[k] for k in keys]
                 if a.label_ensemble:  # the mean over the starting model and every student so far (+ extras)
                     ensemble.add(keys, probs)
                     probs = ensemble.mean(keys)
@@ -463,9 +499,10 @@ def run_stage(
                     "mean_confidence": float(scores.mean()) if len(idx) else 0.0,
                     "class_entropy": class_entropy(labels, len(classes)),
                     "pseudo_label_precision": (sum(p == g for p, g in known) / len(known)) if known else float("nan"),
-                    "embed_failures": sum(e.failures.values()),
+                    "embed_failures": len(pool) - len(keys),
                     "class_threshold_min": float(thresholds.min()), "class_threshold_max": float(thresholds.max()),
                     "labelling_models": ensemble.models if a.label_ensemble else extras.models + 1,
+                    "cross_fit_folds": a.cross_fit_folds if pending is not None else 0,
                 }
                 if len(idx) < 2:
                     log(f"adapt: iteration {it}: {len(idx)} images selected, stopping")
@@ -531,6 +568,8 @@ def run_stage(
                     log(f"adapt: validation fell ({prev_val:.3f} → {v:.3f}); stopping early")
                     break
                 prev_val = v
+                if a.cross_fit_folds and not control and it < a.iterations:
+                    pending = (it, sel_items, list(labels), list(scores), soft, teacher_scale)
         tracking.log_json_artifact(history, "iterations.json")
         tracking.set_tags({"best_iteration": best[0]})
         metrics = {k: v for k, v in history[best[0]].items() if isinstance(v, float) and not math.isnan(v)}
