@@ -166,6 +166,49 @@ def test_sigkill_then_resume_is_bit_exact(pair_shards, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights must equal the uninterrupted run's"
 
 
+def _trainers_of(prefix: str) -> list[int]:
+    """pids of the processes whose command line names a file under ``prefix``."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and prefix in (d / "cmdline").read_bytes().decode(errors="replace"):
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+def test_a_killed_caller_leaves_no_trainer_behind(pair_shards, tmp_path):
+    """SIGKILL the process that called launch() mid-training: torchrun and its worker die too."""
+    job = TrainJob(model=MODEL, hp=hp(epochs=10_000, batch_size=20), train_shards=pair_shards, train_samples=140,
+                   ckpt_dir=str(tmp_path / "ck"))
+    (tmp_path / "job.json").write_text(job.model_dump_json())
+    (tmp_path / "caller.py").write_text(
+        "import sys\nfrom pathlib import Path\nfrom cerebro_core.train.launch import launch\n"
+        "from cerebro_core.train.loop import TrainJob\n"
+        "launch(TrainJob.model_validate_json(Path(sys.argv[1]).read_text()), log=lambda s: None)\n")
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    caller = subprocess.Popen([sys.executable, str(tmp_path / "caller.py"), str(tmp_path / "job.json")],
+                              env=dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(REPO)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not [p for p in _trainers_of(str(tmp)) if p != caller.pid]:
+        time.sleep(0.1)
+    time.sleep(5)  # the worker is up (its job.json lives under TMPDIR) and training
+    trainers = [p for p in _trainers_of(str(tmp)) if p != caller.pid]
+    assert len(trainers) >= 2, trainers  # torchrun and its worker
+    caller.kill()
+    caller.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and _trainers_of(str(tmp)):
+        time.sleep(0.2)
+    left = _trainers_of(str(tmp))
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"orphaned trainer processes: {left}"
+
+
 def test_bad_shards_are_skipped_and_counted(pair_shards, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()

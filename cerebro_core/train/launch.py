@@ -5,7 +5,8 @@
 - Multi-node: ``train.nnodes`` > 1 with ``train.rdzv_endpoint`` (host:port of node 0) and the same
   job on every node; torchrun's c10d rendezvous does the rest.
 - The whole torchrun process tree runs in its own session and is killed (SIGKILL to the group) if
-  the caller is cancelled, times out or dies (PR_SET_PDEATHSIG), so no orphaned trainer keeps a GPU.
+  the caller is cancelled or times out; if the caller dies, torchrun dies with it and each worker
+  with torchrun (PR_SET_PDEATHSIG at both levels), so no orphaned trainer keeps a GPU.
 """
 
 from __future__ import annotations
