@@ -359,20 +359,26 @@ def test_label_ensemble_labels_with_the_mean_of_the_loop_models(adapt_env):
                                    _pool_probs(cfg, student1))
 
 
+def _scratch_cfg(adapt_env, *extra: str):
+    """The noisy-student config: adapt.pairs = the fixture's pretraining shards (with a manifest)."""
+    from conftest import shardset_for
+
+    root = adapt_env["root"]
+    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
+    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
+    return load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2", *extra])
+
+
 def test_scratch_student_and_its_control(adapt_env):
     """adapt.student=scratch (noisy student): each iteration pretrains a new model from random
     weights on the pretraining pairs plus the pseudo-captioned pool images, for train.epochs passes
     over both; the control trains on the pairs alone for the same number of steps."""
     import mlflow
-    from conftest import shardset_for
 
     from cerebro_core.model.factory import create
 
-    root = adapt_env["root"]
-    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
-    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
-    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
-        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2"])
+    cfg = _scratch_cfg(adapt_env)
     n_pairs = 6 * 40
 
     def student_of(control: bool) -> tuple[dict, dict]:
@@ -483,17 +489,11 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
     pool more than the equal-step pairs-only control does."""
     import mlflow
     import webdataset as wds
-    from conftest import shardset_for
 
     from cerebro_core.model.factory import create
     from cerebro_core.train.data import PipelineSpec, make_loader
 
-    root = adapt_env["root"]
-    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
-    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
-    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
-        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2",
-        "adapt.student_targets=soft", "adapt.distill_weight=5"])
+    cfg = _scratch_cfg(adapt_env, "adapt.student_targets=soft", "adapt.distill_weight=5")
     client = mlflow.MlflowClient()
     work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
     classes = gather(cfg)[3]
@@ -516,7 +516,8 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
         np.testing.assert_allclose(dense, teacher[k], atol=1e-4)
     # the trainer's loader: dense soft rows for the pseudo-labelled images, zero rows for the pairs
     b = create(cfg.train.model)
-    spec = PipelineSpec(shards=shards + tars, batch_size=len(written) + 240, batches_per_epoch=1, epoch=0, seed=0,
+    pairs = sorted(str(p) for p in (adapt_env["root"] / "shards").glob("*.tar"))
+    spec = PipelineSpec(shards=pairs + tars, batch_size=len(written) + 240, batches_per_epoch=1, epoch=0, seed=0,
                         soft_key="soft", soft_classes=len(classes), return_keys=True, shuffle_buffer=1)
     _, _, skipped, keys, targets = next(iter(make_loader(spec, b.preprocess_val, b.tokenizer, 0)))
     assert skipped == 0 and targets.shape == (len(written) + 240, len(classes))
@@ -611,7 +612,6 @@ def test_cross_fit_labels_each_fold_with_a_student_that_never_saw_it(adapt_env):
     their out-of-fold probabilities (recomputed here from their checkpoints), not from the
     iteration-1 student, which trained on those very pseudo-labels."""
     import mlflow
-    from conftest import shardset_for
 
     from cerebro_core.adapt.stage import fold_of
     from cerebro_core.config import ConfigError
@@ -621,12 +621,7 @@ def test_cross_fit_labels_each_fold_with_a_student_that_never_saw_it(adapt_env):
     with pytest.raises(ConfigError, match="cross_fit_folds: 0"):
         load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
             "adapt.student=scratch", "adapt.objective=clip", "adapt.cross_fit_folds=1"])
-    root = adapt_env["root"]
-    shards = sorted(str(p) for p in (root / "shards").glob("*.tar"))
-    (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
-    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
-        "adapt.student=scratch", "adapt.objective=clip", f"adapt.pairs={root / 'shards'}", "train.epochs=2",
-        "adapt.iterations=2", "adapt.cross_fit_folds=2"])
+    cfg = _scratch_cfg(adapt_env, "adapt.iterations=2", "adapt.cross_fit_folds=2")
     res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
     assert [r.get("cross_fit_folds") for r in res.iterations[1:]] == [0, 2]
     client = mlflow.MlflowClient()
