@@ -179,9 +179,10 @@ def _trainers_of(prefix: str) -> list[int]:
 
 
 def test_a_killed_caller_leaves_no_trainer_behind(pair_shards, tmp_path):
-    """SIGKILL the process that called launch() mid-training: torchrun and its worker die too."""
-    job = TrainJob(model=MODEL, hp=hp(epochs=10_000, batch_size=20), train_shards=pair_shards, train_samples=140,
-                   ckpt_dir=str(tmp_path / "ck"))
+    """SIGKILL the process that called launch() mid-training: torchrun and its worker die too.
+    The worker logs nothing meanwhile, so a broken stdout pipe cannot be what ends it."""
+    job = TrainJob(model=MODEL, hp=hp(epochs=10_000, batch_size=20, checkpoint_every_steps=2, log_every_steps=10**6),
+                   train_shards=pair_shards, train_samples=140, ckpt_dir=str(tmp_path / "ck"))
     (tmp_path / "job.json").write_text(job.model_dump_json())
     (tmp_path / "caller.py").write_text(
         "import sys\nfrom pathlib import Path\nfrom cerebro_core.train.launch import launch\n"
@@ -193,10 +194,10 @@ def test_a_killed_caller_leaves_no_trainer_behind(pair_shards, tmp_path):
                               env=dict(os.environ, TMPDIR=str(tmp), PYTHONPATH=str(REPO)),
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not [p for p in _trainers_of(str(tmp)) if p != caller.pid]:
-        time.sleep(0.1)
-    time.sleep(5)  # the worker is up (its job.json lives under TMPDIR) and training
-    trainers = [p for p in _trainers_of(str(tmp)) if p != caller.pid]
+    while time.time() < deadline and not list((tmp_path / "ck").glob("step-*.pt")):
+        time.sleep(0.1)  # the worker is training: it has written a checkpoint
+    assert list((tmp_path / "ck").glob("step-*.pt")), "training never started"
+    trainers = _trainers_of(str(tmp))  # their job.json lives under the caller's TMPDIR
     assert len(trainers) >= 2, trainers  # torchrun and its worker
     caller.kill()
     caller.wait()
