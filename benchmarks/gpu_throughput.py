@@ -142,7 +142,9 @@ def main() -> None:
 
     from cerebro_core.config import TrainConfig
     from cerebro_core.model.factory import create
-    from cerebro_core.train.launch import launch, resolve_nproc
+    from cerebro_core.config import ComputeConfig
+    from cerebro_core.distributed import resolve_nproc
+    from cerebro_core.train.launch import launch
     from cerebro_core.train.loop import TrainJob
 
     cuda = torch.cuda.is_available()
@@ -152,7 +154,7 @@ def main() -> None:
     hp = TrainConfig(model=args.model, batch_size=args.batch, epochs=1, precision=args.precision,
                      workers=args.workers, warmup_steps=5, lr=5e-4, checkpoint_every_steps=10**9,
                      log_every_steps=5, val_fraction=0.0, grad_checkpointing=args.grad_checkpointing)
-    nproc = resolve_nproc(hp)
+    nproc = resolve_nproc(ComputeConfig())
     size = create(args.model).model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     n = args.batch * nproc * args.steps

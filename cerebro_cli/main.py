@@ -179,6 +179,9 @@ def pretrain(
     from flows.pretrain import pretrain_flow
 
     mv = pretrain_flow(config=str(config) if config else None, overrides=list(set_ or []), shards=shards)
+    if mv is None:
+        typer.echo(f"node {cfg.compute.node_rank} of {cfg.compute.nnodes}: training done; node 0 registers the model")
+        return
     typer.echo(f"registered {mv.name} v{mv.version} ({mv.model}) from run {mv.run_id}")
     typer.echo("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(mv.metrics.items())))
 
@@ -230,6 +233,9 @@ def index(
     from flows.index import index_flow
 
     sv = index_flow(config=str(config) if config else None, overrides=list(set_ or []), clip_version=clip_version)
+    if sv is None:
+        typer.echo(f"node {cfg.compute.node_rank} of {cfg.compute.nnodes}: embedding done; node 0 publishes the index")
+        return
     typer.echo(f"published {sv.name} v{sv.version} (champion): {sv.n} items, {sv.kind} index, "
                f"recall@10 {sv.recall_at_10:.3f}, search p50 {sv.latency_p50_ms:.2f} ms")
 

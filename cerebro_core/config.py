@@ -124,6 +124,32 @@ class FinetuneConfig(_Section):
                           "view); None: train.augment")
 
 
+class ComputeConfig(_Section):
+    """The cluster shape of every torchrun job: pretraining, adapt's students and labelling, index
+    and reindex embedding. Every node runs the same command with its own ``node_rank``."""
+
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: CUDA when visible, else CPU")
+    nproc_per_node: int | Literal["auto"] = Field("auto", description="auto: one per visible GPU (1 on CPU)")
+    nnodes: int = Field(1, ge=1)
+    node_rank: int = Field(0, ge=0, description="0 owns the MLflow run and publishes; others only compute")
+    rdzv_backend: Literal["c10d", "static"] = "c10d"
+    rdzv_endpoint: str | None = Field(None, description="host:port on node 0; required when nnodes > 1")
+    rdzv_timeout_s: int = Field(900, ge=1, description="a node waiting longer than this for its peers fails")
+    collective_timeout_s: int = Field(
+        1800, ge=1, description="a collective (all-reduce, barrier) blocked longer than this fails: a lost peer")
+
+    @model_validator(mode="after")
+    def _shape_ok(self) -> "ComputeConfig":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank: {self.node_rank} is not below nnodes ({self.nnodes})")
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise ValueError("rdzv_endpoint: required when nnodes > 1 (host:port of node 0)")
+        return self
+
+
+_MOVED_TO_COMPUTE = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "rdzv_endpoint")
+
+
 class TrainConfig(_Section):
     model: str = Field("ViT-B-32", description="open_clip architecture name (random init, always)")
     batch_size: int = Field(480, ge=1, description="per-GPU (per-process) batch size")
@@ -141,11 +167,6 @@ class TrainConfig(_Section):
     workers: int = Field(4, ge=0)
     seed: int = 0
     deterministic: bool = Field(False, description="deterministic kernels: bit-exact resume (slower)")
-    nproc_per_node: int | Literal["auto"] = "auto"
-    nnodes: int = Field(1, ge=1)
-    node_rank: int = Field(0, ge=0)
-    rdzv_backend: str = "c10d"
-    rdzv_endpoint: str | None = None
     checkpoint_every_steps: int = Field(1000, ge=1)
     keep_checkpoints: int = Field(3, ge=1)
     resume: Literal["auto", "never"] = "auto"
@@ -154,6 +175,15 @@ class TrainConfig(_Section):
     zero_shot_source: str | None = Field(None, description="labelled image folder for zero-shot eval")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = [k for k in _MOVED_TO_COMPUTE if k in data]
+            if moved:
+                raise ValueError("; ".join(f"train.{k} moved to compute.{k}" for k in moved))
+        return data
 
 
 class SourceConfig(_Section):
@@ -260,6 +290,7 @@ class CerebroConfig(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     download: DownloadConfig = Field(default_factory=DownloadConfig)
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     index: IndexConfig = Field(default_factory=IndexConfig)

@@ -18,8 +18,10 @@ Per-image work is kept to what must be per image (measured in docs/BENCHMARKS.md
   - on CPU the model runs on cache-sized slices of the batch (:func:`cpu_forward_chunk`): a ViT's
     MLP activations for 256 images spill out of the caches, 32-64 images do not.
 
-Output of :func:`write_parts`: ``emb-<rank>.npy`` (float16, [n, d]) + ``meta-<rank>.parquet``
-(id, uri, source, sha256, width, height, media_type, video_ts, plus any extra columns).
+Output of :func:`write_parts` (one rank of an embedding job, :mod:`cerebro_core.embed_job`):
+``emb-<rank>.npy`` (float32, [n, d]) + ``meta-<rank>.parquet`` (item, uri, source, sha256, width,
+height, media_type, video_ts, plus any extra columns; ``item`` = the vector's position in the job's
+items, the merge order).
 """
 
 from __future__ import annotations
@@ -232,9 +234,10 @@ def _batches_on_threads(ds: _ItemDataset, batch_size: int, threads: int, work: C
 
 @dataclass
 class Embedded:
-    vectors: np.ndarray  # float16 [n, d], L2-normalised
+    vectors: np.ndarray  # float32 [n, d], L2-normalised
     rows: list[dict]  # metadata per vector
     failures: Counter
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # each vector's position in the items
 
 
 @torch.no_grad()
@@ -280,7 +283,7 @@ def embed_items(
         batch = per_batch(batch.to(device, non_blocking=True))
         with torch.autocast("cuda", dtype=torch.float16, enabled=half):
             f = torch.cat([model.encode_image(batch[a:a + chunk]) for a in range(0, len(batch), chunk)])
-        return idx, F.normalize(f.float(), dim=-1).cpu().numpy().astype(np.float16), info, bad
+        return idx, F.normalize(f.float(), dim=-1).cpu().numpy(), info, bad
 
     if decode == "threads" and workers > 0:
         done_batches: Iterable = _batches_on_threads(ds, batch_size, max(2, os.cpu_count() or 1), work)
@@ -293,7 +296,7 @@ def embed_items(
             multiprocessing_context="spawn" if workers > 0 else None,
         )
         done_batches = (work(c) for c in loader)
-    vecs, rows = [], []
+    vecs, rows, where = [], [], []
     failures: Counter = Counter()
     done = 0
     for idx, v, info, bad in done_batches:
@@ -303,14 +306,15 @@ def embed_items(
             vecs.append(v)
             for j, (sha, w, h) in zip(idx, info):
                 it = mine[j]
+                where.append(rank + j * world_size)
                 rows.append({"uri": it.uri, "source": it.source, "sha256": sha, "width": int(w), "height": int(h),
                              "media_type": it.media_type, "video_ts": it.video_ts, **it.extra})
         done += len(idx) + len(bad)
         if progress is not None:
             progress(done, len(mine))
     dim = int(model.visual.output_dim) if hasattr(model.visual, "output_dim") else 0
-    v = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float16)
-    return Embedded(v, rows, failures)
+    v = np.concatenate(vecs) if vecs else np.zeros((0, dim), np.float32)
+    return Embedded(v, rows, failures, np.asarray(where, np.int64))
 
 
 # --------------------------------------------------------------------------- text
@@ -350,13 +354,31 @@ def write_parts(emb: Embedded, out_dir: str, rank: int, storage) -> tuple[str, s
     from cerebro_core.storage import join
 
     buf = io.BytesIO()
-    np.save(buf, emb.vectors, allow_pickle=False)
+    np.save(buf, np.ascontiguousarray(emb.vectors, np.float32), allow_pickle=False)
     v_url, m_url = join(out_dir, f"emb-{rank:05d}.npy"), join(out_dir, f"meta-{rank:05d}.parquet")
     storage.write_bytes(v_url, buf.getvalue())
+    rows = [{"item": int(i), **r} for i, r in zip(emb.index, emb.rows)]
     mbuf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(emb.rows) if emb.rows else pa.table({"uri": pa.array([], pa.string())}), mbuf)
+    pq.write_table(pa.Table.from_pylist(rows) if rows else pa.table({"item": pa.array([], pa.int64())}), mbuf)
     storage.write_bytes(m_url, mbuf.getvalue())
     return v_url, m_url
+
+
+def read_parts(out_dir: str, parts: int, storage) -> Embedded:
+    """The parts of ranks 0..parts-1 merged into item order (failures are not in the parts)."""
+    import pyarrow.parquet as pq
+
+    from cerebro_core.storage import join
+
+    vecs, rows, where = [], [], []
+    for r in range(parts):
+        vecs.append(np.load(io.BytesIO(storage.read_bytes(join(out_dir, f"emb-{r:05d}.npy"))), allow_pickle=False))
+        part = pq.read_table(io.BytesIO(storage.read_bytes(join(out_dir, f"meta-{r:05d}.parquet")))).to_pylist()
+        where += [row.pop("item") for row in part]
+        rows += part
+    order = np.argsort(np.asarray(where, np.int64), kind="stable")
+    v = np.concatenate(vecs)[order] if vecs else np.zeros((0, 0), np.float32)
+    return Embedded(v, [rows[i] for i in order], Counter(), np.asarray(where, np.int64)[order])
 
 
 def default_workers() -> int:

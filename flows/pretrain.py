@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from prefect import flow
 
 from cerebro_core.config import load_config
@@ -15,7 +17,7 @@ from tasks.pretrain import pretrain_task
 @flow(name="pretrain", description="open_clip model from random weights on webdataset shards (torchrun)")
 def pretrain_flow(
     config: str | None = "configs/demo.yaml", overrides: list[str] | None = None, shards: str | None = None
-) -> ModelVersion:
+) -> Optional[ModelVersion]:
     cfg = load_config(config, overrides or [])
     storage = Storage(cfg.storage)
     manifest = load_manifest(storage, shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))

@@ -60,9 +60,31 @@ def download_key(context, parameters) -> str:
                 path_fingerprint(cfg.download.url_list))
 
 
+def compute_part(cfg) -> list:
+    """What of the cluster shape changes a result: the world size (global batch) and which node
+    this is (only node 0 publishes)."""
+    from cerebro_core.distributed import world_size
+
+    return [world_size(cfg.compute), cfg.compute.node_rank]
+
+
 def pretrain_key(context, parameters) -> str:
     cfg = parameters["cfg"]
-    return _key("pretrain", cfg.name, cfg.section_hash("train"), parameters["shards"].manifest_hash)
+    return _key("pretrain", cfg.name, cfg.section_hash("train"), compute_part(cfg), parameters["shards"].manifest_hash)
+
+
+def retry_unless_peer_lost(task, task_run, state) -> bool:
+    """Prefect retry condition: a node whose peers never came (or left) fails at once — a retry
+    would wait for a rendezvous that no other node joins."""
+    from cerebro_core.distributed import PeerLostError
+
+    try:
+        state.result()
+    except PeerLostError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def adapt_key(context, parameters) -> str:
@@ -85,5 +107,5 @@ def adapt_key(context, parameters) -> str:
 
 def index_key(context, parameters) -> str:
     cfg = parameters["cfg"]
-    return _key("index", cfg.name, cfg.section_hash("index"), parameters.get("clip_version"),
+    return _key("index", cfg.name, cfg.section_hash("index"), compute_part(cfg)[1:], parameters.get("clip_version"),
                 [path_fingerprint(s.path) for s in cfg.index.sources])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from prefect import get_run_logger, task
 
-from tasks.caching import index_key
+from tasks.caching import index_key, retry_unless_peer_lost
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
@@ -13,15 +15,18 @@ from cerebro_core.index.publish import SearchVersion
 from tasks.progress import Progress
 
 
-@task(cache_key_fn=index_key, persist_result=True, result_serializer="json", name="index", retries=1, retry_delay_seconds=30, timeout_seconds=24 * 3600,
+@task(cache_key_fn=index_key, persist_result=True, result_serializer="json", name="index", retries=1, retry_delay_seconds=30,
+      retry_condition_fn=retry_unless_peer_lost, timeout_seconds=24 * 3600,
       description="embed wildlife images + video stills, FAISS index tuned to a recall target, publish cerebro-search")
-def index_task(cfg: CerebroConfig, clip_version: str | None = None) -> SearchVersion:
+def index_task(cfg: CerebroConfig, clip_version: str | None = None) -> Optional[SearchVersion]:
     logger = get_run_logger()
     progress = Progress("index-progress", "embed", unit="img")
     try:
         sv = core.run_stage(cfg, clip_version=clip_version, progress=progress, log=logger.info)
     finally:
         progress.close()
+    if sv is None:  # a node other than 0: it embedded its share; node 0 published
+        return None
     create_table_artifact(
         key="index-summary",
         table=[{"metric": "version", "value": f"{sv.name} v{sv.version} (champion)"},

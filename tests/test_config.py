@@ -19,8 +19,9 @@ def test_shipped_configs_load():
     assert demo.name == "demo" and demo.train.precision == "fp32" and demo.download.url_list.endswith("urls.tsv")
     real = load_config(REPO / "configs/cc3m-vitb32.yaml")
     t = real.train
-    assert (t.model, t.batch_size, t.nproc_per_node, t.lr, t.weight_decay, t.warmup_steps, t.epochs, t.precision) == (
-        "ViT-B-32", 480, 4, 5e-4, 0.2, 10000, 32, "bf16",
+    assert real.compute.nproc_per_node == 4 and real.compute.nnodes == 1
+    assert (t.model, t.batch_size, t.lr, t.weight_decay, t.warmup_steps, t.epochs, t.precision) == (
+        "ViT-B-32", 480, 5e-4, 0.2, 10000, 32, "bf16",
     )
     assert real.download.input_format == "cc3m_tsv" and real.download.image_size == 256
 
@@ -29,7 +30,7 @@ def test_overrides_are_typed_and_nested():
     cfg = load_config(
         REPO / "configs/demo.yaml",
         ["train.batch_size=7", "train.finetune.lr=3e-5", "download.url_list=/x/y.tsv", "train.grad_clip=1.5",
-         "adapt.templates=['a {}', 'the {}']", "serve.port=9001", "train.nproc_per_node=auto"],
+         "adapt.templates=['a {}', 'the {}']", "serve.port=9001", "compute.nproc_per_node=auto"],
     )
     assert cfg.train.batch_size == 7 and cfg.train.finetune.lr == 3e-5
     assert cfg.download.url_list == "/x/y.tsv" and cfg.train.grad_clip == 1.5

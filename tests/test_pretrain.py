@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from cerebro_core.config import TrainConfig, load_config
+from cerebro_core.config import ComputeConfig, TrainConfig, load_config
 from cerebro_core.data import images
 from cerebro_core.evaluate import encode_images, encode_texts, retrieval_metrics
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage
 from cerebro_core.train.data import PipelineSpec, ShardBatches
-from cerebro_core.train.launch import torchrun_command
+from cerebro_core.distributed import torchrun_command
+from cerebro_core.train.launch import WORKER
 from cerebro_core.train.loop import TrainJob, train
 from conftest import good_pairs, shardset_for
 
@@ -116,9 +117,8 @@ def test_one_loader_over_epochs_equals_one_loader_per_epoch(pair_shards):
 def test_two_process_gloo_ddp(pair_shards, tmp_path, cerebro_home):
     from cerebro_core.train.launch import launch
 
-    job = TrainJob(model=MODEL, hp=hp(epochs=2, batch_size=10, nproc_per_node=2, checkpoint_every_steps=3,
-                                      keep_checkpoints=2),
-                   train_shards=pair_shards, train_samples=140, ckpt_dir=str(tmp_path / "ck"))
+    job = TrainJob(model=MODEL, hp=hp(epochs=2, batch_size=10, checkpoint_every_steps=3, keep_checkpoints=2),
+                   compute=ComputeConfig(nproc_per_node=2), train_shards=pair_shards, train_samples=140, ckpt_dir=str(tmp_path / "ck"))
     s = launch(job, log=lambda line: None)
     assert s["world_size"] == 2 and s["global_batch"] == 20
     assert s["step"] == 2 * (140 // 20)
@@ -144,7 +144,7 @@ def test_sigkill_then_resume_is_bit_exact(pair_shards, tmp_path):
 
     j = job("crash").model_copy(update={"result_path": str(tmp_path / "crash.json")})
     (tmp_path / "job.json").write_text(j.model_dump_json())
-    cmd = torchrun_command(j.hp, str(tmp_path / "job.json"), 1)
+    cmd = torchrun_command(j.compute, WORKER, str(tmp_path / "job.json"), 1)
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env=dict(os.environ, OMP_NUM_THREADS="2"))
     deadline = time.time() + 300

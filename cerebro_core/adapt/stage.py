@@ -46,13 +46,15 @@ from cerebro_core import tracking
 from cerebro_core.adapt.select import ProbabilityEnsemble, class_entropy, class_thresholds, select
 from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.config import CerebroConfig, SourceConfig, TrainConfig
-from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.distributed import one_node, world_size
+from cerebro_core.embed import Item, scan_folder
+from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.evaluate import retrieval_metrics
 from cerebro_core.home import resolve
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage, join
-from cerebro_core.train.launch import launch, resolve_nproc
+from cerebro_core.train.launch import launch
 from cerebro_core.train.loop import TrainJob, train
 from cerebro_core.train.pretrain import ModelVersion, publish_model, split_shards
 
@@ -303,7 +305,7 @@ def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
         "batch_size": batch, "lr": ft.lr, "weight_decay": ft.weight_decay, "warmup_steps": ft.warmup_steps,
         "epochs": math.ceil(ft.steps / steps_per_epoch), "accum_steps": 1, "checkpoint_every_steps": 10**9,
         "keep_checkpoints": 1, "resume": "never", "log_every_steps": max(1, min(cfg.train.log_every_steps, ft.steps)),
-        "nproc_per_node": 1, "seed": cfg.adapt.seed, "augment": ft.augment or cfg.train.augment,
+        "seed": cfg.adapt.seed, "augment": ft.augment or cfg.train.augment,
         # in-process: no forked loader workers inside a multi-threaded orchestrator process
         "workers": 0,
     })
@@ -332,7 +334,8 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
     steps, with the contrastive loss."""
     train_urls, val_urls, n_pairs = split_shards(pairs, cfg.train.val_fraction)
     hp = cfg.train
-    global_batch = hp.batch_size * resolve_nproc(hp) * hp.nnodes * hp.accum_steps
+    compute = one_node(cfg.compute)  # adapt runs on one node: its processes (compute.nproc_per_node)
+    global_batch = hp.batch_size * world_size(compute) * hp.accum_steps
     steps = hp.epochs * ((n_pairs + n_pseudo) // global_batch)
     n_train = n_pairs if control else n_pairs + n_pseudo
     hp = hp.model_copy(update={
@@ -345,7 +348,7 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
             raise ValueError("soft targets need the class prompts")
         distill = {"objective": "clip_distill", "soft_key": "soft", "distill_prompts": prompts,
                    "distill_scale": teacher_scale, "distill_weight": cfg.adapt.distill_weight}
-    return TrainJob(model=model_name, hp=hp, train_shards=train_urls + ([] if control else pseudo_shards),
+    return TrainJob(model=model_name, hp=hp, compute=compute, train_shards=train_urls + ([] if control else pseudo_shards),
                     train_samples=n_train, val_shards=val_urls, storage=cfg.storage, ckpt_dir=ckpt_dir,
                     max_steps=steps, mlflow_run_id=mlflow_run_id, **({"objective": "clip"} | distill))
 
@@ -393,18 +396,23 @@ def run_stage(
         cfg.tracking.experiment).experiment_id)
     rng = np.random.default_rng(a.seed)
     ensemble = ProbabilityEnsemble()
-    workers = default_workers()
 
     def load(ck: str, name: str = model_name):
         b = create(name)
         ckpt.load_model_weights(b.model, ckpt.load(storage, ck))
         b.model.eval()
+        b.weights = ck
         return b
+
+    def embed_with(b, items: list[Item]):
+        """Embedding in this node's cluster shape (compute.nproc_per_node processes)."""
+        return embed(one_node(cfg.compute), cfg.storage, b.name, b.weights, items,
+                     embedding_dir(work, cfg.name, "adapt", b.weights, items), log=log, bundle=b)
 
     def pool_probabilities(b, items: Optional[list[Item]] = None) -> tuple[list[str], np.ndarray]:
         """(pool image keys, class probabilities) of one model, each with its own text tower and scale."""
         cls = class_embeddings(b.model, b.tokenizer, prompts)
-        e = embed_items(b.model, b.preprocess_val, pool if items is None else items, batch_size=256, workers=workers)
+        e = embed_with(b, pool if items is None else items)
         return [r["uri"] for r in e.rows], probabilities(e.vectors, cls, float(b.model.logit_scale.detach().exp()))
 
     def measure(b) -> dict:
@@ -412,7 +420,7 @@ def run_stage(
         out: dict = {}
         for name, items in (("val", val), ("test", test)):
             if items:
-                e = embed_items(b.model, b.preprocess_val, items, batch_size=256, workers=workers)
+                e = embed_with(b, items)
                 label_of = {it.uri: it.label for it in items}
                 labs = [label_of[r["uri"]] for r in e.rows]
                 out[name] = labelled_metrics(e.vectors, labs, classes, cls)

@@ -22,18 +22,13 @@ reader (normalise the URL list)  â†’  img2dataset (subprocess, its own venv)  â†
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import io
 import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -47,6 +42,7 @@ from pydantic import BaseModel
 
 from cerebro_core.config import DownloadConfig
 from cerebro_core.data.img2dataset_env import img2dataset_python
+from cerebro_core.procs import run_supervised
 from cerebro_core.storage import Storage, is_remote, join
 
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count
@@ -202,15 +198,6 @@ def _table_hash(table: pa.Table) -> str:
 # --------------------------------------------------------------------------- img2dataset
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
-    """Die with the parent (Linux): a killed stage never leaves img2dataset running alone."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except Exception:
-        pass
-
-
 def _subprocess_env(storage: Storage, output: str) -> dict[str, str]:
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds cerebro_core/
@@ -285,59 +272,26 @@ def run_img2dataset(
         spec_path.write_text(json.dumps(spec))
         cmd = [img2dataset_python(), str(runner), str(spec_path)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd,
-            env=_subprocess_env(storage, output),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            preexec_fn=_pdeathsig,
-        )
-        tail: list[str] = []
 
-        def pump() -> None:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                line = line.rstrip()
-                if line and not _TQDM_LINE.match(line):
-                    tail.append(line)
-                    del tail[:-200]
-                    log(line)
+        def tick() -> None:
+            if progress is not None:
+                progress(min(_count_done(storage, output), expected_shards), expected_shards)
 
-        t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        try:
-            while proc.poll() is None:
-                if progress is not None:
-                    progress(min(_count_done(storage, output), expected_shards), expected_shards)
-                time.sleep(1.0)
-        except BaseException:
-            # Cancelled or timed out: take img2dataset's whole worker tree down with us.
-            _kill_tree(proc)
-            raise
-        t.join(timeout=5)
+        def line(text: str) -> None:
+            if text and not _TQDM_LINE.match(text):
+                log(text)
+
+        # its own session, dies with us; cancelled or timed out: img2dataset's whole tree is killed
+        rc, tail = run_supervised(cmd, _subprocess_env(storage, output), line, tail_lines=200,
+                                  keep=lambda text: bool(text) and not _TQDM_LINE.match(text), tick=tick)
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
+        if rc != 0:
             raise RuntimeError(
-                f"img2dataset exited with status {proc.returncode}:\n" + "\n".join(tail[-30:])
+                f"img2dataset exited with status {rc}:\n" + "\n".join(tail[-30:])
             )
         if progress is not None:
             progress(min(_count_done(storage, output), expected_shards), expected_shards)
         return wall
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    try:
-        import psutil  # noqa: PLC0415 - optional but present (prefect/mlflow depend on it)
-
-        parent = psutil.Process(proc.pid)
-        for child in parent.children(recursive=True):
-            child.kill()
-        parent.kill()
-    except Exception:
-        proc.kill()
-    proc.wait()
 
 
 # --------------------------------------------------------------------------- writer

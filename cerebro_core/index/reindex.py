@@ -32,7 +32,9 @@ from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
-from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.distributed import one_node
+from cerebro_core.embed import Item, scan_folder
+from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
 from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
 from cerebro_core.index.incremental import add_or_rebuild
@@ -161,8 +163,10 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
             model_dir = bundle / "model"
             clip = load_clip_from_folder(model_dir)
             todo = new_items
-        emb = embed_items(clip.model, clip.preprocess_val, todo, batch_size=cfg.index.batch_size,
-                          workers=default_workers())
+        # one node's processes (compute.nproc_per_node): a reindex is one scheduled worker's job
+        emb = embed(one_node(cfg.compute), cfg.storage, clip.name, str(Path(model_dir, "model.pt")), todo,
+                    embedding_dir(resolve(cfg).storage_root, cfg.name, "reindex", str(clip_now.version if full else built_with), todo),
+                    batch_size=cfg.index.batch_size, log=log, bundle=clip)
         failed = sum(emb.failures.values()) + sum(counts.values())
         n_new = len([r for r in emb.rows if r["sha256"] not in known])
         result = dict(scanned=len(items), new=n_new, duplicates=dup, failed=failed, size_before=len(rows),

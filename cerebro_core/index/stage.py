@@ -17,7 +17,10 @@ import numpy as np
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig, SourceConfig
-from cerebro_core.embed import Item, default_workers, embed_items, scan_folder
+from cerebro_core.distributed import world_size
+from cerebro_core.embed import Embedded, Item, scan_folder
+from cerebro_core.embed_job import embed, embedding_dir
+from cerebro_core.home import resolve
 from cerebro_core.index.build import build_and_tune
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.model.registry import load_clip
@@ -48,17 +51,29 @@ def run_stage(
     clip_version: Optional[str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     log: Callable[[str], None] = print,
-) -> SearchVersion:
+) -> Optional[SearchVersion]:
+    """Embed, build, publish. On a node other than ``compute.node_rank`` 0 the node embeds its
+    share of the items and returns None; node 0 merges, builds and publishes."""
     counts: Counter = Counter()
     items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts)
     tracking.configure(cfg)
     mv, clip, model_dir = load_clip(cfg.tracking.model_name, cfg.index.model_alias, clip_version)
-    log(f"index: {len(items)} items from {len(cfg.index.sources)} sources with {mv.name} v{mv.version}")
+    log(f"index: {len(items)} items from {len(cfg.index.sources)} sources with {mv.name} v{mv.version} "
+        f"on {world_size(cfg.compute)} process(es)")
+
+    def embed_all() -> Optional[Embedded]:
+        return embed(cfg.compute, cfg.storage, clip.name, str(Path(model_dir, "model.pt")), items,
+                     embedding_dir(resolve(cfg).storage_root, cfg.name, "index", str(mv.version), items), batch_size=cfg.index.batch_size,
+                     log=log, progress=progress, bundle=clip)
+
+    if cfg.compute.node_rank != 0:
+        embed_all()
+        log(f"index: node {cfg.compute.node_rank} of {cfg.compute.nnodes} done; node 0 builds and publishes")
+        return None
     tags = {"clip_version": mv.version, "clip_model": clip.name}
     with tracking.stage_run(cfg, "index", tags=tags):
         t0 = time.perf_counter()
-        emb = embed_items(clip.model, clip.preprocess_val, items, batch_size=cfg.index.batch_size,
-                          workers=default_workers(), progress=progress)
+        emb = embed_all()
         embed_s = time.perf_counter() - t0
         failures = emb.failures + counts
         vectors = emb.vectors.astype(np.float32)
@@ -73,7 +88,8 @@ def run_stage(
             **{f"failures.{k}": v for k, v in failures.items()},
         })
         tracking.log_params({"index.chosen_kind": report.kind, "index.search_params": report.params,
-                             "index.build_params": report.build_params})
+                             "index.build_params": report.build_params,
+                             "compute.world_size": world_size(cfg.compute)})
         with tempfile.TemporaryDirectory() as td:
             bundle = write_bundle(Path(td, "bundle"), index, report, emb.rows, model_dir,
                                   {"name": mv.name, "version": mv.version, "model": clip.name}, vectors=emb.vectors)

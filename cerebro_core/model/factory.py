@@ -12,7 +12,7 @@ import logging
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -44,6 +44,7 @@ class ClipBundle:
     tokenizer: Callable
     name: str
     arch: dict[str, Any]
+    weights: Optional[str] = None  # where the weights were loaded from (a checkpoint or model.pt)
 
     @property
     def image_size(self) -> int:

@@ -10,7 +10,6 @@ storage, and metrics to MLflow from rank 0.
 from __future__ import annotations
 
 import math
-import os
 import resource
 import time
 from typing import Any, Callable, Literal, Optional
@@ -20,11 +19,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
-from cerebro_core.config import StorageConfig, TrainConfig
+from cerebro_core.config import ComputeConfig, StorageConfig, TrainConfig
+from cerebro_core.distributed import Dist
 from cerebro_core.evaluate import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics, unwrap, zero_shot_scores
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
-from cerebro_core.storage import Storage, join
+from cerebro_core.storage import Storage
 from cerebro_core.train.data import PipelineSpec, iter_pairs, make_loader
 
 
@@ -39,6 +39,7 @@ class TrainJob(BaseModel):
 
     model: str
     hp: TrainConfig
+    compute: ComputeConfig = Field(default_factory=ComputeConfig)
     train_shards: list[str]
     train_samples: int
     val_shards: list[str] = Field(default_factory=list)
@@ -89,43 +90,18 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 
 
-class _Dist:
-    def __init__(self) -> None:
-        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.cuda = torch.cuda.is_available()
-        self.device = f"cuda:{self.local_rank}" if self.cuda else "cpu"
-        if self.cuda:
-            torch.cuda.set_device(self.local_rank)
-        if self.world_size > 1 and not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.cuda else "gloo")
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            dist.barrier()
-
-    def close(self) -> None:
-        if self.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 def _peak_mem_mb(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _metric_logger(job: TrainJob, is_main: bool) -> Callable[[dict, int], None]:
-    if not (is_main and job.mlflow_run_id):
+def _metric_logger(run_id: Optional[str], is_main: bool) -> Callable[[dict, int], None]:
+    if not (is_main and run_id):
         return lambda m, s: None
     from cerebro_core import tracking
 
-    return lambda m, s: tracking.log_metrics_to_run(job.mlflow_run_id, m, s)
+    return lambda m, s: tracking.log_metrics_to_run(run_id, m, s)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -208,7 +184,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     from open_clip.loss import ClipLoss
 
     hp = job.hp
-    d = _Dist()
+    d = Dist()
+    # rank 0 logs to the MLflow run of node 0's caller, wherever the rendezvous placed it
+    run_id = next((r for r in d.gather(job.mlflow_run_id) if r), None)
     storage = Storage(job.storage)
     torch.manual_seed(hp.seed)
     if hp.deterministic:  # bit-exact reruns/resumes; costs ~4% on CPU (measured), more on GPU
@@ -278,7 +256,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             step, epoch, micro_in_epoch = int(st["step"]), int(st["epoch"]), int(st["micro_in_epoch"])
             ckpt.set_rng_state(st["rng"][d.rank] if d.rank < len(st["rng"]) else st["rng"][0])
             resumed_from = url
-    log_metrics = _metric_logger(job, d.is_main)
+    log_metrics = _metric_logger(run_id, d.is_main)
     if d.is_main and resumed_from:
         print(f"resumed from {resumed_from} at step {step} (epoch {epoch}, batch {micro_in_epoch})", flush=True)
 
@@ -308,6 +286,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     history: list[dict] = []
     eval_history: list[dict] = []
     skipped_total = 0
+    shards_read: dict[int, set[str]] = {}  # epoch → the shards this rank read
     last_ckpt = ""
     t_window, wait_window, n_window = time.perf_counter(), 0.0, 0
     # One loader for all remaining epochs: its workers persist across epoch ends.
@@ -316,6 +295,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
         storage=job.storage, label_key=job.label_key, soft_key=job.soft_key, soft_classes=len(job.distill_prompts),
+        return_keys=True,
     )
     loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
@@ -325,6 +305,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
                 g["lr"] = lr
             t0 = time.perf_counter()
             micro = [next(loader) for _ in range(micro_per_step)]
+            shards_read.setdefault(epoch, set()).update(k.split("#", 1)[0] for m in micro for k in m[3])
             wait_window += time.perf_counter() - t0
             skipped_total += sum(m[2] for m in micro)
             opt.zero_grad(set_to_none=True)
@@ -411,12 +392,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         "history": history,
         "eval": final_eval,
         "eval_history": eval_history,
+        "shards_by_rank": d.gather({str(e): sorted(v) for e, v in shards_read.items()}),
     }
-    if d.is_main and job.result_path:
-        import json
-
-        storage.write_text(job.result_path, json.dumps(summary, default=str))
-    d.close()
+    d.finish(summary, job.result_path)
     return summary
 
 

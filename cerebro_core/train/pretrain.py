@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
 from cerebro_core.data.download import ShardSet
+from cerebro_core.distributed import world_size
 from cerebro_core.home import resolve
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import model_config
@@ -102,28 +103,27 @@ def run_stage(
     log: Callable[[str], None] = print,
     on_line: Optional[Callable[[str], None]] = None,
     max_steps: Optional[int] = None,
-) -> ModelVersion:
+) -> Optional[ModelVersion]:
+    """Train and publish. On a node other than ``compute.node_rank`` 0 the node only trains (its
+    ranks join node 0's job) and returns None: node 0 owns the MLflow run and the new version."""
     storage_root = resolve(cfg).storage_root
     train_urls, val_urls, n_train = split_shards(shards, cfg.train.val_fraction)
     ckpt_dir = join(storage_root, cfg.name, "checkpoints", f"pretrain-{run_key(cfg, shards.manifest_hash)}")
     zs = ZeroShotSpec(folder=cfg.train.zero_shot_source) if cfg.train.zero_shot_source else None
+    job = TrainJob(model=cfg.train.model, hp=cfg.train, compute=cfg.compute, train_shards=train_urls,
+                   train_samples=n_train, val_shards=val_urls, zero_shot=zs, storage=cfg.storage, ckpt_dir=ckpt_dir,
+                   max_steps=max_steps)
+    if cfg.compute.node_rank != 0:
+        summary = launch(job, log=log, on_line=on_line)
+        log(f"pretrain: node {cfg.compute.node_rank} of {cfg.compute.nnodes} done at step {summary['step']}; "
+            "node 0 publishes the model")
+        return None
     tags = {"manifest_hash": shards.manifest_hash, "train_config_hash": cfg.section_hash("train")}
     with tracking.stage_run(cfg, "pretrain", tags=tags) as run:
         tracking.log_params({"data.train_shards": len(train_urls), "data.val_shards": len(val_urls),
-                             "data.train_samples": n_train, "data.checkpoint_dir": ckpt_dir})
-        job = TrainJob(
-            model=cfg.train.model,
-            hp=cfg.train,
-            train_shards=train_urls,
-            train_samples=n_train,
-            val_shards=val_urls,
-            zero_shot=zs,
-            storage=cfg.storage,
-            ckpt_dir=ckpt_dir,
-            max_steps=max_steps,
-            mlflow_run_id=run.info.run_id,
-        )
-        summary = launch(job, log=log, on_line=on_line)
+                             "data.train_samples": n_train, "data.checkpoint_dir": ckpt_dir,
+                             "compute.world_size": world_size(cfg.compute), "compute.nnodes": cfg.compute.nnodes})
+        summary = launch(job.model_copy(update={"mlflow_run_id": run.info.run_id}), log=log, on_line=on_line)
         final = {"final_loss": summary["final_loss"], "steps": summary["step"],
                  "skipped_samples": summary["skipped_samples"], **summary.get("eval", {})}
         tracking.log_json_artifact({k: v for k, v in summary.items()}, "training_summary.json")
