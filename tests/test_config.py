@@ -122,3 +122,38 @@ def test_augment_reaches_open_clip_train_transform():
     assert type(crop).__name__ == "RandomResizedCrop" and tuple(crop.scale) == (0.4, 1.0)
     default = create(cfg.train.model, aug_cfg=load_config(REPO / "configs/demo.yaml").train.augment.open_clip_cfg())
     assert tuple(default.preprocess_train.transforms[0].scale) == (0.9, 1.0)  # open_clip's own default
+
+
+def test_the_real_run_config_is_complete():
+    """CC3M → ViT-B-32 → 8 wildlife datasets → index: every stage has its inputs named."""
+    real = load_config(REPO / "configs/cc3m-vitb32.yaml")
+    assert real.compute.device == "cuda" and real.compute.nproc_per_node == 4
+    assert len(real.adapt.sources) == 8 and len({s.name for s in real.adapt.sources}) == 8
+    assert real.adapt.validation_source and real.adapt.test_source
+    assert [s.name for s in real.index.sources][:8] == [s.name for s in real.adapt.sources]
+    assert any(s.name == "videos" for s in real.index.sources)
+    from cerebro_core.adapt.vocab import load_vocabulary
+
+    names = load_vocabulary(str(REPO / real.adapt.vocabulary))
+    assert len(names) == 304 and "red fox" in names and "antelope or duiker" in names and "blank" not in names
+
+
+def test_shipped_vocabulary_is_built_from_the_shared_name_lists(shared_data, tmp_path):
+    out = tmp_path / "vocab.txt"
+    subprocess.run([sys.executable, str(REPO / "scripts/build_vocabulary.py"), str(shared_data / "species_names"),
+                    str(out)], check=True, capture_output=True)
+    assert out.read_text() == (REPO / "configs/vocab/wildlife.txt").read_text()
+
+
+def test_old_cluster_keys_fail_naming_the_new_ones():
+    for key in ("nproc_per_node=2", "nnodes=2", "node_rank=1", "rdzv_endpoint=h:1", "rdzv_backend=c10d"):
+        with pytest.raises(ConfigError) as e:
+            load_config(REPO / "configs/demo.yaml", [f"train.{key}"])
+        name = key.split("=")[0]
+        assert f"train.{name} moved to compute.{name}" in str(e.value)
+    with pytest.raises(ConfigError, match="compute: Value error, rdzv_endpoint: required"):
+        load_config(REPO / "configs/demo.yaml", ["compute.nnodes=2"])
+    with pytest.raises(ConfigError, match="node_rank: 2 is not below nnodes"):
+        load_config(REPO / "configs/demo.yaml", ["compute.nnodes=2", "compute.node_rank=2", "compute.rdzv_endpoint=h:1"])
+    with pytest.raises(ConfigError, match="compute.device"):
+        load_config(REPO / "configs/demo.yaml", ["compute.device=tpu"])
