@@ -120,6 +120,35 @@ def info(
     typer.echo("  " + yaml.safe_dump(report["config"], sort_keys=False).replace("\n", "\n  ").rstrip())
 
 
+@app.command()
+def plan(
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+    gpu: Optional[str] = typer.Option(None, help="GPU kind to project for when none is visible here (default: H100)"),
+    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Each stage's work and its projected time on the configured devices, before anything runs."""
+    cfg = load(config, set_)
+    from dataclasses import asdict
+
+    from cerebro_core import plan as planner
+
+    stages = planner.plan(cfg, gpu)
+    if as_json:
+        typer.echo(json.dumps([asdict(s) for s in stages], indent=2))
+        return
+    typer.echo(f"Plan for {cfg.name} (figures: {planner.TABLE.name}; 'original' = the original system, 4 × RTX 4090)")
+    typer.echo(f"  {'stage':<9} {'projected':>10} {'original':>10}  work")
+    for s in stages:
+        typer.echo(f"  {s.stage:<9} {planner.human(s.seconds):>10} {planner.human(s.original_s):>10}  {s.work}")
+        for line in s.rates + s.notes:
+            typer.echo(f"  {'':<9} {'':>10} {'':>10}    {line}")
+    total = sum(s.seconds for s in stages if s.seconds is not None)
+    typer.echo(f"  {'total':<9} {planner.human(total):>10}")
+    for s in planner.over_a_day(stages):
+        typer.echo(f"WARNING: {s.stage} is projected to take {planner.human(s.seconds)} (over a day)", err=True)
+
+
 def _start_prefect(cfg: CerebroConfig) -> None:
     """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported."""
     from cerebro_core.home import prepare_environment

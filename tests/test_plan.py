@@ -1,0 +1,54 @@
+"""`cerebro plan`: the work of each stage counted from the inputs, and its projection from the
+throughput table (arithmetic checked here against the table's own rows)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CEREBRO = str(Path(sys.executable).parent / "cerebro")
+
+
+def _plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CEREBRO, "plan", *args], capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def _row(work: str, model: str, device: str) -> dict:
+    rows = json.loads((REPO / "cerebro_core/throughput.json").read_text())["rows"]
+    return next(r for r in rows if r["work"] == work and r["model"] == model and r["device"] == device)
+
+
+def test_plan_of_the_real_run(cerebro_home):
+    r = _plan("-c", "configs/cc3m-vitb32.yaml")
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "3,318,333 rows" in out and "assumed the CC3M train split" in out
+    assert "44,000 steps of 1,920 (4 process(es) on 1 node(s), H100)" in out
+    assert "6.0 h" in out and "60 min" in out  # the original system beside it
+    stages = {s["stage"]: s for s in json.loads(_plan("-c", "configs/cc3m-vitb32.yaml", "--json").stdout)}
+    per_gpu = _row("pretrain", "ViT-B-32", "H100")["per_s"]
+    assert abs(stages["pretrain"]["seconds"] - 44_000 * 1_920 / (4 * per_gpu)) < 1e-6
+    assert abs(stages["pretrain"]["original_s"] - 6 * 3600) < 1e-6
+    assert "152,982 pool" in stages["adapt"]["work"] and "student: finetune" in stages["adapt"]["work"]
+
+
+def test_plan_counts_what_it_can_read_and_warns_past_a_day(cerebro_home, tmp_path, shared_data):
+    urls = tmp_path / "urls.tsv"
+    urls.write_text("".join(f"a photo {i}\thttp://127.0.0.1:9/{i}.jpg\n" for i in range(50_000)))
+    pool = shared_data / "caltech101_animals"
+    r = _plan("-c", "configs/demo.yaml", "--set", f"download.url_list={urls}", "--set", "train.model=ViT-B-32",
+              "--set", f"adapt.sources=[{{name: caltech, path: {pool}}}]", "--set", "compute.device=cpu",
+              "--set", "adapt.student=scratch", "--set", "adapt.objective=clip", "--json")
+    assert r.returncode == 0, r.stderr
+    stages = {s["stage"]: s for s in json.loads(r.stdout)}
+    assert stages["download"]["work"].startswith("50,000 rows")
+    assert "700 pool" in stages["adapt"]["work"] and "pretrain-equivalents" in stages["adapt"]["work"]
+    # ViT-B-32 on this CPU: 4 epochs of 36,000 samples at the derived CPU rate is over a day
+    assert stages["pretrain"]["seconds"] > 86400
+    text = _plan("-c", "configs/demo.yaml", "--set", f"download.url_list={urls}", "--set", "train.model=ViT-B-32",
+                 "--set", "compute.device=cpu")
+    assert text.returncode == 0
+    assert "WARNING: pretrain is projected to take" in text.stderr
