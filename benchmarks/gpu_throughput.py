@@ -86,7 +86,7 @@ def flops_per_sample(model_name: str, device: str, precision: str) -> float:
 
 
 def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warmup: int = 5,
-              fused: bool = False) -> tuple[float, float]:
+              fused: bool = False, compile: bool = False) -> tuple[float, float]:
     """Samples/s of the trainer's own step (``loop._step``: autocast forward of both towers,
     ClipLoss, backward; then AdamW) on one batch already on the GPU: the compute ceiling that the
     data path is measured against; ``fused``: AdamW's fused CUDA kernel instead of the trainer's
@@ -99,6 +99,8 @@ def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warm
 
     b = create(model_name, device="cuda")
     model = b.model.train()
+    fwd = torch.compile(model) if compile else model
+    warmup = warmup + (10 if compile else 0)
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused)
@@ -116,7 +118,7 @@ def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warm
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        _step(model, model, micro, loss_fn, "cuda", amp, dtype, scaler)
+        _step(fwd, model, micro, loss_fn, "cuda", amp, dtype, scaler)
         (scaler.step(opt), scaler.update()) if scaler is not None else opt.step()
         torch.cuda.synchronize()
         if i >= warmup:
@@ -132,6 +134,8 @@ def main() -> None:
     ap.add_argument("--precision", default="bf16", choices=["bf16", "fp16", "fp32"])
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--grad-checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true", help="train.compile (torch.compile of the forward)")
+    ap.add_argument("--json", default=None, help="also write the rows to this JSON file")
     ap.add_argument("--peak-tflops", type=float, default=0.0, help="per device; 0: from the device name")
     ap.add_argument("--no-step-only", action="store_true", help="skip the step-only (data-free) measurement")
     ap.add_argument("--step-only-batches", type=int, nargs="*", default=None,
@@ -153,7 +157,8 @@ def main() -> None:
     peak = args.peak_tflops or next((v for k, v in PEAK_BF16_TFLOPS.items() if k in name), 0.0)
     hp = TrainConfig(model=args.model, batch_size=args.batch, epochs=1, precision=args.precision,
                      workers=args.workers, warmup_steps=5, lr=5e-4, checkpoint_every_steps=10**9,
-                     log_every_steps=5, val_fraction=0.0, grad_checkpointing=args.grad_checkpointing)
+                     log_every_steps=5, val_fraction=0.0, grad_checkpointing=args.grad_checkpointing,
+                     compile=args.compile)
     nproc = resolve_nproc(ComputeConfig())
     size = create(args.model).model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
@@ -171,16 +176,22 @@ def main() -> None:
     if cuda and not args.no_step_only:
         for batch in args.step_only_batches or [args.batch]:
             for fused in (False, True):
-                sps_step, mem_step = step_only(args.model, batch, args.precision, fused=fused)
-                rows.append((f"step only, AdamW {'fused' if fused else 'foreach'} (batch on the GPU)",
-                             batch, sps_step, "—", mem_step))
+                sps_step, mem_step = step_only(args.model, batch, args.precision, fused=fused, compile=args.compile)
+                rows.append((f"step only, AdamW {'fused' if fused else 'foreach'}"
+                             f"{', compiled' if args.compile else ''} (batch on the GPU)", batch, sps_step, "—", mem_step))
     print("| device | model | precision | batch/process | processes | measured | samples/s per process | data wait "
           "| peak memory (MB) | GFLOP/sample (fwd+bwd) | MFU |")
     print("|---|---|---|---:|---:|---|---:|---:|---:|---:|---:|")
+    out = []
     for what, batch, v, w, m in rows:
         mfu = v * fps / (peak * 1e12) if peak else float("nan")
+        out.append({"device": name, "model": args.model, "precision": args.precision, "batch": batch,
+                    "processes": nproc, "measured": what + (" (compiled)" if args.compile and "step" not in what else ""),
+                    "samples_per_s": v, "data_wait": w, "peak_mem_mb": m, "gflop_per_sample": fps / 1e9, "mfu": mfu})
         print(f"| {name} | {args.model} | {args.precision} | {batch} | {nproc} | {what} | {v:.1f} | {w} | {m:.0f} "
               f"| {fps / 1e9:.2f} | {mfu:.3f} |" + ("" if peak else " (no peak known: pass --peak-tflops)"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(None, gt=0)
     accum_steps: int = Field(1, ge=1)
     grad_checkpointing: bool = False
+    compile: bool = Field(False, description="torch.compile the model's forward on CUDA (first steps compile)")
     workers: int = Field(4, ge=0)
     seed: int = 0
     deterministic: bool = Field(False, description="deterministic kernels: bit-exact resume (slower)")

@@ -135,11 +135,14 @@ def _sha(path: str) -> str:
 
 @torch.no_grad()
 def class_embeddings(model, tokenizer, prompts: list[list[str]]) -> torch.Tensor:
+    """Per class, the normalised mean of its prompts' normalised text features (on the model's
+    device; returned on the CPU)."""
+    device = next(model.parameters()).device
     out = []
     for plist in prompts:
-        f = F.normalize(model.encode_text(tokenizer(plist)).float(), dim=-1).mean(0)
+        f = F.normalize(model.encode_text(tokenizer(plist).to(device)).float(), dim=-1).mean(0)
         out.append(F.normalize(f, dim=-1))
-    return torch.stack(out)
+    return torch.stack(out).cpu()
 
 
 def probabilities(feats: np.ndarray, cls: torch.Tensor, scale: float) -> np.ndarray:

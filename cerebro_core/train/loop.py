@@ -224,6 +224,8 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         ddp_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[d.local_rank] if d.cuda else None, find_unused_parameters=job.freeze_text
         )
+    if hp.compile and d.cuda:  # the forward (through DDP); the weights stay `model`'s own
+        ddp_model = torch.compile(ddp_model)
     clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
                          world_size=d.world_size)
     loss_fn = make_loss(job, clip_loss, d.device)

@@ -1,0 +1,32 @@
+"""benchmarks/gpu_suite.sh runs as it is: its CPU smoke mode (tiny model, 2 steps) writes every
+section's table and JSON, with positive rates (the device run uses the same script and code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_gpu_suite_smoke_on_cpu(tmp_path):
+    env = dict(os.environ, CEREBRO_SUITE_SMOKE="1", OUT=str(tmp_path), PYTHON=sys.executable,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    r = subprocess.run(["bash", str(REPO / "benchmarks/gpu_suite.sh")], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + (tmp_path / "stderr.log").read_text()[-3000:]
+    md = (tmp_path / "gpu_suite.md").read_text()
+    for title in ("Pretraining, batch 8 per GPU", "Pretraining, batch 16 per GPU", "torch.compile",
+                  "Embedding and one adapt labelling pass", "FAISS build"):
+        assert f"## {title}" in md
+    for name in ("train_b1.json", "train_b2.json", "train_b1_compiled.json"):
+        rows = json.loads((tmp_path / name).read_text())
+        assert rows and all(row["samples_per_s"] > 0 and row["gflop_per_sample"] > 0 for row in rows)
+    emb = json.loads((tmp_path / "embed.json").read_text())
+    assert emb["ours_images_per_s"] > 0 and emb["anchor_images_per_s"] > 0 and emb["classes"] == 304
+    assert emb["labelling_pass_152982_s"] == 152_982 / emb["labelling_images_per_s"]
+    faiss = json.loads((tmp_path / "faiss.json").read_text())
+    assert {r["what"].split()[1] for r in faiss["rows"][:4]} == {"flat", "ivf", "hnsw", "ivfpq"}
