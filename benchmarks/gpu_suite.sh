@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 OUT=${OUT:-/tmp/cerebro-gpu-suite}
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if ! "$PY" -c 'import open_clip, webdataset, pydantic, faiss' 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
