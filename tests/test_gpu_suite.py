@@ -20,7 +20,7 @@ def test_gpu_suite_smoke_on_cpu(tmp_path):
     log = tmp_path / "stderr.log"
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:] + (log.read_text()[-3000:] if log.exists() else "")
     md = (tmp_path / "gpu_suite.md").read_text()
-    for title in ("Pretraining, batch 8 per GPU", "Pretraining, batch 16 per GPU", "torch.compile",
+    for title in ("Pretraining, batch 8 per GPU", "Pretraining, batch 16 per GPU", "Pretraining, batch 8 per GPU, torch.compile",
                   "Embedding and one adapt labelling pass", "FAISS build"):
         assert f"## {title}" in md
     for name in ("train_b1.json", "train_b2.json", "train_b1_compiled.json"):
