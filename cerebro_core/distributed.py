@@ -32,8 +32,11 @@ from pydantic import BaseModel
 from cerebro_core.config import ComputeConfig
 from cerebro_core.procs import run_supervised
 
-_PEER_LOST = ("RendezvousTimeoutError", "RendezvousClosedError", "Connection closed by peer", "Connection reset by peer",
-              "timed out", "Timed out", "TimeoutError", "DistStoreError", "Socket Timeout", "Broken pipe")
+# what torchrun, c10d and gloo print when another node never came or went away
+_PEER_LOST = ("RendezvousTimeoutError", "RendezvousClosedError", "RendezvousConnectionError", "DistNetworkError",
+              "DistStoreError", "Connection closed by peer", "Connection reset by peer", "Connection was likely closed",
+              "connection to the C10d store has failed", "timed out", "Timed out", "TimeoutError", "Socket Timeout",
+              "Broken pipe")
 
 
 class PeerLostError(RuntimeError):
@@ -115,7 +118,7 @@ def run_job(module: str, job: BaseModel, compute: ComputeConfig, log: Callable[[
         rc, tail = run_supervised(cmd, worker_env(compute, nproc), line)
         if rc != 0:
             text = "\n".join(tail[-40:])
-            if compute.nnodes > 1 and any(s in text for s in _PEER_LOST):
+            if compute.nnodes > 1 and any(s in line for line in tail for s in _PEER_LOST):
                 raise PeerLostError(
                     f"{what} failed on node {compute.node_rank} of {compute.nnodes}: a peer node never joined or "
                     f"was lost (rendezvous at compute.rdzv_endpoint={compute.rdzv_endpoint}, waits up to "

@@ -3,8 +3,12 @@
 - :func:`pdeathsig` (Linux ``PR_SET_PDEATHSIG``): the calling process dies when its parent does,
   so a killed stage leaves no img2dataset, torchrun or trainer running alone;
 - :func:`kill_group`: SIGKILL to a child's whole process group (it was started in its own session);
-- :func:`run_supervised`: a child in its own session that dies with the caller, its output pumped
-  line by line to a callback, killed with its group if the caller is interrupted.
+- :func:`kill_tree`: SIGKILL to a child and all its descendants (a child in the caller's group);
+- :func:`run_supervised`: a child that dies with the caller (PDEATHSIG), its output pumped line by
+  line to a callback, killed with everything it started if the caller is interrupted. In its own
+  session (torchrun: a killed caller's torchrun takes its workers down) or, with
+  ``own_session=False``, in the caller's process group, so that a kill of that group also reaches
+  grandchildren that arm no PDEATHSIG of their own (img2dataset's worker pool).
 """
 
 from __future__ import annotations
@@ -35,6 +39,19 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    import psutil  # a dependency of prefect and mlflow
+
+    try:
+        parent = psutil.Process(proc.pid)
+        for child in parent.children(recursive=True):
+            child.kill()
+        parent.kill()
+    except psutil.NoSuchProcess:
+        pass
+    proc.wait()
+
+
 def run_supervised(
     cmd: list[str],
     env: dict[str, str],
@@ -43,12 +60,13 @@ def run_supervised(
     tail_lines: int = 100,
     tick: Optional[Callable[[], None]] = None,
     tick_s: float = 1.0,
+    own_session: bool = True,
 ) -> tuple[int, list[str]]:
     """Run ``cmd`` to its end; every output line goes to ``on_line``; ``tick`` (progress) is called
     every ``tick_s`` seconds meanwhile; returns (exit code, the last ``tail_lines`` lines that
     ``keep`` accepts)."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                            start_new_session=True, preexec_fn=pdeathsig)
+                            start_new_session=own_session, preexec_fn=pdeathsig)
     tail: list[str] = []
 
     def pump() -> None:
@@ -67,8 +85,8 @@ def run_supervised(
             tick()
             time.sleep(tick_s)
         rc = proc.wait()
-    except BaseException:
-        kill_group(proc)
+    except BaseException:  # cancelled, timed out, interrupted: nothing it started outlives it
+        (kill_group if own_session else kill_tree)(proc)
         raise
     t.join(timeout=5)
     return rc, tail

@@ -34,12 +34,17 @@ class PipelineParams(BaseModel):
 @flow(name="cerebro", description="download → pretrain → adapt → index, tracked in MLflow", log_prints=True)
 def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
     cfg = load_config(params.config, params.overrides)
+    if cfg.compute.node_rank != 0:
+        raise ValueError(f"compute.node_rank: the pipeline runs on node 0; node {cfg.compute.node_rank} joins its "
+                         "pretraining with `cerebro pretrain` (same config and compute.* keys)")
     if params.demo_data:
         from cerebro_core.demo_data import make_demo_data
         from cerebro_core.home import resolve
 
         make_demo_data(resolve(cfg).home / "demo")
     args = {"config": params.config, "overrides": params.overrides}
+    # pretraining spans every node; the stages after it run on node 0's processes
+    node0 = {**args, "overrides": [*params.overrides, "compute.nnodes=1", "compute.rdzv_endpoint=null"]}
     timings: dict[str, float] = {}
     with tracking.stage_run(cfg, "pipeline", run_name=f"pipeline {cfg.name}") as run:
         os.environ[tracking.PARENT_RUN_ENV] = run.info.run_id
@@ -51,10 +56,10 @@ def pipeline_flow(params: PipelineParams = PipelineParams()) -> dict:
             clip = pretrain_flow(**args, shards=shards.output)
             timings["pretrain"] = time.perf_counter() - t
             t = time.perf_counter()
-            adapted = adapt_flow(**args, start_version=clip.version)
+            adapted = adapt_flow(**node0, start_version=clip.version)
             timings["adapt"] = time.perf_counter() - t
             t = time.perf_counter()
-            search = index_flow(**args, clip_version=adapted.model.version)
+            search = index_flow(**node0, clip_version=adapted.model.version)
             timings["index"] = time.perf_counter() - t
         finally:
             os.environ.pop(tracking.PARENT_RUN_ENV, None)

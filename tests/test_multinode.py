@@ -76,8 +76,8 @@ def test_two_node_pretrain_trains_once_and_publishes_once(manifest, cerebro_home
     assert "registered cerebro-clip v1" in out[0], out[0]
     assert "node 1 of 2: training done; node 0 registers the model" in out[1], out[1]
 
-    mlflow.set_tracking_uri(f"sqlite:///{cerebro_home}/mlflow.db")
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{cerebro_home}/mlflow.db"  # this test's store (earlier tests set other registry URIs)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     versions = client.search_model_versions("name='cerebro-clip'")
     assert len(versions) == 1
     runs = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id],
@@ -85,7 +85,7 @@ def test_two_node_pretrain_trains_once_and_publishes_once(manifest, cerebro_home
     assert len(runs) == 1 and runs[0].info.run_id == versions[0].run_id
     assert runs[0].data.params["compute.world_size"] == "2"
     summary = json.loads(Path(mlflow.artifacts.download_artifacts(
-        run_id=runs[0].info.run_id, artifact_path="training_summary.json")).read_text())
+        run_id=runs[0].info.run_id, artifact_path="training_summary.json", tracking_uri=uri)).read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 20 and summary["step"] == 2 * (140 // 20)
     r0, r1 = summary["shards_by_rank"]
     assert sorted(r0) == sorted(r1) == ["0", "1"]
@@ -125,6 +125,7 @@ def test_a_node_whose_peer_dies_mid_training_fails_clearly(manifest, cerebro_hom
     out = logs[0].read_text()
     assert code != 0
     assert "a peer node never joined or was lost" in out, out[-3000:]
+    assert out.count("launch: ") == 1, "a lost peer is not retried (a retry waits for a rendezvous nobody joins)"
 
 
 def test_two_node_index_equals_one_process(shared_data, cerebro_home, tmp_path):

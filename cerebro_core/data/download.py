@@ -281,9 +281,11 @@ def run_img2dataset(
             if text and not _TQDM_LINE.match(text):
                 log(text)
 
-        # its own session, dies with us; cancelled or timed out: img2dataset's whole tree is killed
+        # in our process group (a kill of the group reaches img2dataset's workers), dies with us;
+        # cancelled or timed out: img2dataset's whole tree is killed
         rc, tail = run_supervised(cmd, _subprocess_env(storage, output), line, tail_lines=200,
-                                  keep=lambda text: bool(text) and not _TQDM_LINE.match(text), tick=tick)
+                                  keep=lambda text: bool(text) and not _TQDM_LINE.match(text), tick=tick,
+                                  own_session=False)
         wall = time.perf_counter() - t0
         if rc != 0:
             raise RuntimeError(
