@@ -96,7 +96,7 @@ def main() -> None:
 
     from cerebro_core.adapt.select import select
     from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import load_vocabulary, prompts_for
+    from cerebro_core.data.vocab import load_vocabulary, prompts_for
     from cerebro_core.embed import Item, embed_items
     from cerebro_core.model.factory import create
 

@@ -74,7 +74,7 @@ def original(model, preprocess, tokenizer, paths: list[str], classes: list[str],
 def ours(bundle, paths: list[str], classes: list[str], batch: int, draft_factor=2.0) -> np.ndarray:
     from cerebro_core.adapt.select import select
     from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.data.vocab import prompts_for
     from cerebro_core.embed import Item, default_workers, embed_items
 
     items = [Item(uri=p, source=src) for p, src in paths]

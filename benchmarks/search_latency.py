@@ -60,7 +60,7 @@ def main() -> None:
 
     import faiss
 
-    from cerebro_core.embed import FastTextEncoder, encode_text_truncated
+    from cerebro_core.model.text import FastTextEncoder, encode_text_truncated
     from cerebro_core.index.build import build_and_tune, recall_at_k, search_params
     from cerebro_core.model.factory import create
 

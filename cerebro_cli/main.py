@@ -193,7 +193,7 @@ def pretrain(
 ) -> None:
     """Stage 2: CLIP from random weights on the downloaded shards (torchrun, resumable)."""
     cfg = load(config, set_)
-    from cerebro_core.data.download import default_output, load_manifest
+    from cerebro_core.data.shardset import default_output, load_manifest
     from cerebro_core.home import resolve
     from cerebro_core.model.factory import model_config
     from cerebro_core.storage import Storage

@@ -97,7 +97,7 @@ def _rows(cfg: CerebroConfig, notes: list[str]) -> Optional[int]:
 
 
 def _samples(cfg: CerebroConfig, rows: Optional[int], notes: list[str]) -> Optional[int]:
-    from cerebro_core.data.download import default_output, load_manifest
+    from cerebro_core.data.shardset import default_output, load_manifest
     from cerebro_core.home import resolve
     from cerebro_core.storage import Storage
 
@@ -113,7 +113,7 @@ def _samples(cfg: CerebroConfig, rows: Optional[int], notes: list[str]) -> Optio
 
 
 def _classes(cfg: CerebroConfig, fallback: int) -> int:
-    from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary
+    from cerebro_core.data.vocab import VocabularyError, load_vocabulary
 
     try:
         return len(load_vocabulary(cfg.adapt.vocabulary))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from cerebro_core.config import load_config
-from cerebro_core.data.download import ShardSet
+from cerebro_core.data.shardset import ShardSet
 from tasks.download import download_task
 
 

@@ -7,10 +7,10 @@ from typing import Optional
 from prefect import flow
 
 from cerebro_core.config import load_config
-from cerebro_core.data.download import default_output, load_manifest
+from cerebro_core.data.shardset import default_output, load_manifest
 from cerebro_core.home import resolve
 from cerebro_core.storage import Storage
-from cerebro_core.train.pretrain import ModelVersion
+from cerebro_core.model.publish import ModelVersion
 from tasks.pretrain import pretrain_task
 
 

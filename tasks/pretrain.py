@@ -11,7 +11,8 @@ from tasks.caching import pretrain_key, retry_unless_peer_lost
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
-from cerebro_core.data.download import ShardSet
+from cerebro_core.data.shardset import ShardSet
+from cerebro_core.model.publish import ModelVersion
 from cerebro_core.train import pretrain as core
 from tasks.progress import Progress
 
@@ -38,7 +39,7 @@ def step_progress(progress: Progress):
     timeout_seconds=7 * 24 * 3600,
     description="CLIP from random weights under torchrun; checkpoints, MLflow metrics, registered model",
 )
-def pretrain_task(cfg: CerebroConfig, shards: ShardSet) -> Optional[core.ModelVersion]:
+def pretrain_task(cfg: CerebroConfig, shards: ShardSet) -> Optional[ModelVersion]:
     logger = get_run_logger()
     progress = Progress("pretrain-progress", "pretrain steps", unit="step")
     try:

@@ -275,7 +275,7 @@ def shardset_for(shards: list[str], name: str = "test"):
     """A ShardSet (the download stage's result) for shards built directly."""
     import tarfile
 
-    from cerebro_core.data.download import DownloadStats, ShardSet
+    from cerebro_core.data.shardset import DownloadStats, ShardSet
 
     sizes = {}
     for s in shards:

@@ -234,7 +234,7 @@ def test_bad_inputs_fail_before_compute(adapt_env, tmp_path):
 
 
 def test_vocabulary_formats(shared_data, tmp_path):
-    from cerebro_core.adapt.vocab import load_vocabulary
+    from cerebro_core.data.vocab import load_vocabulary
 
     names = load_vocabulary(str(shared_data / "species_names" / "iucn_rare_species_400.csv"))
     assert len(names) > 300 and all(n.strip() for n in names)
@@ -294,7 +294,7 @@ def _registered_weights(version: str) -> dict:
 def _pool_probs(cfg, weights: dict) -> dict[str, np.ndarray]:
     """Class probabilities of one model on the pool, per image sha256, recomputed from its weights."""
     from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.data.vocab import prompts_for
     from cerebro_core.embed import embed_items
     from cerebro_core.model.factory import create
 

@@ -132,7 +132,7 @@ def test_the_real_run_config_is_complete():
     assert real.adapt.validation_source and real.adapt.test_source
     assert [s.name for s in real.index.sources][:8] == [s.name for s in real.adapt.sources]
     assert any(s.name == "videos" for s in real.index.sources)
-    from cerebro_core.adapt.vocab import load_vocabulary
+    from cerebro_core.data.vocab import load_vocabulary
 
     names = load_vocabulary(str(REPO / real.adapt.vocabulary))
     assert len(names) == 304 and "red fox" in names and "antelope or duiker" in names and "blank" not in names

@@ -21,7 +21,8 @@ import webdataset as wds
 from PIL import Image
 
 from cerebro_core.config import DownloadConfig, StorageConfig, load_config
-from cerebro_core.data.download import DownloadInputError, download, load_manifest, read_url_list
+from cerebro_core.data.download import DownloadInputError, download, read_url_list
+from cerebro_core.data.shardset import load_manifest
 from cerebro_core.storage import Storage
 from conftest import LoopbackServer, good_pairs, write_url_list
 

@@ -31,7 +31,7 @@ def register_random_clip(cfg, stage: str = "pretrain", seed: int = 0):
     from cerebro_core.model import checkpoint as ckpt
     from cerebro_core.model.factory import create
     from cerebro_core.storage import Storage
-    from cerebro_core.train.pretrain import publish_model
+    from cerebro_core.model.publish import publish_model
 
     torch.manual_seed(seed)
     b = create(MODEL)
@@ -127,7 +127,7 @@ def test_cli_search_text_image_and_filters(indexed, shared_data):
 
 
 def test_truncated_text_encoding_is_exact():
-    from cerebro_core.embed import FastTextEncoder, encode_text_truncated
+    from cerebro_core.model.text import FastTextEncoder, encode_text_truncated
     from cerebro_core.model.factory import create
 
     for name in (MODEL, "ViT-B-32"):

@@ -179,7 +179,7 @@ def test_embedding_job_on_two_processes_equals_one(shared_data, cerebro_home, tm
     import torch
 
     from cerebro_core.adapt.stage import class_embeddings, probabilities
-    from cerebro_core.adapt.vocab import prompts_for
+    from cerebro_core.data.vocab import prompts_for
     from cerebro_core.config import ComputeConfig, StorageConfig
     from cerebro_core.data.sources import list_folder
     from cerebro_core.embed import Item

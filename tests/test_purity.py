@@ -48,3 +48,36 @@ print("PURE", len(mods))
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "PURE" in p.stdout
+
+
+STAGES = {"download": "cerebro_core.data.download", "pretrain": "cerebro_core.train.pretrain",
+          "adapt": "cerebro_core.adapt", "index": "cerebro_core.index", "serve": "cerebro_core.serve"}
+# reindex downloads a URL-list scrape with the download engine; serve is the index's API; plan reads
+# every stage's inputs to count the work
+ALLOWED = {("index", "download"), ("serve", "index"), ("plan", "download")}
+
+
+def _stage(module: str):
+    if module == "cerebro_core.plan":
+        return "plan"
+    return next((k for k, v in STAGES.items() if module == v or module.startswith(v + ".")), None)
+
+
+def test_stages_import_library_folders_never_each_other():
+    """A stage reads the previous stage's result from a library module (data.shardset,
+    model.publish, model.registry), and no library module imports a stage."""
+    bad = []
+    for py in (REPO / "cerebro_core").rglob("*.py"):
+        mod = "cerebro_core." + ".".join(py.relative_to(REPO / "cerebro_core").with_suffix("").parts)
+        me = _stage(mod)
+        for node in ast.walk(ast.parse(py.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for n in names:
+                other = _stage(n)
+                if other and other not in ("plan", me) and (me, other) not in ALLOWED:
+                    bad.append(f"{mod} ({me or 'library'}) imports {n} ({other})")
+    assert not bad, "\n".join(bad)

@@ -38,18 +38,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from pydantic import BaseModel
 
 from cerebro_core.config import DownloadConfig
 from cerebro_core.data.img2dataset_env import img2dataset_python
+from cerebro_core.data.shardset import MANIFEST, SIZES, STATS, DownloadStats, ShardSet, default_output
 from cerebro_core.procs import run_supervised
 from cerebro_core.storage import Storage, is_remote, join
 
 SHARD_DIGITS = 5  # img2dataset's oom_shard_count
 INPUT_DIR = "_input"
-MANIFEST = "manifest.json"
-SIZES = "sizes.json"
-STATS = "stats.json"
 
 ProgressFn = Callable[[int, int], None]
 _TQDM_LINE = re.compile(r"^\d+it \[")  # img2dataset's own shard counter; we report progress ourselves
@@ -57,37 +54,6 @@ _TQDM_LINE = re.compile(r"^\d+it \[")  # img2dataset's own shard counter; we rep
 
 class DownloadInputError(ValueError):
     """The URL list is unusable; raised before any download worker starts."""
-
-
-class DownloadStats(BaseModel):
-    total_rows: int
-    attempted: int
-    successes: int
-    failures: int
-    dropped_empty_caption: int
-    success_rate: float
-    failures_by_reason: dict[str, int]
-    failure_messages: dict[str, int]
-    bytes_written: int
-    new_successes: int
-    wall_s: float
-    images_per_s: float
-    shards: int
-
-
-class ShardSet(BaseModel):
-    """The download stage's result: what the trainer reads."""
-
-    output: str
-    shards: list[str]
-    sizes: dict[str, int]
-    num_samples: int
-    manifest_url: str
-    sizes_url: str
-    stats_url: str
-    manifest_hash: str
-    input_hash: str
-    stats: DownloadStats
 
 
 # --------------------------------------------------------------------------- reader
@@ -508,17 +474,6 @@ def download(
     if not is_remote(output) and storage.exists(join(output, "_tmp")):
         storage.rm(join(output, "_tmp"), recursive=True)
     return result
-
-
-def load_manifest(storage: Storage, output_or_manifest: str) -> ShardSet:
-    url = output_or_manifest if output_or_manifest.endswith(".json") else join(output_or_manifest, MANIFEST)
-    if not storage.exists(url):
-        raise FileNotFoundError(f"no finished download at {output_or_manifest} (missing {MANIFEST})")
-    return ShardSet.model_validate(storage.read_json(url))
-
-
-def default_output(cfg_download: DownloadConfig, storage_root: str, name: str) -> str:
-    return cfg_download.output or join(storage_root, name, "shards")
 
 
 def run_stage(cfg, progress: Optional[ProgressFn] = None, log: Callable[[str], None] = print) -> ShardSet:

@@ -39,7 +39,7 @@ from cerebro_core.home import resolve
 from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
 from cerebro_core.index.incremental import add_or_rebuild
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
-from cerebro_core.index.search import load_clip_from_folder
+from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.storage import Storage
 
 

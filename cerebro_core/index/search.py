@@ -4,7 +4,7 @@ A search bundle is a folder: ``index.faiss``, ``metadata.parquet``, ``index.json
 parameters, measured recall and latency, model reference) and ``model/`` (the CLIP weights and
 architecture). The published ``cerebro-search`` pyfunc model carries exactly this folder.
 
-Query path: tokenize → :class:`cerebro_core.embed.FastTextEncoder` (tokens cut after EOT, exact;
+Query path: tokenize → :class:`cerebro_core.model.text.FastTextEncoder` (tokens cut after EOT, exact;
 int8 projections on CPU, measured) → LRU cache → FAISS with the tuned parameter;
 filters (source, media type) use FAISS ID selectors, so they never cost recall.
 """
@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from cerebro_core.data import images
-from cerebro_core.embed import FastTextEncoder
+from cerebro_core.model.registry import load_clip_from_folder
+from cerebro_core.model.text import FastTextEncoder
 from cerebro_core.index.build import deserialize, search_params
 
 MAX_QUERY_CHARS = 1000
@@ -55,19 +56,6 @@ class _LRU:
             self.data.move_to_end(key)
             while len(self.data) > self.size:
                 self.data.popitem(last=False)
-
-
-def load_clip_from_folder(model_dir: str | Path):
-    """The CLIP bundle from a published ``model/`` folder (strict weights load)."""
-    from cerebro_core.model.factory import create
-
-    model_dir = Path(model_dir)
-    info = json.loads((model_dir / "model_config.json").read_text())
-    bundle = create(info["model_name"])
-    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
-    bundle.model.load_state_dict(state["model"], strict=True)
-    bundle.model.eval()
-    return bundle
 
 
 class Searcher:

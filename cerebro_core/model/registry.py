@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
 from cerebro_core import tracking
+from cerebro_core.model.factory import create
 
 
 class NoModelError(LookupError):
@@ -34,10 +36,21 @@ def download(mv) -> Path:
     return Path(mlflow.artifacts.download_artifacts(mv.source))
 
 
+def load_clip_from_folder(model_dir: str | Path):
+    """The CLIP bundle from a published ``model/`` folder (strict weights load)."""
+    import torch
+
+    model_dir = Path(model_dir)
+    info = json.loads((model_dir / "model_config.json").read_text())
+    bundle = create(info["model_name"])
+    state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
+    bundle.model.load_state_dict(state["model"], strict=True)
+    bundle.model.eval()
+    return bundle
+
+
 def load_clip(name: str, alias: Optional[str] = "champion", version: Optional[str] = None):
     """(ModelVersion, ClipBundle, local model dir) for a registered CLIP version."""
-    from cerebro_core.index.search import load_clip_from_folder
-
     mv = resolve_version(name, alias, version)
     d = download(mv)
     return mv, load_clip_from_folder(d), d

@@ -252,3 +252,14 @@ def iter_pairs(
         n += 1
         if max_samples is not None and n >= max_samples:
             return
+
+
+def split_shards(shards, val_fraction: float) -> tuple[list[str], list[str], int]:
+    urls = list(shards.shards)
+    n_val = 0
+    if val_fraction > 0 and len(urls) >= 2:
+        n_val = max(1, round(val_fraction * len(urls)))
+        n_val = min(n_val, len(urls) - 1)
+    train, val = urls[: len(urls) - n_val], urls[len(urls) - n_val :]
+    n_train = sum(shards.sizes[u.rsplit("/", 1)[-1]] for u in train)
+    return train, val, n_train
