@@ -44,7 +44,7 @@ from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.adapt.select import ProbabilityEnsemble, class_entropy, class_thresholds, select
-from cerebro_core.adapt.vocab import VocabularyError, load_vocabulary, prompts_for
+from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.config import CerebroConfig, SourceConfig, TrainConfig
 from cerebro_core.distributed import one_node, world_size
 from cerebro_core.embed import Item, scan_folder
@@ -56,7 +56,8 @@ from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage, join
 from cerebro_core.train.launch import launch
 from cerebro_core.train.loop import TrainJob, train
-from cerebro_core.train.pretrain import ModelVersion, publish_model, split_shards
+from cerebro_core.model.publish import ModelVersion, publish_model
+from cerebro_core.train.data import split_shards
 
 
 class AdaptInputError(ValueError):
@@ -316,7 +317,7 @@ def finetune_config(cfg: CerebroConfig, n_samples: int) -> TrainConfig:
 
 def pretraining_pairs(cfg: CerebroConfig, storage: Storage):
     """The pairs a scratch student is pretrained on (a download stage output), checked up front."""
-    from cerebro_core.data.download import default_output, load_manifest
+    from cerebro_core.data.shardset import default_output, load_manifest
 
     where = cfg.adapt.pairs or default_output(cfg.download, resolve(cfg).storage_root, cfg.name)
     try:
@@ -354,6 +355,16 @@ def scratch_student_job(cfg: CerebroConfig, model_name: str, pairs, pseudo_shard
     return TrainJob(model=model_name, hp=hp, compute=compute, train_shards=train_urls + ([] if control else pseudo_shards),
                     train_samples=n_train, val_shards=val_urls, storage=cfg.storage, ckpt_dir=ckpt_dir,
                     max_steps=steps, mlflow_run_id=mlflow_run_id, **({"objective": "clip"} | distill))
+
+
+def pretraining_samples(mv) -> Optional[int]:
+    """Samples through forward+backward of the pretraining run behind a registered version (its
+    ``compute/train_samples``), the unit of ``compute/pretrain_equivalents``; None when the
+    version has no pretrain run that logged it."""
+    run = tracking.client().get_run(mv.run_id) if mv.run_id else None
+    if run is None or run.data.tags.get("stage") != "pretrain":
+        return None
+    return int(run.data.metrics.get("compute/train_samples", 0)) or None
 
 
 def fold_of(item: Item, folds: int) -> int:
@@ -454,6 +465,7 @@ def run_stage(
             job = scratch_student_job(cfg, model_name, pairs, shards, len(keep), join(base, "checkpoints"), it,
                                       False, prompts=prompts, teacher_scale=teacher_scale, seed_offset=500 + k)
             summary = launch(job, log=log)
+            spent.append(summary["step"] * summary["global_batch"])
             held_out = [x for x in pool if fold_of(x, k_folds) == k]
             keys, probs = pool_probabilities(load(summary["checkpoint"]), held_out)
             out.update(zip(keys, probs))
@@ -464,6 +476,10 @@ def run_stage(
     history: list[dict] = []
     tags = {"start_version": mv0.version, "objective": a.objective, "control": str(control)}
     with tracking.stage_run(cfg, "adapt", tags=tags) as parent:
+        pretrain_samples = pretraining_samples(mv0)
+        log(f"adapt: start model v{mv0.version} was pretrained on "
+            + (f"{pretrain_samples:,} samples (forward+backward); each iteration logs compute/pretrain_equivalents"
+               if pretrain_samples else "an unknown number of samples (no pretrain run behind it)"))
         tracking.log_params({"adapt.pool_size": len(pool), "adapt.classes": len(classes),
                              **{f"adapt.counts.{k}": v for k, v in counts.items()}})
         extras = ensemble if a.label_ensemble else ProbabilityEnsemble()
@@ -486,6 +502,7 @@ def run_stage(
                 cls = class_embeddings(teacher.model, teacher.tokenizer, prompts)
                 teacher_scale = float(teacher.model.logit_scale.detach().exp())
                 by_uri = {p.uri: p for p in pool}
+                spent: list[int] = []  # samples through forward+backward this iteration, per trained model
                 if pending is not None:  # cross-fit: each image labelled by a student that never saw it
                     oof = out_of_fold(parent.info.run_id, *pending)
                     keys = [p.uri for p in pool if p.uri in oof]
@@ -557,6 +574,10 @@ def run_stage(
                 m = measure(teacher)
                 row.update(flat(m))
                 row["final_loss"] = summary["final_loss"]
+                spent.append(summary["step"] * summary["global_batch"])
+                row["compute/train_samples"] = float(sum(spent))
+                if pretrain_samples:
+                    row["compute/pretrain_equivalents"] = sum(spent) / pretrain_samples
                 tracking.log_metrics({k: v for k, v in row.items() if k != "iteration" and not
                                       (isinstance(v, float) and math.isnan(v))}, step=it)
                 with tempfile.TemporaryDirectory() as td:

@@ -11,90 +11,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-from pathlib import Path
 from typing import Callable, Optional
-
-from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
-from cerebro_core.data.download import ShardSet
+from cerebro_core.data.shardset import ShardSet
 from cerebro_core.distributed import world_size
 from cerebro_core.home import resolve
-from cerebro_core.model import checkpoint as ckpt
-from cerebro_core.model.factory import model_config
-from cerebro_core.storage import Storage, join
+from cerebro_core.model.publish import ModelVersion, publish_model
+from cerebro_core.storage import join
+from cerebro_core.train.data import split_shards
 from cerebro_core.train.launch import launch
 from cerebro_core.train.loop import TrainJob, ZeroShotSpec
-
-
-class ModelVersion(BaseModel):
-    """A registered cerebro-clip version: what adapt and index consume."""
-
-    name: str
-    version: str
-    run_id: str
-    model: str
-    stage: str
-    checkpoint_url: str  # the training checkpoint in storage (for resume / fine-tuning)
-    artifact_uri: str  # the published weights (MLflow artifact folder 'model')
-    metrics: dict[str, float] = {}
-
-
-def split_shards(shards: ShardSet, val_fraction: float) -> tuple[list[str], list[str], int]:
-    urls = list(shards.shards)
-    n_val = 0
-    if val_fraction > 0 and len(urls) >= 2:
-        n_val = max(1, round(val_fraction * len(urls)))
-        n_val = min(n_val, len(urls) - 1)
-    train, val = urls[: len(urls) - n_val], urls[len(urls) - n_val :]
-    n_train = sum(shards.sizes[u.rsplit("/", 1)[-1]] for u in train)
-    return train, val, n_train
 
 
 def run_key(cfg: CerebroConfig, manifest_hash: str, extra: str = "") -> str:
     blob = json.dumps([cfg.section_hash("train"), manifest_hash, extra])
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def publish_model(
-    cfg: CerebroConfig, run_id: str, checkpoint_url: str, stage: str, tags: dict, metrics: dict
-) -> ModelVersion:
-    """Log the model weights (model-only checkpoint + architecture JSON) to the active run and
-    register a new cerebro-clip version."""
-    storage = Storage(cfg.storage)
-    state = ckpt.load(storage, checkpoint_url)
-    with tempfile.TemporaryDirectory() as td:
-        d = Path(td, "model")
-        d.mkdir()
-        import torch
-
-        torch.save({"model": state["model"], "model_name": state["model_name"]}, d / "model.pt")
-        (d / "model_config.json").write_text(
-            json.dumps({"model_name": state["model_name"], "arch": model_config(state["model_name"])}, indent=2)
-        )
-        tracking.log_artifact(d)  # → artifact folder "model"
-    import mlflow
-
-    artifact_uri = mlflow.get_artifact_uri("model")
-    mv = tracking.register_version(
-        cfg.tracking.model_name,
-        artifact_uri,
-        run_id,
-        tags={"stage": stage, "model": state["model_name"], "step": state["step"], **tags},
-        description=f"{stage} of {state['model_name']} (run {run_id})",
-    )
-    return ModelVersion(
-        name=cfg.tracking.model_name,
-        version=str(mv.version),
-        run_id=run_id,
-        model=state["model_name"],
-        stage=stage,
-        checkpoint_url=checkpoint_url,
-        artifact_uri=artifact_uri,
-        metrics={k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-    )
 
 
 def run_stage(
@@ -127,4 +60,6 @@ def run_stage(
         final = {"final_loss": summary["final_loss"], "steps": summary["step"],
                  "skipped_samples": summary["skipped_samples"], **summary.get("eval", {})}
         tracking.log_json_artifact({k: v for k, v in summary.items()}, "training_summary.json")
+        # the unit of adapt's compute/pretrain_equivalents: samples through forward+backward
+        tracking.log_metrics({"compute/train_samples": summary["step"] * summary["global_batch"]})
         return publish_model(cfg, run.info.run_id, summary["checkpoint"], "pretrain", tags, final)
