@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="JPEG side (CC3M shards are 256 px center crops)")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--workers", type=int, default=min(14, max(1, (os.cpu_count() or 2) - 2)))
+    ap.add_argument("--processes", type=int, default=0,
+                    help="also time the embedding job (cerebro_core.embed_job, torchrun) on this many processes")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     import torch
@@ -126,16 +128,32 @@ def main() -> None:
         labelling = len(e.rows) / (time.perf_counter() - t0)
         plain_loop(model, b.preprocess_val, paths[: len(warm)], args.batch, args.workers, device)  # warm-up
         anchor = plain_loop(model, b.preprocess_val, paths, args.batch, args.workers, device)
+        job = None
+        if args.processes:  # the torchrun path index/reindex/adapt take with more than one process
+            from cerebro_core.config import ComputeConfig, StorageConfig
+            from cerebro_core.embed_job import embed
+            from cerebro_core.model import checkpoint as ckpt
+            from cerebro_core.storage import Storage
+
+            weights = str(Path(td) / "model.pt")
+            ckpt.save(Storage(), weights, {"model": model.state_dict(), "model_name": args.model, "step": 0})
+            t0 = time.perf_counter()
+            ej = embed(ComputeConfig(nproc_per_node=args.processes), StorageConfig(), args.model, weights, items,
+                       str(Path(td) / "job"), batch_size=args.batch, log=lambda line: None)
+            job = len(ej.rows) / (time.perf_counter() - t0)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     res = {"device": name, "model": args.model, "images": args.images, "jpeg_px": args.size, "batch": args.batch,
            "decode_workers": args.workers, "ours_images_per_s": ours, "anchor_images_per_s": anchor,
            "ratio": ours / anchor, "labelling_images_per_s": labelling, "classes": len(classes),
-           "labelling_pass_152982_s": ORIGINAL_POOL / labelling}
+           "labelling_pass_152982_s": ORIGINAL_POOL / labelling, "job_processes": args.processes,
+           "job_images_per_s": job}
     print("| device | model | images | decode workers | plain open_clip loop (img/s) | cerebro embed (img/s) | ratio "
           "| labelling pass (img/s, 304 classes) | one pass over 152,982 images |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {name} | {args.model} | {args.images} | {args.workers} | {anchor:.1f} | {ours:.1f} | {ours / anchor:.2f} "
           f"| {labelling:.1f} | {ORIGINAL_POOL / labelling / 60:.1f} min |")
+    if job is not None:
+        print(f"\nembedding job (torchrun, {args.processes} processes, start-up included): {job:.1f} img/s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))
 
