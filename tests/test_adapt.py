@@ -173,6 +173,65 @@ def test_one_iteration_end_to_end(adapt_env):
         assert res.iterations[res.best_iteration]["val/top1"] > res.iterations[0]["val/top1"]
 
 
+def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env):
+    """The logged validation top-1 and pseudo-label precision, recomputed independently: open_clip's
+    own ``build_zero_shot_classifier`` over the same prompts, PIL decode + the model's transform,
+    ground truth read from the folders' labels.csv — never through the stage's own code."""
+    import hashlib
+
+    import mlflow
+    import open_clip
+    import webdataset as wds
+    from PIL import Image
+
+    from cerebro_core.model.factory import create
+
+    cfg = adapt_env["cfg"]
+    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    client = mlflow.MlflowClient()
+    parent = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
+                                order_by=["start_time DESC"])[0]
+    (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+
+    def model_from(ck: str):
+        b = create(adapt_env["mv"].model)
+        ckpt.load_model_weights(b.model, ckpt.load(Storage(), ck))
+        return b.model.eval(), b.preprocess_val, open_clip.get_tokenizer(adapt_env["mv"].model)
+
+    def truth(folder: Path) -> dict[str, str]:
+        with (folder / "labels.csv").open() as f:
+            return {str(folder / r["path"]): r["label"] for r in csv.DictReader(f)}
+
+    @torch.no_grad()
+    def predict(model, preprocess, tokenizer, paths: list[str]) -> list[str]:
+        clf = open_clip.build_zero_shot_classifier(model, tokenizer, CLASSES, cfg.adapt.templates)
+        x = torch.stack([preprocess(Image.open(p).convert("RGB")) for p in paths])
+        feats = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        return [CLASSES[i] for i in (feats @ clf).argmax(1).tolist()]
+
+    # validation top-1 of the iteration-1 model
+    ck1 = sorted(work.rglob(f"{parent.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+    val = truth(Path(cfg.adapt.validation_source.path))
+    pred = predict(*model_from(str(ck1)), sorted(val))
+    top1 = sum(p == val[path] for p, path in zip(pred, sorted(val))) / len(val)
+    assert child.data.metrics["val/top1"] == pytest.approx(top1, abs=1e-6)  # a float32 mean of the same count
+    assert res.iterations[1]["val/top1"] == pytest.approx(top1, abs=1e-6)
+    # the pseudo-labels in the shards are the start model's zero-shot predictions; their precision
+    pool = truth(Path(cfg.adapt.sources[0].path))
+    by_sha = {hashlib.sha256(Path(p).read_bytes()).hexdigest(): p for p in pool}
+    tars = sorted(work.rglob(f"{parent.info.run_id}/iteration-1/shards/*.tar"))
+    selected = [(by_sha[s["json"]["sha256"]], s["json"]["label_name"])
+                for s in wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode()]
+    start = str(Path(mlflow.artifacts.download_artifacts(
+        client.get_model_version("cerebro-clip", adapt_env["mv"].version).source)) / "model.pt")
+    teacher = predict(*model_from(start), [p for p, _ in selected])
+    assert [lab for _, lab in selected] == teacher
+    precision = sum(lab == pool[p] for p, lab in selected) / len(selected)
+    assert child.data.metrics["pseudo_label_precision"] == pytest.approx(precision, abs=1e-6)
+    assert child.data.metrics["selected"] == len(selected)
+
+
 def test_ground_truth_never_reaches_training(adapt_env):
     """Permuting the pool's ground-truth labels leaves the trained weights bit-identical."""
     import mlflow
