@@ -501,7 +501,7 @@ def test_clip_distill_loss_is_contrastive_on_pairs_plus_distillation_on_soft_row
     import torch.nn.functional as F
     from open_clip.loss import ClipLoss
 
-    from cerebro_core.train.loop import _clip_distill_loss
+    from cerebro_core.train.loss import clip_distill_loss as _clip_distill_loss
 
     g = torch.Generator().manual_seed(0)
     img = F.normalize(torch.randn(8, 16, generator=g), dim=-1)
@@ -597,7 +597,7 @@ def test_scratch_student_distils_the_teachers_soft_targets(adapt_env):
 def _distill_rank(rank: int, init: str, out: str) -> None:
     import torch.distributed as dist
 
-    from cerebro_core.train.loop import _clip_distill_loss
+    from cerebro_core.train.loss import clip_distill_loss as _clip_distill_loss
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     img, txt, targets, prompts = torch.load(out + ".in", weights_only=True)

@@ -26,6 +26,7 @@ from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
 from cerebro_core.storage import Storage
 from cerebro_core.train.data import PipelineSpec, iter_pairs, make_loader
+from cerebro_core.train.loss import create_loss
 
 
 class ZeroShotSpec(BaseModel):
@@ -181,8 +182,6 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict[str, Any]:
     """Run (or resume) the training job; returns a summary (rank 0's view)."""
-    from open_clip.loss import ClipLoss
-
     hp = job.hp
     d = Dist()
     # rank 0 logs to the MLflow run of node 0's caller, wherever the rendezvous placed it
@@ -226,9 +225,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         )
     if hp.compile and d.cuda:  # the forward (through DDP); the weights stay `model`'s own
         ddp_model = torch.compile(ddp_model)
-    clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=d.rank,
-                         world_size=d.world_size)
-    loss_fn = make_loss(job, clip_loss, d.device)
+    loss_fn = create_loss(job, d.rank, d.world_size, d.device)
     prompt_tokens = None  # clip_distill: every class prompt rides along in each step's text batch
     if job.objective == "clip_distill":
         prompt_tokens = bundle.tokenizer([t for plist in job.distill_prompts for t in plist])
@@ -398,73 +395,6 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     }
     d.finish(summary, job.result_path)
     return summary
-
-
-def make_loss(job: TrainJob, clip_loss, device: str):
-    """loss(image_features, text_features, logit_scale, labels, extra_text_features) for the job's
-    objective (labels: class ids, or soft targets [B, C] for clip_distill)."""
-    if job.objective == "clip":
-        return lambda img, txt, scale, labels, extra=None: clip_loss(img, txt, scale)
-    if job.objective == "clip_distill":
-        return _clip_distill_loss(job, clip_loss.rank, clip_loss.world_size)
-    if job.objective == "masked_contrastive":
-
-        def masked(img, txt, scale, labels, extra=None):
-            logits = scale * img @ txt.T
-            n = logits.shape[0]
-            same = labels.to(logits.device)[:, None] == labels.to(logits.device)[None, :]
-            off = same & ~torch.eye(n, dtype=torch.bool, device=logits.device)
-            logits = logits.masked_fill(off, float("-inf"))  # same class: neither positive nor negative
-            target = torch.arange(n, device=logits.device)
-            return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-
-        return masked
-    import numpy as np
-
-    cls = torch.from_numpy(np.load(job.class_embeddings, allow_pickle=False)).float().to(device)
-    cls = F.normalize(cls, dim=-1)
-
-    def vocab_ce(img, txt, scale, labels, extra=None):
-        return F.cross_entropy(scale * F.normalize(img, dim=-1) @ cls.T, labels.to(img.device))
-
-    return vocab_ce
-
-
-def _clip_distill_loss(job: TrainJob, rank: int, world_size: int):
-    """Contrastive loss among the samples without soft targets (the pairs; gathered across ranks as
-    open_clip's default ``ClipLoss``) + ``distill_weight`` × cross-entropy of the model's zero-shot
-    distribution — ``distill_scale`` × cosine to its own prompt-ensembled class embeddings, computed
-    in the same forward — against the soft targets of the other samples (knowledge distillation)."""
-    n_prompts = [len(p) for p in job.distill_prompts]
-    owner = torch.repeat_interleave(torch.arange(len(n_prompts)), torch.tensor(n_prompts))
-
-    def loss(img, txt, scale, targets, prompt_feats):
-        targets = targets.to(img.device)
-        soft = targets.sum(1) > 0
-        pi, pt, pair = img, txt, ~soft
-        if world_size > 1:
-            from open_clip.loss import gather_features
-
-            pi, pt = gather_features(img, txt, local_loss=False, gather_with_grad=False, rank=rank,
-                                     world_size=world_size)
-            masks = [torch.empty_like(pair, dtype=torch.uint8) for _ in range(world_size)]
-            dist.all_gather(masks, pair.to(torch.uint8))  # gloo has no bool all_gather
-            pair = torch.cat(masks).bool()
-        pi, pt = pi[pair], pt[pair]
-        total = img.sum() * 0.0
-        if pi.shape[0] > 1:
-            logits = scale * pi @ pt.T
-            target = torch.arange(pi.shape[0], device=img.device)
-            total = total + (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
-        if soft.any():
-            f = F.normalize(prompt_feats.float(), dim=-1)
-            cls = torch.zeros(len(n_prompts), f.shape[1], device=f.device).index_add(0, owner.to(f.device), f)
-            cls = F.normalize(cls, dim=-1)  # the prompt ensemble: mean of normalised prompt embeddings
-            logp = F.log_softmax(job.distill_scale * F.normalize(img[soft].float(), dim=-1) @ cls.T, dim=1)
-            total = total + job.distill_weight * -(targets[soft] * logp).sum(1).mean()
-        return total
-
-    return loss
 
 
 def _forward(model, images, texts, amp: bool, amp_dtype, image_only: bool = False, extra_text=None):
