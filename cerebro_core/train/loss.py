@@ -13,12 +13,13 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 
 def create_loss(job, rank: int = 0, world_size: int = 1, device: str = "cpu"):
     """loss(image_features, text_features, logit_scale, labels, extra_text_features) for the job's
     objective (labels: class ids, or soft targets [B, C] for clip_distill)."""
+    from open_clip.loss import ClipLoss  # when a job builds its loss, not when the loop module is imported
+
     clip_loss = ClipLoss(local_loss=True, gather_with_grad=True, cache_labels=True, rank=rank, world_size=world_size)
     if job.objective == "clip":
         return lambda img, txt, scale, labels, extra=None: clip_loss(img, txt, scale)
