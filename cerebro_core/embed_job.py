@@ -88,6 +88,7 @@ def embed(
     if compute.node_rank != 0:
         return None
     emb = read_parts(job.out_dir, result["parts"], storage)
+    storage.rm(work_dir, recursive=True)  # every rank finished before torchrun exited: the parts are merged
     emb.failures = Counter(result["failures"])
     for row, i in zip(emb.rows, emb.index):
         row.update(items[int(i)].extra)

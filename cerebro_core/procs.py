@@ -34,7 +34,7 @@ def pdeathsig() -> None:  # pragma: no cover - runs in the child
 def kill_group(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except ProcessLookupError:  # already gone: nothing left to kill
         pass
     proc.wait()
 
@@ -47,7 +47,7 @@ def kill_tree(proc: subprocess.Popen) -> None:
         for child in parent.children(recursive=True):
             child.kill()
         parent.kill()
-    except psutil.NoSuchProcess:
+    except psutil.NoSuchProcess:  # already gone: nothing left to kill
         pass
     proc.wait()
 

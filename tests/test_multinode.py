@@ -198,8 +198,12 @@ def test_embedding_job_on_two_processes_equals_one(shared_data, cerebro_home, tm
     items.insert(7, Item(str(bad), "pool"))
     st = StorageConfig()
     e1 = embed(ComputeConfig(nproc_per_node=1), st, MODEL, weights, items, str(tmp_path / "w1"), batch_size=16)
-    e2 = embed(ComputeConfig(nproc_per_node=2), st, MODEL, weights, items, str(tmp_path / "w2"), batch_size=16)
-    assert (tmp_path / "w2" / "parts" / "emb-00001.npy").exists()  # it did run as 2 ranks
+    lines: list[str] = []
+    e2 = embed(ComputeConfig(nproc_per_node=2), st, MODEL, weights, items, str(tmp_path / "w2"), batch_size=16,
+               log=lines.append)
+    assert any("embedding: 121 items on 2 processes" in line for line in lines), lines[-20:]  # 2 ranks ran
+    assert e2.index.tolist() == e1.index.tolist() and len(set(e2.index.tolist())) == 120
+    assert not (tmp_path / "w2").exists(), "the merged parts are removed"
     assert len(e1.rows) == 120 and [r["uri"] for r in e1.rows] == [r["uri"] for r in e2.rows]
     assert [r["sha256"] for r in e1.rows] == [r["sha256"] for r in e2.rows]
     assert sum(e1.failures.values()) == sum(e2.failures.values()) == 1

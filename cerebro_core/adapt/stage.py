@@ -421,7 +421,7 @@ def run_stage(
     def embed_with(b, items: list[Item]):
         """Embedding in this node's cluster shape (compute.nproc_per_node processes)."""
         return embed(one_node(cfg.compute), cfg.storage, b.name, b.weights, items,
-                     embedding_dir(work, cfg.name, "adapt", b.weights, items), log=log, bundle=b)
+                     embedding_dir(resolve(cfg).storage_root, cfg.name, "adapt", b.weights, items), log=log, bundle=b)
 
     def pool_probabilities(b, items: Optional[list[Item]] = None) -> tuple[list[str], np.ndarray]:
         """(pool image keys, class probabilities) of one model, each with its own text tower and scale."""
