@@ -36,129 +36,20 @@ from typing import Callable, Optional
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from cerebro_core.config import DownloadConfig
+from cerebro_core.data.download_status import (INPUT_DIR, SHARD_DIGITS, classify_error, collect, done_shard_ids,
+                                               remove_orphans)
 from cerebro_core.data.img2dataset_env import img2dataset_python
+from cerebro_core.data.url_list import DownloadInputError, read_url_list, table_hash
 from cerebro_core.data.shardset import MANIFEST, SIZES, STATS, DownloadStats, ShardSet, default_output
 from cerebro_core.procs import run_supervised
 from cerebro_core.storage import Storage, is_remote, join
 
-SHARD_DIGITS = 5  # img2dataset's oom_shard_count
-INPUT_DIR = "_input"
 
 ProgressFn = Callable[[int, int], None]
 _TQDM_LINE = re.compile(r"^\d+it \[")  # img2dataset's own shard counter; we report progress ourselves
-
-
-class DownloadInputError(ValueError):
-    """The URL list is unusable; raised before any download worker starts."""
-
-
-# --------------------------------------------------------------------------- reader
-
-
-def _detect_format(cfg: DownloadConfig, url: str, first_line: str) -> str:
-    if cfg.input_format != "auto":
-        return cfg.input_format
-    lower = url.lower()
-    if lower.endswith(".parquet"):
-        return "parquet"
-    if lower.endswith(".txt"):
-        return "txt"
-    if lower.endswith((".tsv", ".tsv.gz")):
-        fields = first_line.rstrip("\r\n").split("\t")
-        if cfg.url_col in fields:
-            return "tsv"
-        # The CC3M file as published: no header, "caption<TAB>url".
-        if len(fields) == 2 and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", fields[1].strip()):
-            return "cc3m_tsv"
-        return "tsv"
-    return "csv"
-
-
-def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict]:
-    """Read and validate the URL list into a table (url, caption?, cerebro_id, extras)."""
-    src = cfg.url_list
-    if not src:
-        raise DownloadInputError("download.url_list: no URL list configured (set download.url_list=...)")
-    if not storage.exists(src):
-        raise DownloadInputError(f"download.url_list: file not found: {src}")
-    if storage.size(src) == 0:
-        raise DownloadInputError(f"download.url_list: {src} is empty")
-    raw = storage.read_bytes(src)
-    first_line = raw[:65536].split(b"\n", 1)[0].decode("utf-8", "replace")
-    fmt = _detect_format(cfg, src, first_line)
-    try:
-        if fmt == "parquet":
-            table = pq.read_table(io.BytesIO(raw))
-        elif fmt == "txt":
-            lines = [ln.strip() for ln in raw.decode("utf-8").splitlines() if ln.strip()]
-            table = pa.table({"url": lines})
-        elif fmt == "cc3m_tsv":
-            table = pacsv.read_csv(
-                io.BytesIO(raw),
-                read_options=pacsv.ReadOptions(column_names=["caption", "url"]),
-                parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, newlines_in_values=False),
-                convert_options=pacsv.ConvertOptions(column_types={"caption": pa.string(), "url": pa.string()}),
-            )
-        else:
-            delim = "\t" if fmt == "tsv" else ","
-            table = pacsv.read_csv(
-                io.BytesIO(raw),
-                parse_options=pacsv.ParseOptions(delimiter=delim),
-                convert_options=pacsv.ConvertOptions(strings_can_be_null=False, auto_dict_encode=False),
-            )
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise DownloadInputError(f"download.url_list: cannot parse {src} as {fmt}: {exc}") from None
-
-    if table.num_rows == 0:
-        raise DownloadInputError(f"download.url_list: {src} has no rows")
-
-    url_col = cfg.url_col
-    if fmt in ("txt", "cc3m_tsv"):
-        url_col = "url"
-    elif url_col not in table.column_names and "image_url" in table.column_names and url_col == "url":
-        url_col = "image_url"  # iNaturalist-style export
-    if url_col not in table.column_names:
-        raise DownloadInputError(
-            f"download.url_col: column {url_col!r} not found in {src} (columns: {', '.join(table.column_names)})"
-        )
-    caption_col = "caption" if fmt == "cc3m_tsv" else cfg.caption_col
-    has_caption = caption_col is not None and caption_col in table.column_names
-    if caption_col is not None and not has_caption and caption_col != "caption":
-        raise DownloadInputError(
-            f"download.caption_col: column {caption_col!r} not found in {src} (columns: {', '.join(table.column_names)})"
-        )
-
-    n = table.num_rows
-    urls = pc.cast(table.column(url_col), pa.string())
-    urls = pc.fill_null(urls, "")
-    cols = {"url": pc.utf8_trim_whitespace(urls), "cerebro_id": pa.array(range(n), pa.int64())}
-    dropped = 0
-    if has_caption:
-        caps = pc.fill_null(pc.cast(table.column(caption_col), pa.string()), "")
-        cols["caption"] = caps
-    out = pa.table(cols)
-    if has_caption and cfg.empty_captions == "drop":
-        keep = pc.not_equal(pc.utf8_trim_whitespace(out.column("caption")), "")
-        dropped = n - int(pc.sum(pc.cast(keep, pa.int64())).as_py() or 0)
-        out = out.filter(keep)
-    meta = {"format": fmt, "url_col": url_col, "has_caption": has_caption, "rows": n, "dropped_empty_caption": dropped}
-    if out.num_rows == 0:
-        raise DownloadInputError(f"download.url_list: {src} has no usable rows (all {n} have an empty caption)")
-    return out, meta
-
-
-def _table_hash(table: pa.Table) -> str:
-    h = hashlib.sha256()
-    for name in table.column_names:
-        h.update(name.encode())
-        for value in table.column(name).to_pylist():
-            h.update(repr(value).encode())
-            h.update(b"\x00")
-    return h.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- img2dataset
@@ -262,89 +153,6 @@ def run_img2dataset(
         return wall
 
 
-# --------------------------------------------------------------------------- writer
-
-_REASON_PATTERNS = [
-    (re.compile(r"HTTP Error (\d{3})"), lambda m: f"http_{m.group(1)}"),
-    (re.compile(r"Connection refused|Errno 111", re.I), "connection_refused"),
-    (re.compile(r"timed out|timeout", re.I), "timeout"),
-    (re.compile(r"unknown url type|no host given|Invalid URL|URL can't contain|nonnumeric port", re.I), "invalid_url"),
-    (re.compile(r"Errno 2\]|No such file", re.I), "not_found"),
-    (re.compile(r"Name or service not known|getaddrinfo|Errno -[23]\]", re.I), "dns_error"),
-    (re.compile(r"Connection reset|RemoteDisconnected|IncompleteRead", re.I), "connection_error"),
-    (re.compile(r"X-Robots-Tag", re.I), "disallowed_by_robots"),
-    (re.compile(r"Image decoding error", re.I), "not_an_image"),
-    (re.compile(r"image too small|image area too large|aspect ratio too large"), "size_filter"),
-]
-
-
-def classify_error(message: Optional[str]) -> str:
-    if not message:
-        return "unknown"
-    from cerebro_core.data.images import REASONS
-
-    if message in REASONS:
-        return message
-    for pattern, kind in _REASON_PATTERNS:
-        m = pattern.search(message)
-        if m:
-            return kind(m) if callable(kind) else kind
-    return "other"
-
-
-def _shard_name(shard_id: int) -> str:
-    return f"{shard_id:0{SHARD_DIGITS}d}"
-
-
-def _done_shard_ids(storage: Storage, output: str) -> list[int]:
-    ids = []
-    for p in storage.glob(join(output, "*_stats.json")):
-        stem = p.rsplit("/", 1)[-1].split("_", 1)[0]
-        if stem.isdigit():
-            ids.append(int(stem))
-    return sorted(ids)
-
-
-def _remove_orphans(storage: Storage, output: str) -> int:
-    """Delete .tar/.parquet files of shards that never finished (no _stats.json)."""
-    done = {_shard_name(i) for i in _done_shard_ids(storage, output)}
-    removed = 0
-    for pattern in ("*.tar", "*.parquet"):
-        for p in storage.glob(join(output, pattern)):
-            stem = p.rsplit("/", 1)[-1].split(".", 1)[0]
-            if stem.isdigit() and stem not in done:
-                storage.rm(p)
-                removed += 1
-    return removed
-
-
-def _read_shard_status(storage: Storage, output: str, shard_id: int) -> pa.Table:
-    url = join(output, _shard_name(shard_id) + ".parquet")
-    with storage.open(url, "rb") as f:
-        return pq.read_table(f, columns=["cerebro_id", "status", "error_message", "sha256"])
-
-
-def collect(storage: Storage, output: str) -> tuple[dict, dict[str, str]]:
-    """Final status per cerebro_id across all finished shards (later shards win)."""
-    final: dict[int, tuple[str, Optional[str], int]] = {}
-    sizes: dict[str, int] = {}
-    hashes: dict[str, str] = {}
-    for sid in _done_shard_ids(storage, output):
-        t = _read_shard_status(storage, output, sid).to_pydict()
-        name = _shard_name(sid) + ".tar"
-        n_ok = 0
-        for cid, status, err, sha in zip(t["cerebro_id"], t["status"], t["error_message"], t["sha256"]):
-            prev = final.get(cid)
-            if status == "success":
-                n_ok += 1
-                final[cid] = ("success", None, sid)
-                hashes[f"{name}/{cid}"] = sha or ""
-            elif prev is None or prev[0] != "success":
-                final[cid] = (status or "failed", err, sid)
-        sizes[name] = n_ok
-    return {"final": final, "sizes": sizes}, hashes
-
-
 def download(
     cfg: DownloadConfig,
     storage: Storage,
@@ -355,7 +163,7 @@ def download(
     """Run the download stage end to end and return the shard set (see module docstring)."""
     table, meta = read_url_list(cfg, storage)  # fails before any worker starts
     img2dataset_python()  # ... and so does a missing img2dataset environment
-    input_hash = _table_hash(table)
+    input_hash = table_hash(table)
     storage.makedirs(output)
 
     # A (re)run invalidates the previous manifest until it completes; the manifest is the commit marker.
@@ -379,8 +187,8 @@ def download(
         storage.write_text(marker_url, input_hash)
 
     expected = math.ceil(table.num_rows / cfg.samples_per_shard)
-    _remove_orphans(storage, output)
-    done_before = _done_shard_ids(storage, output)
+    remove_orphans(storage, output)
+    done_before = done_shard_ids(storage, output)
     before_ok = sum(1 for v in collect(storage, output)[0]["final"].values() if v[0] == "success") if done_before else 0
 
     wall = 0.0
@@ -389,7 +197,7 @@ def download(
         wall += run_img2dataset(
             cfg, storage, input_url, output, meta["has_caption"], "incremental", expected, progress, log
         )
-    missing = sorted(set(range(expected)) - set(_done_shard_ids(storage, output)))
+    missing = sorted(set(range(expected)) - set(done_shard_ids(storage, output)))
     if missing:
         raise RuntimeError(f"img2dataset finished but shards {missing[:10]} have no stats; rerun to resume")
 
@@ -398,13 +206,13 @@ def download(
         failed_ids = sorted(cid for cid, v in state["final"].items() if v[0] != "success")
         if failed_ids:
             retry = table.filter(pc.is_in(table.column("cerebro_id"), pa.array(failed_ids, pa.int64())))
-            n_retry = len(_done_shard_ids(storage, output))
+            n_retry = len(done_shard_ids(storage, output))
             retry_url = join(output, INPUT_DIR, f"retry-{n_retry:05d}.parquet")
             buf = io.BytesIO()
             pq.write_table(retry, buf)
             storage.write_bytes(retry_url, buf.getvalue())
             log(f"download: retrying {len(failed_ids)} failed rows")
-            _remove_orphans(storage, output)
+            remove_orphans(storage, output)
             wall += run_img2dataset(
                 cfg,
                 storage,
@@ -416,7 +224,7 @@ def download(
                 None,
                 log,
             )
-            _remove_orphans(storage, output)
+            remove_orphans(storage, output)
 
     state, hashes = collect(storage, output)
     final = state["final"]
