@@ -97,7 +97,7 @@ def main() -> None:
     import torch
 
     from cerebro_core.adapt.select import select
-    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.evaluate import probabilities, prompt_class_embeddings
     from cerebro_core.data.vocab import load_vocabulary, prompts_for
     from cerebro_core.embed import Item, embed_items
     from cerebro_core.model.factory import create
@@ -121,7 +121,7 @@ def main() -> None:
             torch.cuda.synchronize()
         ours = len(e.rows) / (time.perf_counter() - t0)
         t0 = time.perf_counter()
-        cls = class_embeddings(model, b.tokenizer, prompts)
+        cls = prompt_class_embeddings(model, b.tokenizer, prompts)
         e = embed_items(model, b.preprocess_val, items, batch_size=args.batch, workers=args.workers, device=device)
         probs = probabilities(e.vectors, cls.cpu(), float(model.logit_scale.detach().exp()))
         select(probs, 0.5, 100)

@@ -73,12 +73,12 @@ def original(model, preprocess, tokenizer, paths: list[str], classes: list[str],
 
 def ours(bundle, paths: list[str], classes: list[str], batch: int, draft_factor=2.0) -> np.ndarray:
     from cerebro_core.adapt.select import select
-    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.evaluate import probabilities, prompt_class_embeddings
     from cerebro_core.data.vocab import prompts_for
     from cerebro_core.embed import Item, default_workers, embed_items
 
     items = [Item(uri=p, source=src) for p, src in paths]
-    cls = class_embeddings(bundle.model, bundle.tokenizer, prompts_for(classes, TEMPLATES, "names"))
+    cls = prompt_class_embeddings(bundle.model, bundle.tokenizer, prompts_for(classes, TEMPLATES, "names"))
     e = embed_items(bundle.model, bundle.preprocess_val, items, batch_size=batch, workers=default_workers(),
                     draft_factor=draft_factor)
     probs = probabilities(e.vectors, cls, float(bundle.model.logit_scale.detach().exp()))

@@ -163,7 +163,7 @@ def download(
 ) -> None:
     """Stage 1: URL list -> webdataset shards with img2dataset (resumable; local or s3://)."""
     cfg = load(config, set_)
-    from cerebro_core.data.download import DownloadInputError, read_url_list
+    from cerebro_core.data.url_list import DownloadInputError, read_url_list
     from cerebro_core.data.img2dataset_env import Img2DatasetNotFound, img2dataset_python
     from cerebro_core.storage import Storage
 
@@ -221,7 +221,7 @@ def adapt(
     set_: Optional[list[str]] = SetOption,
     start_version: Optional[str] = typer.Option(None, help="cerebro-clip version to start from (default: champion)"),
 ) -> None:
-    """Stage 3: pseudo-label wildlife images and fine-tune, adapt.iterations times; keep the best."""
+    """Stage 3: pseudo-label wildlife images and train a student on them, adapt.iterations times; keep the best."""
     cfg = load(config, set_)
     from cerebro_core.adapt.stage import AdaptInputError, gather
 

@@ -1,4 +1,5 @@
-"""Evaluation: image↔text retrieval R@k, zero-shot classification with prompt ensembles."""
+"""Evaluation, the one module for it: image↔text retrieval R@k, zero-shot classification with prompt
+ensembles, labelled-set metrics (pretraining's zero-shot eval and adapt's validation/test)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,66 @@ def zero_shot_scores(img_feats: torch.Tensor, cls_emb: torch.Tensor, labels: tor
     correct = (pred == labels).float()
     per_class = [correct[labels == c].mean() for c in labels.unique()]
     return {"top1": float(correct.mean()), "mean_per_class": float(torch.stack(per_class).mean()), "n": len(labels)}
+
+
+@torch.no_grad()
+def prompt_class_embeddings(model, tokenizer: Callable, prompts: Sequence[Sequence[str]]) -> torch.Tensor:
+    """Per class, the normalised mean of its prompts' normalised text features (on the model's
+    device; returned on the CPU) — ``class_embeddings`` for per-class prompt lists (a vocabulary of
+    names × templates, or of captions)."""
+    device = next(unwrap(model).parameters()).device
+    out = [F.normalize(encode_texts(model, tokenizer(list(p)).to(device)).mean(0), dim=-1) for p in prompts]
+    return torch.stack(out).cpu()
+
+
+def probabilities(feats, cls: torch.Tensor, scale: float):
+    """Zero-shot class probabilities (numpy [N, C]) of normalised image features at ``scale``."""
+    import numpy as np
+
+    logits = scale * torch.from_numpy(np.asarray(feats, dtype=np.float32)) @ cls.T
+    return torch.softmax(logits, dim=1).numpy()
+
+
+def labelled_metrics(feats, labels: Sequence[str | None], classes: Sequence[str], cls: torch.Tensor) -> dict:
+    """Zero-shot top-1 and mean per class (``zero_shot_scores``), text→image R@k / P@k with each
+    present class's embedding as the query (relevant = same label), and the confusion matrix, over
+    the images whose label is in ``classes``."""
+    import numpy as np
+
+    idx = [i for i, lab in enumerate(labels) if lab in classes]
+    if not idx:
+        return {}
+    f = torch.from_numpy(np.asarray(feats, dtype=np.float32)[idx])
+    y = torch.tensor([list(classes).index(labels[i]) for i in idx])
+    out: dict = zero_shot_scores(f, cls, y)
+    sims = cls[y.unique()] @ f.T
+    for k in (1, 5, 10):
+        top = sims.topk(min(k, f.shape[0]), dim=1).indices
+        rel = (y[top] == y.unique()[:, None]).float()
+        out[f"text_to_image_R{k}"] = float((rel.sum(1) > 0).float().mean())
+        out[f"text_to_image_P{k}"] = float(rel.mean())
+    m = np.zeros((len(classes), len(classes)), np.int64)
+    np.add.at(m, (y.numpy(), (f @ cls.T).argmax(1).numpy()), 1)
+    out["confusion"] = m.tolist()
+    return out
+
+
+def general_retrieval(bundle, shards: Sequence[str], storage, max_n: int = 1000) -> dict:
+    """``retrieval_metrics`` of ``bundle``'s model on up to ``max_n`` image-text pairs of ``shards``
+    (the forgetting check on general pairs)."""
+    from cerebro_core.data import images
+    from cerebro_core.train.data import iter_pairs
+
+    imgs, caps = [], []
+    for _, data, text in iter_pairs(list(shards), storage, max_n):
+        try:
+            imgs.append(bundle.preprocess_val(images.decode(data)))
+            caps.append(text)
+        except images.ImageRejected:
+            continue
+    if not imgs:
+        return {}
+    model = bundle.model
+    fi = torch.cat([encode_images(model, torch.stack(imgs[i:i + 256])) for i in range(0, len(imgs), 256)])
+    ft = torch.cat([encode_texts(model, bundle.tokenizer(caps[i:i + 256])) for i in range(0, len(caps), 256)])
+    return retrieval_metrics(fi, ft, caps)

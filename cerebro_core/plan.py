@@ -81,7 +81,7 @@ def _count_images(sources: list[SourceConfig]) -> Optional[int]:
 
 
 def _rows(cfg: CerebroConfig, notes: list[str]) -> Optional[int]:
-    from cerebro_core.data.download import read_url_list
+    from cerebro_core.data.url_list import read_url_list
     from cerebro_core.storage import Storage
 
     try:
@@ -171,23 +171,24 @@ def plan(cfg: CerebroConfig, gpu: Optional[str] = None) -> list[StagePlan]:
         notes.append(f"sources not readable here: assumed the original system's {pool:,} images")
     held = _count_images([s for s in (a.validation_source, a.test_source) if s]) or 0
     labelled = pool + held
-    if a.student == "scratch":  # a new model on the pairs + the selection, like the pretraining
-        picked = min(pool, a.per_class_top_k * _classes(cfg, pool))
+    trainer = rate(table, "pretrain", model, device, nproc)  # students train on every process of one node
+    if a.student.kind == "scratch":  # a new model on the pairs + the selection, like the pretraining
+        picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
         student = t.epochs * (train_samples + picked)
-        # cross-fit: K more students before each iteration after the first
-        train_total = student * (1 + a.cross_fit_folds * (a.iterations - 1) / a.iterations)
-        trainer = rate(table, "pretrain", model, device, nproc)  # on every process of one node
-    else:  # fine-tuned from the teacher, in the stage's own process, on one device
-        train_total = t.finetune.steps * t.finetune.batch_size
-        trainer = rate(table, "pretrain", model, device, 1)
+        # out of fold: K more students (each without one fold) before each iteration after the first
+        folds = a.student.folds * (a.iterations - 1) / a.iterations
+        train_total = student + folds * t.epochs * (train_samples + picked * (a.student.folds - 1) / max(1, a.student.folds))
+    else:  # replay: warm-started from the teacher, a fixed budget of the pretraining's samples
+        train_total = a.student.budget * seen if seen else None
     emb = rate(table, "embed", model, device, nproc)  # adapt labels on one node
     per_it = None
-    if emb and trainer:
+    if emb and trainer and train_total:
         per_it = labelled / emb.total + train_total / trainer.total
-    pe = f"{train_total / seen:.3g}" if seen else "?"
+    pe = f"{train_total / seen:.3g}" if (seen and train_total) else "?"
     out.append(StagePlan(
         "adapt", f"{a.iterations} iterations × (label {_fmt(pool)} pool + {_fmt(held)} held-out images, train "
-                 f"{_fmt(train_total)} samples = {pe} pretrain-equivalents per iteration; student: {a.student})",
+                 f"{_fmt(train_total) if train_total else '?'} samples = {pe} pretrain-equivalents per iteration; "
+                 f"student: {a.student.kind})",
         per_it * a.iterations if per_it is not None else None,
         [_rate_line("labelling", emb, "images", model, device), _rate_line("training", trainer, "samples", model,
                                                                             device)],

@@ -92,17 +92,16 @@ def adapt_key(context, parameters) -> str:
     a = cfg.adapt
     sources = [path_fingerprint(s.path) for s in a.sources]
     extra = [path_fingerprint(x.path) if x else None for x in (a.validation_source, a.test_source)]
-    scratch = None
-    if a.student == "scratch":  # the student is pretrained: all of train.* and the pairs matter
-        from cerebro_core.adapt.stage import AdaptInputError, pretraining_pairs
-        from cerebro_core.storage import Storage
+    # every student trains with train.* on the pretraining pairs: both matter
+    from cerebro_core.adapt.students import AdaptInputError, pretraining_pairs
+    from cerebro_core.storage import Storage
 
-        try:
-            scratch = [cfg.section_hash("train"), pretraining_pairs(cfg, Storage(cfg.storage)).manifest_hash]
-        except AdaptInputError:
-            scratch = "no pairs"  # the stage itself fails with the message
-    return _key("adapt", cfg.name, cfg.section_hash("adapt"), cfg.train.finetune.model_dump(mode="json"),
-                parameters.get("start_version"), sources, extra, path_fingerprint(a.vocabulary), scratch)
+    try:
+        pairs = pretraining_pairs(cfg, Storage(cfg.storage)).manifest_hash
+    except AdaptInputError:
+        pairs = "no pairs"  # the stage itself fails with the message
+    return _key("adapt", cfg.name, cfg.section_hash("adapt"), cfg.section_hash("train"), compute_part(cfg)[1:],
+                parameters.get("start_version"), sources, extra, path_fingerprint(a.vocabulary), pairs)
 
 
 def index_key(context, parameters) -> str:

@@ -178,7 +178,7 @@ def test_embedding_job_on_two_processes_equals_one(shared_data, cerebro_home, tm
     from them alike; failures are counted across ranks."""
     import torch
 
-    from cerebro_core.adapt.stage import class_embeddings, probabilities
+    from cerebro_core.evaluate import probabilities, prompt_class_embeddings
     from cerebro_core.data.vocab import prompts_for
     from cerebro_core.config import ComputeConfig, StorageConfig
     from cerebro_core.data.sources import list_folder
@@ -209,7 +209,7 @@ def test_embedding_job_on_two_processes_equals_one(shared_data, cerebro_home, tm
     assert sum(e1.failures.values()) == sum(e2.failures.values()) == 1
     np.testing.assert_allclose(e1.vectors, e2.vectors, atol=1e-5)
     b = load_model(MODEL, weights, Storage(), "cpu")
-    cls = class_embeddings(b.model, b.tokenizer, prompts_for(["cat", "deer", "dog", "frog", "horse", "bird"],
+    cls = prompt_class_embeddings(b.model, b.tokenizer, prompts_for(["cat", "deer", "dog", "frog", "horse", "bird"],
                                                              ["a photo of a {}."], "names"))
     scale = float(b.model.logit_scale.detach().exp())
     np.testing.assert_allclose(probabilities(e1.vectors, cls, scale), probabilities(e2.vectors, cls, scale), atol=1e-5)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import random
 from dataclasses import dataclass, field
@@ -74,16 +73,11 @@ class PipelineSpec:
     shuffle_buffer: int = 1000
     caption_key: str = "txt"
     return_keys: bool = False  # yield sample keys too (tests and debugging)
-    label_key: Optional[str] = None  # read an integer label from the sample's json (adapt objectives)
-    # read soft targets {"i": [class ids], "p": [probabilities]} from the sample's json: a dense
-    # [soft_classes] row per sample, all zeros for a sample without them (a plain pair)
-    soft_key: Optional[str] = None
-    soft_classes: int = 0
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
 class ShardBatches(IterableDataset):
-    """Yields ``(images, tokens, n_skipped, keys | None, labels | soft targets | None)``; see the
+    """Yields ``(images, tokens, n_skipped, keys | None)``; see the
     module docstring."""
 
     def __init__(self, spec: PipelineSpec, transform: Callable, tokenizer: Callable, num_workers: int):
@@ -149,7 +143,7 @@ class ShardBatches(IterableDataset):
         # Skip, undecoded, what this slot already produced before the checkpoint. Bad samples
         # were skipped then too, so skip by the same rule: count only valid ones.
         to_skip = done * s.batch_size
-        imgs, texts, keys, labels = [], [], [], []
+        imgs, texts, keys = [], [], []
         for sample in stream:
             img_bytes = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             txt = sample.get(s.caption_key)
@@ -164,19 +158,6 @@ class ShardBatches(IterableDataset):
             if not text:
                 skipped_bad += 1
                 continue
-            label = None
-            if s.label_key is not None:
-                try:
-                    label = int(json.loads(sample["json"])[s.label_key])
-                except Exception:
-                    skipped_bad += 1
-                    continue
-            if s.soft_key is not None:
-                try:
-                    label = _soft_row(sample.get("json"), s.soft_key, s.soft_classes)
-                except (ValueError, KeyError, TypeError, IndexError):
-                    skipped_bad += 1
-                    continue
             if to_skip > 0:
                 if images.check(img_bytes) is None:
                     to_skip -= 1
@@ -191,35 +172,15 @@ class ShardBatches(IterableDataset):
             imgs.append(self.transform(img))
             texts.append(text)
             keys.append(f"{sample['__url__']}#{sample['__key__']}")
-            labels.append(label)
             if len(imgs) == s.batch_size:
                 yield (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0),
-                       keys if s.return_keys else None,
-                       _stack_targets(labels, s))
+                       keys if s.return_keys else None)
                 skipped_bad = 0
-                imgs, texts, keys, labels = [], [], [], []
+                imgs, texts, keys = [], [], []
                 produced += 1
                 batch_idx += 1
                 if produced >= remaining:
                     return
-
-
-def _soft_row(raw: Optional[bytes], key: str, n_classes: int) -> torch.Tensor:
-    row = torch.zeros(n_classes)
-    meta = json.loads(raw) if raw else {}
-    if meta.get(key) is None:
-        return row  # no soft targets: a plain pair
-    idx, p = meta[key]["i"], meta[key]["p"]
-    if len(idx) != len(p) or min(idx, default=0) < 0 or max(idx, default=0) >= n_classes:
-        raise ValueError(f"soft targets {key!r}: {len(idx)} ids for {len(p)} probabilities, {n_classes} classes")
-    row[torch.tensor(idx, dtype=torch.long)] = torch.tensor(p, dtype=torch.float32)
-    return row
-
-
-def _stack_targets(labels: list, s: PipelineSpec) -> Optional[torch.Tensor]:
-    if s.soft_key is not None:
-        return torch.stack(labels)
-    return torch.tensor(labels) if s.label_key is not None else None
 
 
 def make_loader(spec: PipelineSpec, transform, tokenizer, num_workers: int) -> DataLoader:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import resource
 import time
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -50,18 +50,7 @@ class TrainJob(BaseModel):
     ckpt_dir: str
     init_from: Optional[str] = None  # model checkpoint to start from (fine-tuning)
     max_steps: Optional[int] = None
-    freeze_text: bool = False
-    # clip: open_clip's ClipLoss; masked_contrastive: same-label pairs removed from the negatives;
-    # vocab_ce: cross-entropy of image features against fixed class embeddings (class_embeddings);
-    # clip_distill: the contrastive loss on samples without soft targets (pairs) + distillation of
-    # the soft targets (soft_key) into the model's own zero-shot head over distill_prompts
-    objective: Literal["clip", "masked_contrastive", "vocab_ce", "clip_distill"] = "clip"
-    label_key: Optional[str] = None
-    class_embeddings: Optional[str] = None  # .npy [C, d] (vocab_ce)
-    soft_key: Optional[str] = None  # json key of the soft targets (clip_distill)
-    distill_prompts: list[list[str]] = Field(default_factory=list)  # per class, its prompts (clip_distill)
-    distill_scale: float = 100.0  # logit scale of the zero-shot head the targets came from
-    distill_weight: float = 1.0
+    loss: str = "clip"  # train/loss.py's LOSSES
     mlflow_run_id: Optional[str] = None
     result_path: Optional[str] = None
 
@@ -199,16 +188,6 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     model = bundle.model
     if job.init_from:
         ckpt.load_model_weights(model, ckpt.load(storage, job.init_from))
-    if job.objective not in ("clip", "clip_distill") and not job.label_key:
-        raise ValueError(f"adapt.objective={job.objective} needs labelled samples (label_key)")
-    if job.objective == "clip_distill" and not (job.soft_key and job.distill_prompts):
-        raise ValueError("clip_distill needs soft targets (soft_key) and the class prompts (distill_prompts)")
-    if job.objective == "vocab_ce" and not job.class_embeddings:
-        raise ValueError("adapt.objective=vocab_ce needs class embeddings")
-    if job.freeze_text or job.objective == "vocab_ce":
-        for n, p in model.named_parameters():
-            if not n.startswith("visual.") and n != "logit_scale":
-                p.requires_grad_(False)
     if hp.grad_checkpointing:
         model.set_grad_checkpointing(True)
     model.train()
@@ -221,14 +200,10 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     ddp_model = model
     if d.world_size > 1:
         ddp_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[d.local_rank] if d.cuda else None, find_unused_parameters=job.freeze_text
-        )
+            model, device_ids=[d.local_rank] if d.cuda else None)
     if hp.compile and d.cuda:  # the forward (through DDP); the weights stay `model`'s own
         ddp_model = torch.compile(ddp_model)
-    loss_fn = create_loss(job, d.rank, d.world_size, d.device)
-    prompt_tokens = None  # clip_distill: every class prompt rides along in each step's text batch
-    if job.objective == "clip_distill":
-        prompt_tokens = bundle.tokenizer([t for plist in job.distill_prompts for t in plist])
+    loss_fn = create_loss(job.loss, d.rank, d.world_size)
 
     micro_per_step = hp.accum_steps
     global_batch = hp.batch_size * d.world_size * micro_per_step
@@ -293,8 +268,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-        storage=job.storage, label_key=job.label_key, soft_key=job.soft_key, soft_classes=len(job.distill_prompts),
-        return_keys=True,
+        storage=job.storage, return_keys=True,
     )
     loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
@@ -309,8 +283,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             skipped_total += sum(m[2] for m in micro)
             opt.zero_grad(set_to_none=True)
             try:
-                loss_val = _step(ddp_model, model, micro, loss_fn, d.device, amp, amp_dtype, scaler,
-                                 image_only=job.objective == "vocab_ce", extra_text=prompt_tokens)
+                loss_val = _step(ddp_model, micro, loss_fn, d.device, amp, amp_dtype, scaler)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _out_of_memory(exc):
                     raise
@@ -397,42 +370,31 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     return summary
 
 
-def _forward(model, images, texts, amp: bool, amp_dtype, image_only: bool = False, extra_text=None):
-    """(image features, text features, logit scale, features of ``extra_text`` | None). Extra
-    texts (class prompts) go through the same forward as the batch's captions, so DDP syncs their
-    gradients as any other."""
+def _forward(model, images, texts, amp: bool, amp_dtype):
+    """(image features, text features, logit scale)."""
     with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
-        if image_only:  # through the (DDP) wrapper so gradients sync; open_clip skips the text tower
-            out = model(images, None)
-            return out["image_features"], None, out["logit_scale"], None
-        n = texts.shape[0]
-        out = model(images, texts if extra_text is None else torch.cat([texts, extra_text]))
-    txt = out["text_features"]
-    return out["image_features"], txt[:n], out["logit_scale"], (None if extra_text is None else txt[n:])
+        out = model(images, texts)
+    return out["image_features"], out["text_features"], out["logit_scale"]
 
 
-def _step(ddp_model, model, micro, loss_fn, device, amp, amp_dtype, scaler, image_only: bool = False,
-          extra_text=None) -> float:
+def _step(ddp_model, micro, loss_fn, device, amp, amp_dtype, scaler) -> float:
     """One optimizer step's forward/backward. With accumulation, open_clip's exact scheme: features
     of all micro-batches first (no grad), then each micro-batch again with grad against the rest,
     so the contrastive loss sees the whole accumulated batch."""
-    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True), m[4]) for m in micro]
-    extra = extra_text.to(device, non_blocking=True) if extra_text is not None else None
+    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True)) for m in micro]
     if len(moved) == 1:
-        i, t, lab = moved[0]
-        img, txt, scale, ext = _forward(ddp_model, i, t, amp, amp_dtype, image_only, extra)
-        loss = loss_fn(img, txt, scale, lab, ext)
+        img, txt, scale = _forward(ddp_model, *moved[0], amp, amp_dtype)
+        loss = loss_fn(img, txt, scale)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         return float(loss.detach())
-    labels = torch.cat([m[2] for m in moved]) if moved[0][2] is not None else None
     with torch.no_grad():
-        feats = [_forward(ddp_model, i, t, amp, amp_dtype, image_only)[:2] for i, t, _ in moved]
+        feats = [_forward(ddp_model, i, t, amp, amp_dtype)[:2] for i, t in moved]
     total = 0.0
-    for j, (i, t, _) in enumerate(moved):
-        img, txt, scale, ext = _forward(ddp_model, i, t, amp, amp_dtype, image_only, extra)
+    for j, (i, t) in enumerate(moved):
+        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype)
         all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
-        all_txt = None if image_only else torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
-        loss = loss_fn(all_img, all_txt, scale, labels, ext) / len(moved)
+        all_txt = torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
+        loss = loss_fn(all_img, all_txt, scale) / len(moved)
         (scaler.scale(loss) if scaler is not None else loss).backward()
         total += float(loss.detach())
     return total

@@ -1,0 +1,1 @@
+"""Experiments and controls the benchmarks load; not part of the product (``cerebro_core``)."""

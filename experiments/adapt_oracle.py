@@ -1,0 +1,23 @@
+"""A diagnostic labeller for the adapt benchmark, never for the product: the teacher's selection
+(the same images) with each image's ground-truth class instead of the teacher's. It bounds what
+better labels could buy a student at a given cost. Ground truth comes from the pool's labels.csv."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cerebro_core.adapt.label import Selection, TeacherLabeller
+from cerebro_core.config import LabellerConfig
+
+
+class OracleLabels:
+    name = "oracle-labels"
+    min_selected = 2
+
+    def __init__(self, cfg: LabellerConfig, truth: dict[str, int]) -> None:
+        self.teacher, self.truth = TeacherLabeller(cfg), truth
+
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray) -> Selection:
+        idx, _, scores = self.teacher(iteration, keys, probs)
+        labels = np.array([self.truth[keys[i]] for i in idx], np.int64)
+        return Selection(idx, labels, scores)
