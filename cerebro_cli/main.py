@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -290,77 +289,7 @@ def reindex(
     typer.echo(f"published {r.version.name} v{r.version.version} (champion)" if r.version else "nothing published")
 
 
-def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
-    from cerebro_core import tracking
-    from cerebro_core.index.publish import load_searcher
-
-    tracking.configure(cfg)
-    uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
-    try:
-        return load_searcher(uri)
-    except Exception as exc:
-        typer.echo(f"cerebro: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
-        raise typer.Exit(2) from None
-
-
-@app.command()
-def search(
-    query: Optional[str] = typer.Argument(None, help='text query, e.g. "a red fox leaping into snow"'),
-    k: int = typer.Option(10, "-k", help="number of results (1..1000)"),
-    image: Optional[Path] = typer.Option(None, "--image", help="search by an image file instead of text"),
-    source: Optional[str] = typer.Option(None, help="only this source"),
-    media: Optional[str] = typer.Option(None, help="image | video"),
-    as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
-    config: Optional[Path] = ConfigOption,
-    set_: Optional[list[str]] = SetOption,
-) -> None:
-    """Search the published index (cerebro-search@champion) by text or by image."""
-    cfg = load(config, set_)
-    if (query is None) == (image is None):
-        typer.echo("cerebro search: give a text query or --image, not both", err=True)
-        raise typer.Exit(2)
-    from cerebro_core.index.search import QueryError
-
-    version, s = _searcher(cfg, model_uri)
-    try:
-        hits = s.search(query, k, source, media) if image is None else s.search_image(image.read_bytes(), k, source, media)
-    except (QueryError, OSError) as exc:
-        typer.echo(f"cerebro search: {exc}", err=True)
-        raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(json.dumps({"version": version, "results": hits}, indent=2))
-        return
-    for i, h in enumerate(hits, 1):
-        where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
-        typer.echo(f"{i:>3}. {h['score']:.3f}  [{h['source']}] {h['uri']}{where}")
-
-
-@app.command()
-def serve(
-    host: Optional[str] = typer.Option(None, help="default: serve.host (127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, help="default: serve.port (8000)"),
-    reload_interval: float = typer.Option(5.0, help="seconds between checks for a new champion"),
-    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
-    config: Optional[Path] = ConfigOption,
-    set_: Optional[list[str]] = SetOption,
-) -> None:
-    """Serve the search API and page (follows the champion alias without restart)."""
-    cfg = load(config, set_)
-    import uvicorn
-
-    from cerebro_core import tracking
-    from cerebro_core.serve.app import create_app, registry_holder
-
-    tracking.configure(cfg)
-    uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
-    try:
-        holder = registry_holder(uri, reload_interval)
-    except Exception as exc:
-        typer.echo(f"cerebro serve: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
-        raise typer.Exit(2) from None
-    app_ = create_app(holder, cfg.serve.max_upload_mb)
-    uvicorn.run(app_, host=host or cfg.serve.host, port=port or cfg.serve.port, log_level="info")
+from cerebro_cli import search_cmds  # noqa: E402,F401 — registers `search` and `serve` here, in order
 
 
 @app.command()

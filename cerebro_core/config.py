@@ -268,11 +268,27 @@ class IndexConfig(_Section):
     model_alias: str = "champion"
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     max_upload_mb: float = Field(10.0, gt=0)
-    max_query_chars: int = Field(1000, ge=1)
+    max_query_chars: int = Field(1000, ge=1, le=100_000)
+    allowed_hosts: list[str] = Field(
+        default_factory=lambda: list(LOOPBACK),
+        description="Host header values the API answers (DNS-rebinding guard); add the public name when serving "
+                    "beyond this machine")
+    cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed cross-site; none "
+                                                                      "by default")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_ok(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one host name")
+        return v
 
 
 class CerebroConfig(_Section):

@@ -12,6 +12,7 @@ filters (source, media type) use FAISS ID selectors, so they never cost recall.
 from __future__ import annotations
 
 import json
+import unicodedata
 import os
 import threading
 from collections import OrderedDict
@@ -34,6 +35,25 @@ MAX_K = 1000
 
 class QueryError(ValueError):
     """A bad query: the API answers 4xx with this message."""
+
+
+MEDIA = ("image", "video")
+
+
+def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] = None,
+                max_chars: int = MAX_QUERY_CHARS) -> None:
+    """What can be refused without a model: an empty query (whitespace, zero-width and other
+    invisible characters only), one over ``max_chars``, ``k`` outside 1..MAX_K, an unknown media."""
+    if query is not None:
+        if not isinstance(query, str) or not "".join(
+                ch for ch in query if unicodedata.category(ch)[0] not in "CZ").strip():
+            raise QueryError("query is empty")
+        if len(query) > max_chars:
+            raise QueryError(f"query is longer than {max_chars} characters ({len(query)})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+    if media is not None and media not in MEDIA:
+        raise QueryError(f"media must be 'image' or 'video', got {media!r}")
 
 
 class _LRU:
@@ -85,12 +105,9 @@ class Searcher:
 
     # ---- validation ----------------------------------------------------------------
     def _check(self, k: int, source: Optional[str], media: Optional[str]) -> None:
-        if not isinstance(k, int) or not 1 <= k <= MAX_K:
-            raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        check_query(None, k, media)
         if source is not None and source not in self.sources:
             raise QueryError(f"unknown source {source!r}; known: {', '.join(self.sources)}")
-        if media is not None and media not in ("image", "video", "video_frame"):
-            raise QueryError(f"media must be 'image' or 'video', got {media!r}")
 
     # ---- encoding --------------------------------------------------------------------
     def encode_text(self, query: str) -> np.ndarray:
@@ -146,11 +163,9 @@ class Searcher:
                          "pseudo_label", "pseudo_score")}})
         return out
 
-    def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None) -> list[dict]:
-        if not isinstance(query, str) or not query.strip():
-            raise QueryError("query is empty")
-        if len(query) > MAX_QUERY_CHARS:
-            raise QueryError(f"query is longer than {MAX_QUERY_CHARS} characters ({len(query)})")
+    def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
+               max_chars: int = MAX_QUERY_CHARS) -> list[dict]:
+        check_query(query, k, media, max_chars)
         self._check(k, source, media)
         return self.search_vector(self.encode_text(query), k, source, media)
 

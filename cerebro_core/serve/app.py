@@ -21,7 +21,10 @@ from typing import Callable, Optional
 
 from fastapi import FastAPI, File, HTTPException, Query, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.middleware.cors import CORSMiddleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from cerebro_core.config import ServeConfig
 from cerebro_core.index.search import MAX_K, QueryError, Searcher
 
 log = logging.getLogger("cerebro.serve")
@@ -74,9 +77,47 @@ def _hit(h: dict) -> dict:
     return {**h, "image_url": f"/images/{h['id']}"}
 
 
-def create_app(holder: Holder, max_upload_mb: float = 10.0) -> FastAPI:
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` on ``paths`` with 413: at once when its
+    Content-Length says so, else as soon as the bytes received pass the limit (nothing more is read
+    or spooled to disk)."""
+
+    def __init__(self, app, max_bytes: int, paths: tuple[str, ...]) -> None:
+        self.app, self.max_bytes, self.paths = app, max_bytes, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        detail = f"upload larger than {self.max_bytes / 2**20:g} MB"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes + ENVELOPE:
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes + ENVELOPE:
+                    raise HTTPException(status_code=413, detail=detail)
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+ENVELOPE = 64 * 1024  # multipart boundaries and headers around the file
+
+
+def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
+    cfg = cfg or ServeConfig()
     app = FastAPI(title="Cerebro search", version="1")
+    max_upload_mb = cfg.max_upload_mb
     max_bytes = int(max_upload_mb * 2**20)
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, paths=("/search/image",))
+    if cfg.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)  # outermost: checked first
 
     @app.on_event("startup")
     def _start() -> None:  # pragma: no cover - exercised by the server tests
@@ -101,7 +142,7 @@ def create_app(holder: Holder, max_upload_mb: float = 10.0) -> FastAPI:
                media: Optional[str] = None) -> dict:
         s = holder.searcher
         t0 = time.perf_counter()
-        hits = s.search(q, k=k, source=source or None, media=media or None)
+        hits = s.search(q, k=k, source=source or None, media=media or None, max_chars=cfg.max_query_chars)
         return {"query": q, "k": k, "version": holder.version, "took_ms": (time.perf_counter() - t0) * 1000,
                 "results": [_hit(h) for h in hits]}
 
@@ -120,18 +161,22 @@ def create_app(holder: Holder, max_upload_mb: float = 10.0) -> FastAPI:
                 "results": [_hit(h) for h in hits]}
 
     @app.get("/images/{item_id}")
-    def image(item_id: int):
+    def image(item_id: str):
         s = holder.searcher
-        try:
-            r = s.record(item_id)
+        try:  # decimal digits only: int() would also read "1_0" as 10, " 7" as 7, "٣" as 3
+            r = s.record(int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1)
         except KeyError:
-            raise HTTPException(status_code=404, detail=f"no indexed item {item_id}") from None
+            raise HTTPException(status_code=404, detail=f"no indexed item {item_id[:40]!r}") from None
         path = Path(r["uri"])
         if r["media_type"] == "video_frame":
             from cerebro_core.embed import read_still
 
             buf = io.BytesIO()
-            read_still(str(path), r["video_ts"] or 0.0).save(buf, format="JPEG", quality=90)
+            try:
+                read_still(str(path), r["video_ts"] or 0.0).save(buf, format="JPEG", quality=90)
+            except Exception as exc:  # the video moved, was truncated or replaced: as for a gone image
+                log.warning("item %s: video still unreadable: %s", item_id, exc)
+                raise HTTPException(status_code=410, detail=f"item {item_id} is no longer readable") from None
             return Response(buf.getvalue(), media_type="image/jpeg")
         try:
             data = path.read_bytes()

@@ -1,0 +1,162 @@
+"""The search server probed as an attacker and a careless user would (issue #21's defects), on a
+real `cerebro serve` over a small real index: strict ids, invisible and over-long queries, unknown
+media, the Host-header guard, no CORS by default, uploads refused before the body is read, a video
+gone behind an indexed still, and the CLI refusing before it loads a model."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, make_video, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+CEREBRO = str(Path(sys.executable).parent / "cerebro")
+
+
+@pytest.fixture(scope="module")
+def served(shared_data, tmp_path_factory):
+    from test_index import register_random_clip
+
+    from cerebro_core.config import load_config
+    from cerebro_core.index.stage import run_stage
+
+    home = tmp_path_factory.mktemp("serve-home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEREBRO_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    src = tmp_path_factory.mktemp("serve-src")
+    for i, p in enumerate(sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:20]):
+        shutil.copy(p, src / f"deer_{i:03d}.jpg")
+    make_video(src / "clip.mp4", seconds=3.0)
+    overrides = [f"index.sources=[{{name: src, path: {src}}}]", "index.video_frame_interval=2.0",
+                 "serve.max_query_chars=50", "serve.max_upload_mb=1"]
+    cfg = load_config(REPO / "configs/demo.yaml", overrides)
+    register_random_clip(cfg)
+    run_stage(cfg, log=lambda s: None)
+    port = free_port()
+    env = dict(os.environ, CEREBRO_HOME=str(home))
+    args = [CEREBRO, "serve", "--port", str(port), "-c", str(REPO / "configs/demo.yaml")]
+    for o in overrides:
+        args += ["--set", o]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_port(port, timeout=120, proc=proc)
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "src": src, "env": env, "overrides": overrides}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        mp.undo()
+
+
+def test_ids_queries_and_media_are_strict(served):
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    assert c.get("/images/10").status_code == 200
+    for bad in ("1_0", " 10", "+10", "١٠", "10.0", "0x0a", "9" * 40):
+        r = c.get(f"/images/{bad}")
+        assert r.status_code == 404 and r.json()["detail"].startswith("no indexed item"), bad
+    assert c.get("/search", params={"q": "a deer", "k": 3}).status_code == 200
+    for q, msg in (("\u200b\u200b\u200b", "query is empty"), ("\u200b \u2060\ufeff", "query is empty"),
+                   ("x" * 51, "longer than 50 characters")):  # serve.max_query_chars=50 is read
+        r = c.get("/search", params={"q": q})
+        assert r.status_code == 400 and msg in r.json()["detail"], q
+    r = c.get("/search", params={"q": "a deer", "media": "video_frame"})
+    assert r.status_code == 400 and "media must be 'image' or 'video'" in r.json()["detail"]
+    assert len(c.get("/search", params={"q": "a deer", "media": "video"}).json()["results"]) == 2
+
+
+def test_host_header_guard_and_no_cors_by_default(served):
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    assert c.get("/healthz", headers={"Host": f"localhost:{served['port']}"}).status_code == 200
+    rebound = c.get("/search", params={"q": "a deer"}, headers={"Host": "attacker.example"})
+    assert rebound.status_code == 400  # a DNS-rebound page reaching 127.0.0.1 under its own name
+    r = c.get("/healthz", headers={"Origin": "http://attacker.example"})
+    assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
+
+
+def _raw(port: int, head: bytes, body_chunks=(), read_after: int = 0) -> tuple[bytes, int]:
+    """Send ``head`` then body chunks until the server answers; (response, body bytes sent)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sent = 0
+    try:
+        s.sendall(head)
+        s.setblocking(False)
+        for chunk in body_chunks:
+            try:
+                reply = s.recv(65536)
+                if reply:
+                    return reply, sent
+            except BlockingIOError:
+                pass
+            try:
+                s.sendall(chunk)
+            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        s.setblocking(True)
+        return s.recv(65536), sent
+    finally:
+        s.close()
+
+
+def test_upload_over_the_limit_is_refused_before_the_body_is_read(served):
+    port = served["port"]
+    head = (f"POST /search/image HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+            f"boundary=x\r\nContent-Length: {300 * 2**20}\r\n\r\n").encode()
+    reply, sent = _raw(port, head)  # the 300 MiB body is never sent: the answer comes on the headers
+    assert reply.startswith(b"HTTP/1.1 413") and b"upload larger than 1 MB" in reply and sent == 0
+    # no Content-Length (chunked): refused once 1 MB + the envelope has arrived, long before 300 MiB
+    head = (f"POST /search/image HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: multipart/form-data; "
+            "boundary=x\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    part = b"--x\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n" + b"\xff" * 65000
+    chunk = f"{len(part):x}\r\n".encode() + part + b"\r\n"
+    reply, sent = _raw(port, head, [chunk] * 4800)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent < 16 * 2**20  # a fraction of the 300 MiB it would have sent
+
+
+def test_a_missing_video_behind_a_still_is_gone_not_an_error(served):
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    still = c.get("/search", params={"q": "a deer", "media": "video", "k": 1}).json()["results"][0]
+    assert c.get(still["image_url"]).status_code == 200
+    video = served["src"] / "clip.mp4"
+    kept = video.read_bytes()
+    try:
+        video.write_bytes(b"not a video any more")
+        r = c.get(still["image_url"])
+        assert r.status_code == 410 and "no longer readable" in r.json()["detail"]
+        video.unlink()
+        assert c.get(still["image_url"]).status_code == 410
+    finally:
+        video.write_bytes(kept)
+    assert c.get("/healthz").json()["status"] == "ok"
+
+
+def test_cli_refuses_before_loading_a_model(served):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        extra = [x for o in served["overrides"] for x in ("--set", o)]
+        return subprocess.run([CEREBRO, *args, "-c", str(REPO / "configs/demo.yaml"), *extra], env=served["env"],
+                              capture_output=True, text=True, timeout=120)
+
+    for args, msg in ((("search", ""), "query is empty"), (("search", "a deer", "-k", "0"), "k must be an integer"),
+                      (("search", "\u200b"), "query is empty")):
+        r = run(*args)
+        assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-300:])
+    r = run("serve", "--port", str(served["port"]))  # the running server holds it
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{served['port']}" in r.stderr
+    assert "Traceback" not in r.stderr and "Errno 98" not in r.stderr
