@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from cerebro_core.config import load_config
-from conftest import free_port, make_video, png_bomb, wait_port
+from conftest import free_port, make_video, png_bomb, stop, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 CEREBRO = str(Path(sys.executable).parent / "cerebro")
@@ -203,11 +203,7 @@ def server(indexed):
         wait_port(port, timeout=120, proc=proc)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def test_api_answers_and_rejects_bad_input(server, indexed, bomb_png):

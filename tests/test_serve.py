@@ -6,6 +6,7 @@ gone behind an indexed still, and the CLI refusing before it loads a model."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import socket
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, make_video, wait_port
+from conftest import free_port, make_video, stop, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 CEREBRO = str(Path(sys.executable).parent / "cerebro")
@@ -50,11 +51,7 @@ def served(shared_data, tmp_path_factory):
         wait_port(port, timeout=120, proc=proc)
         yield {"url": f"http://127.0.0.1:{port}", "port": port, "src": src, "env": env, "overrides": overrides}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
         mp.undo()
 
 
@@ -87,29 +84,37 @@ def test_host_header_guard_and_no_cors_by_default(served):
     assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
 
 
-def _raw(port: int, head: bytes, body_chunks=(), read_after: int = 0) -> tuple[bytes, int]:
-    """Send ``head`` then body chunks until the server answers; (response, body bytes sent)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    sent = 0
-    try:
+def _response(s: socket.socket) -> bytes:
+    """One whole HTTP response (headers and its Content-Length of body), however it is segmented."""
+    s.setblocking(True)
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < int(
+            next((ln.split(b":")[1] for ln in data.split(b"\r\n") if ln.lower().startswith(b"content-length:")),
+                 b"0")):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _raw(port: int, head: bytes, body_chunks=()) -> tuple[bytes, int]:
+    """Send ``head``, then body chunks until the server answers; (its answer, body bytes sent)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(head)
-        s.setblocking(False)
+        sent = 0
         for chunk in body_chunks:
-            try:
-                reply = s.recv(65536)
-                if reply:
-                    return reply, sent
-            except BlockingIOError:
-                pass
-            try:
-                s.sendall(chunk)
-            except (BlockingIOError, BrokenPipeError, ConnectionResetError):
-                break
-            sent += len(chunk)
-        s.setblocking(True)
-        return s.recv(65536), sent
-    finally:
-        s.close()
+            view = memoryview(chunk)
+            while view:
+                readable, writable, _ = select.select([s], [s], [], 30)
+                if readable:  # the server answered mid-body
+                    return _response(s), sent
+                try:
+                    n = s.send(view)
+                except (BrokenPipeError, ConnectionResetError):
+                    return _response(s), sent
+                view, sent = view[n:], sent + n
+        return _response(s), sent
 
 
 def test_upload_over_the_limit_is_refused_before_the_body_is_read(served):
