@@ -12,9 +12,9 @@ filters (source, media type) use FAISS ID selectors, so they never cost recall.
 from __future__ import annotations
 
 import json
-import unicodedata
 import os
 import threading
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -165,7 +165,7 @@ class Searcher:
 
     def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
                max_chars: int = MAX_QUERY_CHARS) -> list[dict]:
-        check_query(query, k, media, max_chars)
+        check_query(query, max_chars=max_chars)  # the text; k, media and source below
         self._check(k, source, media)
         return self.search_vector(self.encode_text(query), k, source, media)
 
