@@ -40,7 +40,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
-    import psutil  # a dependency of prefect and mlflow
+    import psutil
 
     try:
         parent = psutil.Process(proc.pid)
