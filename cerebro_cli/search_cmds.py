@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from cerebro_cli.main import ConfigOption, SetOption, app, load
-from cerebro_core.config import CerebroConfig
+from cerebro_core.config import LOOPBACK, CerebroConfig
 
 
 def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
@@ -81,6 +81,11 @@ def serve(
     from cerebro_core.serve.app import create_app, registry_holder
 
     host, port = host or cfg.serve.host, port or cfg.serve.port
+    if host not in LOOPBACK and not host.startswith("127.") and cfg.serve.token is None:
+        typer.echo(f"cerebro serve: --host {host} answers beyond this machine: set serve.token (--set "
+                   "serve.token=… with at least 16 characters) and add the public name to serve.allowed_hosts; "
+                   "see README, 'Serving beyond localhost'", err=True)
+        raise typer.Exit(2)
     try:  # before the model loads: a port in use is a one-line error, not uvicorn's Errno 98 seconds later
         with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds

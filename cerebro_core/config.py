@@ -282,6 +282,25 @@ class ServeConfig(_Section):
                     "beyond this machine")
     cors_origins: list[str] = Field(default_factory=list, description="browser origins allowed cross-site; none "
                                                                       "by default")
+    token: SecretStr | None = Field(
+        None, description="bearer token every request but the page itself must carry (header "
+                          "'Authorization: Bearer …' or the page's cookie); required when host is not loopback. "
+                          "Pass it as --set serve.token=… or ${VAR} in YAML, not in a committed file")
+    max_query_pixels: int = Field(16_000_000, ge=10_000, description="largest query image (width × height) "
+                                  "decoded; JPEGs are decoded at a reduced scale")
+    max_concurrent_images: int = Field(2, ge=1, description="image queries decoded and encoded at once; "
+                                       "more get 503 with Retry-After")
+
+    @field_validator("token")
+    @classmethod
+    def _token_ok(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            t = v.get_secret_value()
+            if "${" in t:
+                raise ValueError("an unexpanded ${VAR}: set the variable or pass --set serve.token=…")
+            if len(t) < 16:
+                raise ValueError("at least 16 characters")
+        return v
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -390,8 +409,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         data = loaded
-    data = _expand_env(data)
-    data = apply_overrides(data, list(overrides or []))
+    data = _expand_env(apply_overrides(data, list(overrides or [])))  # --set values may use ${VAR} too
     try:
         return CerebroConfig.model_validate(data)
     except ValidationError as err:

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from cerebro_core.data import images
+from cerebro_core.data.paths import inside
 from cerebro_core.data.sources import IMAGE_SUFFIXES, list_folder
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
@@ -83,18 +84,23 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 
 def scan_folder(folder: str, source: str, video_interval: float, counts: Optional[Counter] = None) -> list[Item]:
-    """Images (labels from labels.csv / class folders when present) and video stills."""
+    """Images (labels from labels.csv / class folders when present) and video stills; files that
+    resolve outside ``folder`` are counted as ``outside_source``, not scanned."""
     counts = counts if counts is not None else Counter()
-    items = [Item(r.path, source, label=r.label) for r in list_folder(folder, source)]
+    root = {"source_root": os.path.abspath(folder)}  # serving re-checks each item against it
+    items = [Item(r.path, source, label=r.label, extra=dict(root)) for r in list_folder(folder, source, counts)]
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
+            if not inside(folder, p):
+                counts["outside_source"] += 1
+                continue
             try:
                 ts = video_timestamps(str(p), video_interval)
                 digest = file_sha256(str(p))
             except Exception:
                 counts["unreadable_video"] += 1
                 continue
-            items += [Item(str(p), source, "video_frame", t, sha256=f"{digest}@{t:.3f}") for t in ts]
+            items += [Item(str(p), source, "video_frame", t, sha256=f"{digest}@{t:.3f}", extra=dict(root)) for t in ts]
     return items
 
 

@@ -185,3 +185,15 @@ def test_every_shipped_config_runs_the_default_recipe():
         raw = yaml.safe_load(path.read_text())
         assert "student" not in (raw.get("adapt") or {}), path.name
         assert load_config(path).adapt.student == ReplayStudent(), path.name
+
+
+def test_serve_token_comes_from_the_environment_and_never_shows(monkeypatch):
+    monkeypatch.setenv("CEREBRO_TEST_TOKEN", "a-token-long-enough-1234")
+    cfg = load_config(REPO / "configs/demo.yaml", ["serve.token=${CEREBRO_TEST_TOKEN}"])
+    assert cfg.serve.token.get_secret_value() == "a-token-long-enough-1234"
+    assert "a-token-long-enough-1234" not in str(cfg.masked()) and cfg.masked()["serve"]["token"] == "**********"
+    monkeypatch.delenv("CEREBRO_TEST_TOKEN")
+    for value, msg in (("${CEREBRO_TEST_TOKEN}", "unexpanded ${VAR}"), ("short", "at least 16 characters")):
+        with pytest.raises(ConfigError) as ei:
+            load_config(REPO / "configs/demo.yaml", [f"serve.token={value}"])
+        assert str(ei.value).startswith("serve.token:") and msg in str(ei.value)

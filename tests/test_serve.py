@@ -36,11 +36,15 @@ def served(shared_data, tmp_path_factory):
     for i, p in enumerate(sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:20]):
         shutil.copy(p, src / f"deer_{i:03d}.jpg")
     make_video(src / "clip.mp4", seconds=3.0)
+    outside = tmp_path_factory.mktemp("outside")
+    shutil.copy(sorted((shared_data / "cifar10_animals" / "test" / "cat").glob("*.jpg"))[0], outside / "cat.jpg")
+    (src / "link_in.jpg").symlink_to(src / "deer_000.jpg")  # stays inside: indexed
+    (src / "link_out.jpg").symlink_to(outside / "cat.jpg")  # leaves the folder: refused
     overrides = [f"index.sources=[{{name: src, path: {src}}}]", "index.video_frame_interval=2.0",
-                 "serve.max_query_chars=50", "serve.max_upload_mb=1"]
+                 "serve.max_query_chars=50", "serve.max_upload_mb=1", "serve.max_concurrent_images=1"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
     register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
+    sv = run_stage(cfg, log=lambda s: None)
     port = free_port()
     env = dict(os.environ, CEREBRO_HOME=str(home))
     args = [CEREBRO, "serve", "--port", str(port), "-c", str(REPO / "configs/demo.yaml")]
@@ -49,7 +53,8 @@ def served(shared_data, tmp_path_factory):
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_port(port, timeout=120, proc=proc)
-        yield {"url": f"http://127.0.0.1:{port}", "port": port, "src": src, "env": env, "overrides": overrides}
+        yield {"url": f"http://127.0.0.1:{port}", "port": port, "src": src, "env": env, "overrides": overrides,
+               "sv": sv, "outside": outside}
     finally:
         stop(proc)
         mp.undo()
@@ -165,3 +170,145 @@ def test_cli_refuses_before_loading_a_model(served):
     r = run("serve", "--port", str(served["port"]))  # the running server holds it
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{served['port']}" in r.stderr
     assert "Traceback" not in r.stderr and "Errno 98" not in r.stderr
+
+
+def _hits_for(c, photo: bytes, k: int = 5) -> list[dict]:
+    r = c.post("/search/image", files={"file": ("q.jpg", photo, "image/jpeg")}, params={"k": k})
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+def test_links_leaving_the_source_are_refused_when_indexed_and_when_served(served):
+    import httpx
+    import mlflow
+
+    run = mlflow.MlflowClient().get_run(served["sv"].run_id)
+    assert run.data.metrics["failures.outside_source"] == 1  # link_out.jpg, never embedded
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    src = served["src"]
+    hits = _hits_for(c, (src / "deer_000.jpg").read_bytes())
+    assert {"deer_000.jpg", "link_in.jpg"} <= {h["uri"] for h in hits[:2]}
+    assert "link_out.jpg" not in {h["uri"] for h in _hits_for(c, (served["outside"] / "cat.jpg").read_bytes(), 23)}
+    # every hit names its item relative to its source folder: no path of the server, no hash
+    assert all(not h["uri"].startswith("/") and "sha256" not in h and "source_root" not in h for h in hits)
+    link = next(h for h in hits if h["uri"] == "link_in.jpg")
+    assert c.get(link["image_url"]).content == (src / "deer_000.jpg").read_bytes()
+    try:  # repointed after indexing, as in the probe: to /etc/passwd, then to a photo outside
+        for target in (Path("/etc/passwd"), served["outside"] / "cat.jpg"):
+            (src / "link_in.jpg").unlink()
+            (src / "link_in.jpg").symlink_to(target)
+            r = c.get(link["image_url"])
+            assert r.status_code == 410 and "inside its source folder" in r.json()["detail"], r.text
+        (src / "link_in.jpg").unlink()
+        (src / "link_in.jpg").symlink_to(src / "deer_001.jpg")  # inside, but not the bytes indexed
+        r = c.get(link["image_url"])
+        assert r.status_code == 410 and "its bytes changed" in r.json()["detail"]
+    finally:
+        (src / "link_in.jpg").unlink()
+        (src / "link_in.jpg").symlink_to(src / "deer_000.jpg")
+    assert c.get(link["image_url"]).status_code == 200
+
+
+def test_labels_csv_paths_cannot_leave_the_folder(tmp_path, shared_data):
+    from collections import Counter
+
+    from cerebro_core.data.sources import list_folder
+
+    photo = sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[0]
+    folder = tmp_path / "src"
+    folder.mkdir()
+    shutil.copy(photo, folder / "a.jpg")
+    shutil.copy(photo, tmp_path / "outside.jpg")
+    (folder / "labels.csv").write_text(f"path,label\na.jpg,deer\n../outside.jpg,deer\n{tmp_path}/outside.jpg,deer\n")
+    counts: Counter = Counter()
+    recs = list_folder(folder, "s", counts)
+    assert [Path(r.path).name for r in recs] == ["a.jpg"] and counts == {"outside_source": 2}
+
+
+def test_scrape_shard_members_cannot_escape(tmp_path):
+    import io
+    import tarfile
+
+    from cerebro_core.index.reindex import unpack_images
+
+    shard = tmp_path / "00000.tar"
+    with tarfile.open(shard, "w") as tf:
+        for name in ("00000.jpg", "sub/00001.jpg", "../escape.jpg", "/tmp/cerebro-abs-escape.jpg",
+                     "sub/../../escape2.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = 4
+            tf.addfile(info, io.BytesIO(b"\xff\xd8\xff\xd9"))
+        link = tarfile.TarInfo("link.jpg")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    dest = tmp_path / "scrape" / "images"
+    assert unpack_images([str(shard)], dest) == 4
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file() and p != shard)
+    assert written == ["scrape/images/00000.jpg", "scrape/images/sub/00001.jpg"]
+    assert not Path("/tmp/cerebro-abs-escape.jpg").exists() and not (dest / "link.jpg").exists()
+
+
+def _png(w: int, h: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 90, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_image_queries_are_bounded_in_pixels_and_in_concurrency(served):
+    import threading
+
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=120)
+    big = _png(5000, 4000)  # 20 Mpx in 60 KB: over serve.max_query_pixels (16 Mpx), refused before decoding
+    r = c.post("/search/image", files={"file": ("big.png", big, "image/png")})
+    assert r.status_code == 400 and "exceeds 16000000 pixels" in r.json()["detail"]
+    heavy = _png(3900, 3900)  # 15.2 Mpx: decoded; with serve.max_concurrent_images=1 the rest wait no queue
+    codes: list[int] = []
+
+    def upload() -> None:
+        with httpx.Client(base_url=served["url"], timeout=120) as cl:
+            resp = cl.post("/search/image", files={"file": ("h.png", heavy, "image/png")})
+            codes.append(resp.status_code)
+            if resp.status_code == 503:
+                assert resp.headers["retry-after"] == "1" and "busy" in resp.json()["detail"]
+
+    threads = [threading.Thread(target=upload) for _ in range(8)]
+    for t in threads:
+        t.start()
+    health = [c.get("/healthz").status_code for _ in range(5)]  # the event loop answers meanwhile
+    for t in threads:
+        t.join()
+    assert health == [200] * 5 and set(codes) == {200, 503} and len(codes) == 8, codes
+
+
+def test_token_guards_everything_but_the_page(served, tmp_path):
+    import httpx
+
+    def serve(*args: str, wait: bool = True):
+        extra = [x for o in served["overrides"] for x in ("--set", o)]
+        return subprocess.Popen([CEREBRO, "serve", *args, "-c", str(REPO / "configs/demo.yaml"), *extra],
+                                env=served["env"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    p = serve("--host", "0.0.0.0", "--port", str(free_port()))  # beyond loopback without a token: refused
+    out, _ = p.communicate(timeout=120)
+    assert p.returncode == 2 and "serve.token" in out and "Traceback" not in out, out[-400:]
+    token = "s3cret-token-for-the-test"
+    port = free_port()
+    p = serve("--port", str(port), "--set", f"serve.token={token}")
+    try:
+        wait_port(port, timeout=120, proc=p)
+        c = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+        assert c.get("/").status_code == 200  # the page holds no data: it asks for the token
+        for path in ("/healthz", "/search?q=a+deer", "/images/0"):
+            assert c.get(path).status_code == 401
+            assert c.get(path, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
+        ok = c.get("/search", params={"q": "a deer"}, headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json()["results"]
+        assert c.get("/images/0", cookies={"cerebro_token": token}).status_code == 200  # as the page's <img>
+    finally:
+        stop(p)

@@ -97,15 +97,18 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, mode: str = "RGB",
 
     Full resolution, unless ``draft`` is given: then a JPEG is decoded at the smallest DCT
     scale (1/2, 1/4, 1/8) whose short side is still ≥ ``draft`` pixels (Pillow's ``draft``, as
-    ``Image.thumbnail`` uses) — every byte is still read, so truncation is still caught. The
-    stored size before any reduction is in ``img.info["original_size"]``."""
-    img = open_checked(data, max_pixels=max_pixels, full_check=False)
+    ``Image.thumbnail`` uses) — every byte is still read, so truncation is still caught; then
+    ``max_pixels`` bounds the pixels decoded at that scale (the header is still bounded by
+    Pillow's bomb limit). The stored size before any reduction is in ``img.info["original_size"]``."""
+    img = open_checked(data, max_pixels=DEFAULT_MAX_PIXELS if draft else max_pixels, full_check=False)
     original_size = img.size
     if draft and img.format == "JPEG":
         w, h = img.size
         s = min(w, h)
         if s > draft:
             img.draft("RGB", (max(1, w * draft // s), max(1, h * draft // s)))
+    if img.size[0] * img.size[1] > max_pixels:  # with draft: the pixels a JPEG decodes to at its reduced scale
+        raise ImageRejected("decompression_bomb", f"{img.size[0]}x{img.size[1]} exceeds {max_pixels} pixels")
     try:
         img.load()
     except OSError as exc:

@@ -8,9 +8,12 @@ folder of images without labels.
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from cerebro_core.data.paths import inside
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 LABEL_COLUMNS = ("label", "common_name", "class")
@@ -23,10 +26,20 @@ class ImageRecord:
     source: str = ""
 
 
-def list_folder(folder: str | Path, source: str = "") -> list[ImageRecord]:
+def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None) -> list[ImageRecord]:
+    """The folder's images (labels from labels.csv or class folders). A file that resolves outside
+    the folder (a symlink leaving it, a labels.csv path with ``..`` or an absolute one) is left out
+    and counted in ``counts["outside_source"]``."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
+    counts = counts if counts is not None else Counter()
+
+    def kept(p: Path) -> bool:
+        if inside(root, p):
+            return True
+        counts["outside_source"] += 1
+        return False
     labels_csv = root / "labels.csv"
     if labels_csv.exists():
         with labels_csv.open(newline="") as f:
@@ -35,11 +48,12 @@ def list_folder(folder: str | Path, source: str = "") -> list[ImageRecord]:
             col = next((c for c in LABEL_COLUMNS if c in cols), None)
             if "path" not in cols:
                 raise ValueError(f"{labels_csv}: needs a 'path' column (has {cols})")
-            recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source) for r in reader]
+            recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source) for r in reader
+                    if kept(root / r["path"])]
         return sorted(recs, key=lambda r: r.path)
     recs = []
     for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and kept(p):
             rel = p.relative_to(root)
             label = rel.parts[0] if len(rel.parts) > 1 else None
             recs.append(ImageRecord(str(p), label, source))

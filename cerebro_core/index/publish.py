@@ -15,7 +15,9 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from cerebro_core import tracking
+from cerebro_core.home import cerebro_home
 from cerebro_core.index.build import IndexReport, serialize
+from cerebro_core.index.rows import to_stored
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_DIR = Path(__file__).resolve().parents[1]
@@ -38,7 +40,8 @@ def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_
     """The search bundle folder (see cerebro_core.index.search)."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "index.faiss").write_bytes(serialize(index))
-    table = pa.Table.from_pylist([{"id": i, **r} for i, r in enumerate(rows)]) if rows else pa.table(
+    stored = to_stored(rows, cerebro_home())
+    table = pa.Table.from_pylist([{"id": i, **r} for i, r in enumerate(stored)]) if rows else pa.table(
         {"id": pa.array([], pa.int64())})
     pq.write_table(table, dest / "metadata.parquet")
     if vectors is not None:  # kept for incremental re-indexing (no re-embedding of old media)

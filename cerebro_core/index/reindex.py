@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
+from cerebro_core.data.paths import safe_join
 from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
@@ -39,6 +39,7 @@ from cerebro_core.home import resolve
 from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
 from cerebro_core.index.incremental import add_or_rebuild
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
+from cerebro_core.index.rows import read_rows
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.storage import Storage
 
@@ -54,6 +55,7 @@ class ReindexResult(BaseModel):
     new: int
     duplicates: int
     failed: int
+    failures: dict[str, int] = {}  # by reason: corrupt_image, outside_source, …
     size_before: int
     size_after: int
     full_rebuild: bool
@@ -69,11 +71,16 @@ def materialise(cfg: CerebroConfig, scrape: str, log: Callable[[str], None]) -> 
         if not storage.exists(scrape):
             raise ScrapeError(f"--scrape: nothing at {scrape}")
         dest = resolve(cfg).home / "scrapes" / hashlib.sha256(scrape.encode()).hexdigest()[:16]
+        dest.mkdir(parents=True, exist_ok=True)
+        refused = 0
         for url in storage.walk_files(scrape):
-            rel = url[len(scrape.rstrip("/")) + 1:]
-            target = dest / rel
-            if not target.exists():
+            target = safe_join(dest, url[len(scrape.rstrip("/")) + 1:])
+            if target is None:  # a key such as "a/../../x.jpg" would land outside dest
+                refused += 1
+            elif not target.exists():
                 storage.get_file(url, target)
+        if refused:
+            log(f"reindex: {refused} object(s) under {scrape} not copied: their keys leave the scrape folder")
         return dest
     p = Path(scrape.removeprefix("file://"))
     if not p.exists():
@@ -88,13 +95,29 @@ def materialise(cfg: CerebroConfig, scrape: str, log: Callable[[str], None]) -> 
     dl_cfg = cfg.download.model_copy(update={"url_list": str(p), "output": out})
     res = download(dl_cfg, storage, out, log=log)
     dest = resolve(cfg).home / "scrapes" / key / "images"
+    refused = unpack_images(res.shards, dest)
+    if refused:
+        log(f"reindex: {refused} shard member(s) not unpacked: not a plain file with a relative name inside the folder")
+    return dest
+
+
+def unpack_images(shards: list[str], dest: Path) -> int:
+    """Write the shards' images into ``dest``; returns how many members were refused: an absolute
+    or ``..`` name, or anything but a regular file (a link, a device)."""
     dest.mkdir(parents=True, exist_ok=True)
-    for shard in res.shards:
+    refused = 0
+    for shard in shards:
         with tarfile.open(shard) as tf:
             for m in tf.getmembers():
-                if m.name.endswith((".jpg", ".png", ".webp")) and not (dest / m.name).exists():
-                    (dest / m.name).write_bytes(tf.extractfile(m).read())
-    return dest
+                if not m.name.lower().endswith((".jpg", ".jpeg", ".png", ".webp")):
+                    continue
+                target = safe_join(dest, m.name) if m.isreg() else None
+                if target is None:
+                    refused += 1
+                elif not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(tf.extractfile(m).read())
+    return refused
 
 
 def _champion_bundle(cfg: CerebroConfig):
@@ -120,7 +143,7 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
     folder = materialise(cfg, scrape, log)
     mv, bundle = _champion_bundle(cfg)
     info = json.loads((bundle / "index.json").read_text())
-    rows = pq.read_table(bundle / "metadata.parquet").to_pylist()
+    rows = read_rows(bundle, resolve(cfg).home)
     old_vectors = np.load(bundle / "vectors.npy", allow_pickle=False) if (bundle / "vectors.npy").exists() else None
     known = {r["sha256"] for r in rows if r.get("sha256")}
 
@@ -156,7 +179,8 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
                 "re-embedding everything")
             model_dir = download_clip(clip_now)
             clip = load_clip_from_folder(model_dir)
-            old_items = [Item(r["uri"], r["source"], r["media_type"], r.get("video_ts"), sha256=r.get("sha256"))
+            old_items = [Item(r["uri"], r["source"], r["media_type"], r.get("video_ts"), sha256=r.get("sha256"),
+                              extra={"source_root": r["source_root"]} if r.get("source_root") else {})
                          for r in rows if Path(r["uri"]).exists()]
             todo = old_items + new_items
         else:
@@ -167,16 +191,19 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
         emb = embed(one_node(cfg.compute), cfg.storage, clip.name, str(Path(model_dir, "model.pt")), todo,
                     embedding_dir(resolve(cfg).storage_root, cfg.name, "reindex", str(clip_now.version if full else built_with), todo),
                     batch_size=cfg.index.batch_size, log=log, bundle=clip)
-        failed = sum(emb.failures.values()) + sum(counts.values())
+        failures = dict(emb.failures + counts)
+        failed = sum(failures.values())
         n_new = len([r for r in emb.rows if r["sha256"] not in known])
         result = dict(scanned=len(items), new=n_new, duplicates=dup, failed=failed, size_before=len(rows),
                       full_rebuild=full)
+        tracking.log_metrics({f"failures.{k}": v for k, v in failures.items()})
         if not full and len(emb.rows) == 0:
             tracking.log_metrics({**{k: float(v) for k, v in result.items()}, "size_after": len(rows),
                                   "seconds": time.perf_counter() - t0})
-            log(f"reindex: nothing new in {scrape} ({dup} duplicates, {failed} failed); champion unchanged")
+            log(f"reindex: nothing new in {scrape} ({dup} duplicates, {failed} failed{_reasons(failures)}); "
+                "champion unchanged")
             return ReindexResult(version=None, published=False, size_after=len(rows), index_rebuilt=False,
-                                 reason="nothing new", seconds=time.perf_counter() - t0, **result)
+                                 reason="nothing new", seconds=time.perf_counter() - t0, failures=failures, **result)
         if full:
             vectors = emb.vectors
             all_rows = emb.rows
@@ -193,12 +220,12 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
 
             index, add = add_or_rebuild(index, kind, old_vectors, emb.vectors, baseline, rebuild_fn)
             vectors = np.concatenate([old_vectors, emb.vectors])
-            all_rows = [{k: v for k, v in r.items() if k != "id"} for r in rows] + emb.rows
+            all_rows = [{k: v for k, v in r.items() if k not in ("id", "path")} for r in rows] + emb.rows
             report = IndexReport(**{k: v for k, v in info.items() if k in IndexReport.__dataclass_fields__})
             report.n = len(all_rows)
             rebuilt, reason = add.rebuilt, add.reason
             report.recall_at_10 = _recall(index, kind, report.params, vectors)
-        log(f"reindex: {n_new} new, {dup} duplicates, {failed} failed; index {reason}; "
+        log(f"reindex: {n_new} new, {dup} duplicates, {failed} failed{_reasons(failures)}; index {reason}; "
             f"{len(rows)} → {len(all_rows)} items")
         tracking.log_metrics({**{k: float(v) for k, v in result.items()}, "size_after": len(all_rows),
                               "index_rebuilt": float(rebuilt), "recall_at_10": report.recall_at_10})
@@ -210,7 +237,11 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
         seconds = time.perf_counter() - t0
         tracking.log_metrics({"seconds": seconds})
     return ReindexResult(version=sv, published=True, size_after=len(all_rows), index_rebuilt=rebuilt, reason=reason,
-                         seconds=seconds, **result)
+                         seconds=seconds, failures=failures, **result)
+
+
+def _reasons(failures: dict[str, int]) -> str:
+    return f" ({', '.join(f'{k} {v}' for k, v in sorted(failures.items()))})" if failures else ""
 
 
 def _recall(index, kind: str, params: dict, vectors: np.ndarray) -> float:

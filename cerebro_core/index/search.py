@@ -20,14 +20,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
 from cerebro_core.data import images
+from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.model.text import FastTextEncoder
 from cerebro_core.index.build import deserialize, search_params
+from cerebro_core.index.rows import read_rows
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 1000
@@ -85,8 +86,7 @@ class Searcher:
         self.dir = d
         self.info = json.loads((d / "index.json").read_text())
         self.index = deserialize((d / "index.faiss").read_bytes())
-        self.meta = pq.read_table(d / "metadata.parquet")
-        self.rows = self.meta.to_pylist()
+        self.rows = read_rows(d, cerebro_home())
         self.kind = self.info["kind"]
         self.param = next(iter(self.info.get("params", {}).values()), None)
         self.clip = load_clip_from_folder(d / "model")
@@ -96,7 +96,9 @@ class Searcher:
         # exact fp32 (GPU or CEREBRO_TEXT_INT8=0) or int8 projections (CPU default, measured)
         self.text_model = FastTextEncoder(self.clip.model, int8=self.text_int8)
         self.cache = _LRU(cache_size)
-        self._lock = threading.Lock()  # torch modules are not re-entrant across threads on CPU
+        # one query at a time per tower; the text and image towers are separate modules, so a slow
+        # image query never holds a text query back
+        self._text_lock, self._image_lock = threading.Lock(), threading.Lock()
         self._selectors: dict = {}
         self.sources = sorted({r["source"] for r in self.rows})
         self.media_types = sorted({r["media_type"] for r in self.rows})
@@ -115,19 +117,23 @@ class Searcher:
         hit = self.cache.get(key)
         if hit is not None:
             return hit
-        with self._lock, torch.inference_mode():
+        with self._text_lock, torch.inference_mode():
             tokens = self.clip.tokenizer([query])
             v = F.normalize(self.text_model(tokens).float(), dim=-1).numpy()[0]
         self.cache.put(key, v)
         return v
 
     def encode_image(self, data: bytes, max_pixels: int = images.DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """A query image: over ``max_pixels`` is refused before decoding; a JPEG is decoded at the
+        smallest DCT scale that still leaves twice the model's input size (a 24-Mpx photo then
+        costs ~1/64 of its full-size memory)."""
         try:
-            img = images.decode(data, max_pixels=max_pixels)
+            img = images.decode(data, max_pixels=max_pixels, draft=2 * self.clip.image_size)
         except images.ImageRejected as exc:
-            raise QueryError(f"not a usable image: {exc.reason}") from None
-        with self._lock, torch.inference_mode():
-            x = self.clip.preprocess_val(img).unsqueeze(0)
+            raise QueryError(f"not a usable image: {exc}") from None
+        x = self.clip.preprocess_val(img).unsqueeze(0)
+        del img
+        with self._image_lock, torch.inference_mode():
             return F.normalize(self.clip.model.encode_image(x).float(), dim=-1).numpy()[0]
 
     # ---- search ----------------------------------------------------------------------
@@ -159,8 +165,8 @@ class Searcher:
                 continue
             r = self.rows[int(i)]
             out.append({"id": int(i), "score": float(score), **{k2: r.get(k2) for k2 in
-                        ("uri", "source", "media_type", "video_ts", "width", "height", "sha256",
-                         "pseudo_label", "pseudo_score")}})
+                        ("uri", "path", "source_root", "source", "media_type", "video_ts", "width", "height",
+                         "sha256", "pseudo_label", "pseudo_score")}})
         return out
 
     def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
@@ -169,10 +175,10 @@ class Searcher:
         self._check(k, source, media)
         return self.search_vector(self.encode_text(query), k, source, media)
 
-    def search_image(self, data: bytes, k: int = 10, source: Optional[str] = None,
-                     media: Optional[str] = None) -> list[dict]:
+    def search_image(self, data: bytes, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
+                     max_pixels: int = images.DEFAULT_MAX_PIXELS) -> list[dict]:
         self._check(k, source, media)
-        return self.search_vector(self.encode_image(data), k, source, media)
+        return self.search_vector(self.encode_image(data, max_pixels), k, source, media)
 
     def record(self, i: int) -> dict:
         if not 0 <= i < len(self.rows):

@@ -6,14 +6,22 @@ POST /search/image                 multipart ``file``: image search (≤ serve.m
 GET  /images/{id}                  the indexed media, by id only (video stills rendered as JPEG)
 GET  /                             a page that searches as you type
 
+With ``serve.token`` set, every route but ``/`` needs ``Authorization: Bearer <token>`` (or the
+page's cookie). Hits name an item by its path relative to its source folder, never by a path of
+this machine; ``/images/{id}`` serves an item only while it still resolves inside its source
+folder and (images) still has the bytes that were indexed.
+
 The server follows the ``champion`` alias of ``cerebro-search``: a background thread polls the
 registry and swaps in a new version (loaded fully before the swap), so no restart is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -25,7 +33,10 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cerebro_core.config import ServeConfig
+from cerebro_core.data.paths import inside
 from cerebro_core.index.search import MAX_K, QueryError, Searcher
+from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots
+from cerebro_core.serve.workers import image_pool, release_large_buffers, trimmed
 
 log = logging.getLogger("cerebro.serve")
 PAGE = Path(__file__).with_name("page.html")
@@ -73,40 +84,43 @@ class Holder:
                 log.warning("reload failed, still serving %s: %s", self.version, exc)
 
 
+PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", "pseudo_label", "pseudo_score")
+IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
+               "gif": "image/gif", "bmp": "image/bmp"}
+
+
 def _hit(h: dict) -> dict:
-    return {**h, "image_url": f"/images/{h['id']}"}
+    """What a response shows of a hit: no path of this machine, no content hash."""
+    return {**{k: h.get(k) for k in PUBLIC}, "uri": h.get("path"), "image_url": f"/images/{h['id']}"}
 
 
-class BodyLimit:
-    """Refuses a request body over ``max_bytes`` on ``paths`` with 413: at once when its
-    Content-Length says so, else as soon as the bytes received pass the limit (nothing more is read
-    or spooled to disk)."""
-
-    def __init__(self, app, max_bytes: int, paths: tuple[str, ...]) -> None:
-        self.app, self.max_bytes, self.paths = app, max_bytes, paths
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            return await self.app(scope, receive, send)
-        detail = f"upload larger than {self.max_bytes / 2**20:g} MB"
-        length = dict(scope["headers"]).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_bytes + ENVELOPE:
-            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes + ENVELOPE:
-                    raise HTTPException(status_code=413, detail=detail)
-            return msg
-
-        return await self.app(scope, limited, send)
+def _gone(item_id: str, why: str) -> HTTPException:
+    log.warning("item %s not served: %s", item_id, why)
+    return HTTPException(status_code=410, detail=f"item {item_id} is no longer {why}")
 
 
-ENVELOPE = 64 * 1024  # multipart boundaries and headers around the file
+def _media(r: dict, item_id: str) -> Response:
+    """The indexed item as it is now, if it is still what was indexed, where it was indexed."""
+    uri, root = r["uri"], r.get("source_root")
+    if not (inside(root, uri) if root else os.path.realpath(uri) == os.path.abspath(uri)):
+        raise _gone(item_id, "inside its source folder")  # a symlink repointed since indexing
+    if r["media_type"] == "video_frame":
+        from cerebro_core.embed import read_still
+
+        buf = io.BytesIO()
+        try:
+            read_still(uri, r["video_ts"] or 0.0).save(buf, format="JPEG", quality=90)
+        except Exception as exc:  # the video moved, was truncated or replaced: as for a gone image
+            raise _gone(item_id, f"readable ({type(exc).__name__})") from None
+        return Response(buf.getvalue(), media_type="image/jpeg")
+    try:
+        data = Path(uri).read_bytes()
+    except OSError:
+        raise _gone(item_id, "readable") from None
+    if r.get("sha256") and hashlib.sha256(data).hexdigest() != r["sha256"]:
+        raise _gone(item_id, "the file that was indexed (its bytes changed)")
+    mt = IMAGE_TYPES.get(Path(uri).suffix.lower().lstrip("."), "application/octet-stream")
+    return Response(data, media_type=mt, headers={"Cache-Control": "max-age=3600"})
 
 
 def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
@@ -114,7 +128,12 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
     app = FastAPI(title="Cerebro search", version="1")
     max_upload_mb = cfg.max_upload_mb
     max_bytes = int(max_upload_mb * 2**20)
+    pool = image_pool(cfg.max_concurrent_images)
+    release_large_buffers()
     app.add_middleware(BodyLimit, max_bytes=max_bytes, paths=("/search/image",))
+    app.add_middleware(Slots, n=cfg.max_concurrent_images, paths=("/search/image",))  # before the body limit
+    if cfg.token is not None:
+        app.add_middleware(BearerToken, token=cfg.token.get_secret_value())
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"])
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)  # outermost: checked first
@@ -126,6 +145,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
     @app.on_event("shutdown")
     def _stop() -> None:  # pragma: no cover
         holder.stop()
+        pool.shutdown(wait=False, cancel_futures=True)
 
     @app.exception_handler(QueryError)
     def _bad_query(request, exc: QueryError):
@@ -149,43 +169,26 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
     @app.post("/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Query(10), source: Optional[str] = None,
                            media: Optional[str] = None) -> dict:
-        data = await file.read(max_bytes + 1)
+        data = await file.read(max_bytes + 1)  # Slots (serve.max_concurrent_images) let this request in
         if len(data) > max_bytes:
             raise HTTPException(status_code=413, detail=f"upload larger than {max_upload_mb:g} MB")
         if not data:
             raise HTTPException(status_code=400, detail="empty upload")
         s = holder.searcher
         t0 = time.perf_counter()
-        hits = s.search_image(data, k=k, source=source or None, media=media or None)
+        hits = await asyncio.get_running_loop().run_in_executor(  # decoding: off the event loop, niced
+            pool, trimmed(s.search_image), data, k, source or None, media or None, cfg.max_query_pixels)
         return {"k": k, "version": holder.version, "took_ms": (time.perf_counter() - t0) * 1000,
                 "results": [_hit(h) for h in hits]}
 
     @app.get("/images/{item_id}")
     def image(item_id: str):
-        s = holder.searcher
         try:  # decimal digits only: int() would also read "1_0" as 10, " 7" as 7, "٣" as 3
-            r = s.record(int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1)
+            r = holder.searcher.record(
+                int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1)
         except KeyError:
             raise HTTPException(status_code=404, detail=f"no indexed item {item_id[:40]!r}") from None
-        path = Path(r["uri"])
-        if r["media_type"] == "video_frame":
-            from cerebro_core.embed import read_still
-
-            buf = io.BytesIO()
-            try:
-                read_still(str(path), r["video_ts"] or 0.0).save(buf, format="JPEG", quality=90)
-            except Exception as exc:  # the video moved, was truncated or replaced: as for a gone image
-                log.warning("item %s: video still unreadable: %s", item_id, exc)
-                raise HTTPException(status_code=410, detail=f"item {item_id} is no longer readable") from None
-            return Response(buf.getvalue(), media_type="image/jpeg")
-        try:
-            data = path.read_bytes()
-        except OSError:
-            raise HTTPException(status_code=410, detail=f"item {item_id} is no longer readable") from None
-        ext = path.suffix.lower().lstrip(".")
-        mt = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-              "gif": "image/gif", "bmp": "image/bmp"}.get(ext, "application/octet-stream")
-        return Response(data, media_type=mt, headers={"Cache-Control": "max-age=3600"})
+        return _media(r, item_id)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:

@@ -1,0 +1,94 @@
+"""ASGI guards in front of the search API: a request body limit, a bound on concurrent image
+queries and an optional bearer token.
+
+They run before FastAPI parses anything, so a refused request costs no body read, no spooled
+temporary file and no model work."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from http.cookies import CookieError, SimpleCookie
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+ENVELOPE = 64 * 1024  # multipart boundaries and headers around an uploaded file
+TOKEN_COOKIE = "cerebro_token"
+
+
+class BodyLimit:
+    """Refuses a request body over ``max_bytes`` on ``paths`` with 413: at once when its
+    Content-Length says so, else as soon as the bytes received pass the limit (nothing more is read
+    or spooled to disk)."""
+
+    def __init__(self, app, max_bytes: int, paths: tuple[str, ...]) -> None:
+        self.app, self.max_bytes, self.paths = app, max_bytes, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        detail = f"upload larger than {self.max_bytes / 2**20:g} MB"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes + ENVELOPE:
+            return await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.max_bytes + ENVELOPE:
+                    raise HTTPException(status_code=413, detail=detail)
+            return msg
+
+        return await self.app(scope, limited, send)
+
+
+def _presented(headers: dict[bytes, bytes]) -> str:
+    auth = headers.get(b"authorization", b"").decode("latin-1")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    try:
+        morsel = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1")).get(TOKEN_COOKIE)
+    except CookieError:
+        return ""
+    return morsel.value if morsel else ""
+
+
+class BearerToken:
+    """Every HTTP request except those for ``open_paths`` (the page itself, which holds no data)
+    must present the token: ``Authorization: Bearer <token>``, or the ``cerebro_token`` cookie that
+    the page sets (an ``<img>`` cannot send a header). Compared in constant time; 401 otherwise."""
+
+    def __init__(self, app, token: str, open_paths: tuple[str, ...] = ("/",)) -> None:
+        self.app, self.token, self.open_paths = app, token.encode(), open_paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        given = _presented(dict(scope["headers"])).encode("latin-1", "replace")
+        if not hmac.compare_digest(given, self.token):
+            resp = JSONResponse({"detail": "missing or wrong access token (serve.token)"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+            return await resp(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+class Slots:
+    """At most ``n`` requests on ``paths`` at once; one more is answered 503 with Retry-After
+    before its body is read (a refused 10-MB upload costs no parsing and no temporary file)."""
+
+    def __init__(self, app, n: int, paths: tuple[str, ...]) -> None:
+        self.app, self.paths, self.sem = app, paths, asyncio.Semaphore(n)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        if self.sem.locked():
+            resp = JSONResponse({"detail": "busy with other image queries; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
+            return await resp(scope, receive, send)
+        async with self.sem:
+            return await self.app(scope, receive, send)
