@@ -33,10 +33,19 @@ SetOption = typer.Option(
 def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
     """Load the config or exit 2 with a message naming the bad key, before anything runs."""
     try:
-        return load_config(config, sets or [])
+        cfg = load_config(config, sets or [])
     except ConfigError as exc:
         typer.echo(f"cerebro: invalid configuration:\n{exc}", err=True)
         raise typer.Exit(2) from None
+    from cerebro_core import tracking
+    from cerebro_core.home import resolve
+
+    try:  # a broken tracking database is a one-line error here, not a traceback from deep in MLflow
+        tracking.check_store(resolve(cfg))
+    except tracking.TrackingStoreError as exc:
+        typer.echo(f"cerebro: {exc}", err=True)
+        raise typer.Exit(2) from None
+    return cfg
 
 
 def _versions() -> dict[str, str]:
@@ -149,10 +158,18 @@ def plan(
 
 
 def _start_prefect(cfg: CerebroConfig) -> None:
-    """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported."""
+    """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported; without
+    PREFECT_API_URL, start a temporary Prefect API that dies with this command (prefect_api.py)."""
+    from cerebro_cli.prefect_api import PrefectApiError, start_temporary_api
     from cerebro_core.home import prepare_environment
 
-    prepare_environment(cfg)
+    ep = prepare_environment(cfg)
+    if ep.prefect_api == "ephemeral":
+        try:
+            start_temporary_api(ep.prefect_home)
+        except PrefectApiError as exc:
+            typer.echo(f"cerebro: {exc}", err=True)
+            raise typer.Exit(3) from None
 
 
 @app.command()
@@ -284,7 +301,8 @@ def reindex(
     from flows.reindex import reindex_flow
 
     r = reindex_flow(scrape=scrape, config=str(config) if config else None, overrides=list(set_ or []), source=source)
-    typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed; "
+    why = f" ({', '.join(f'{k} {v}' for k, v in sorted(r.failures.items()))})" if r.failures else ""
+    typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed{why}; "
                f"{r.size_before} -> {r.size_after} items ({r.reason})")
     typer.echo(f"published {r.version.name} v{r.version.version} (champion)" if r.version else "nothing published")
 

@@ -2,7 +2,10 @@
 artifacts, the model registry and aliases.
 
 Embedded default: sqlite under ``$CEREBRO_HOME`` with artifacts beside it; ``MLFLOW_TRACKING_URI``
-or ``tracking.uri`` switch to a real server.
+or ``tracking.uri`` switch to a real server. The embedded store is checked before first use
+(:func:`check_store`): a file that is not an MLflow database is a one-line error, and a state dir
+that was copied or moved is adopted — its recorded artifact locations are rewritten to point into
+it, so that nothing is ever written into the state dir it was copied from.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
+import sqlite3
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,10 +32,66 @@ def _mlflow():
     return mlflow
 
 
+class TrackingStoreError(RuntimeError):
+    """The embedded tracking database cannot be used; the message says what to do."""
+
+
+# where MLflow's sqlite store records artifact locations (absolute file:// URIs)
+ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
+                    ("logged_models", "artifact_location"), ("model_versions", "source"),
+                    ("model_versions", "storage_location"))
+_checked: set[str] = set()
+
+
+def check_store(ep: Endpoints) -> list[str]:
+    """Check the embedded store once per process; returns what was adopted (messages, also printed
+    to stderr). Raises :class:`TrackingStoreError` for a file that is not a usable MLflow database."""
+    db = ep.home / "mlflow.db"
+    if ep.tracking_source != "embedded" or not db.exists() or str(db) in _checked:
+        return []
+    hint = (f"move it aside (mv {db} {db}.broken) to start with an empty tracking store, "
+            "or restore it from a backup")
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            (ok,) = con.execute("pragma quick_check").fetchone()
+            tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
+            if ok != "ok":
+                raise TrackingStoreError(f"{db} is damaged ({ok}): {hint}")
+            if tables and "experiments" not in tables:
+                raise TrackingStoreError(f"{db} is an sqlite file but not an MLflow database: {hint}")
+            messages = _adopt(con, Path(ep.artifact_root).as_uri(), tables) if tables else []
+    except sqlite3.DatabaseError as exc:
+        raise TrackingStoreError(f"{db} is not a readable MLflow database ({exc}): {hint}") from None
+    _checked.add(str(db))
+    for m in messages:
+        print(f"cerebro: {m}", file=sys.stderr)
+    return messages
+
+
+def _adopt(con: sqlite3.Connection, here: str, tables: set[str]) -> list[str]:
+    """Rewrite artifact locations recorded under another state dir's ``mlartifacts`` to ``here``."""
+    olds = {loc[:loc.index("/mlartifacts") + len("/mlartifacts")]
+            for (loc,) in con.execute("select artifact_location from experiments")
+            if loc and loc.startswith("file://") and "/mlartifacts" in loc}
+    messages = []
+    for old in sorted(olds - {here}):
+        n = 0
+        with con:
+            for table, col in ARTIFACT_COLUMNS:
+                if table in tables:
+                    n += con.execute(f"update {table} set {col} = ? || substr({col}, ?) "
+                                     f"where substr({col}, 1, ?) = ?",
+                                     (here + "/", len(old) + 2, len(old) + 1, old + "/")).rowcount
+        messages.append(f"this state dir was copied or moved: {n} artifact locations recorded under "
+                        f"{old.removeprefix('file://')} now point to {here.removeprefix('file://')}")
+    return messages
+
+
 def configure(cfg: CerebroConfig) -> Endpoints:
     """Point MLflow at the configured (or embedded) tracking store and make sure the experiment
     exists, with its artifacts under the state dir when the store is the embedded sqlite."""
     ep = prepare_environment(cfg)
+    check_store(ep)
     mlflow = _mlflow()
     mlflow.set_tracking_uri(ep.tracking_uri)
     mlflow.set_registry_uri(ep.tracking_uri)
@@ -72,8 +134,11 @@ def stage_run(
     named by ``$CEREBRO_PARENT_RUN_ID``) when there is one."""
     configure(cfg)
     mlflow = _mlflow()
+    for m in reap_stale_runs(cfg):
+        print(f"cerebro: {m}", file=sys.stderr)
     parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
-    all_tags = {"stage": stage, "cerebro.config_name": cfg.name}
+    all_tags = {"stage": stage, "cerebro.config_name": cfg.name, "cerebro.host": socket.gethostname(),
+                "cerebro.pid": str(os.getpid())}
     if parent:
         all_tags["mlflow.parentRunId"] = parent
     all_tags.update(tags or {})
@@ -81,6 +146,43 @@ def stage_run(
         if log_config:
             log_params(cfg.masked())
         yield run
+
+
+def _alive(pid: int, started_ms: int) -> bool:
+    import psutil
+
+    try:  # a pid reused by a process started after the run is not the run's process
+        return psutil.Process(pid).create_time() <= started_ms / 1000 + 1
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+def reap_stale_runs(cfg: CerebroConfig) -> list[str]:
+    """Runs of this experiment still RUNNING whose process on this host is gone (killed with
+    SIGKILL, the machine lost power) are marked FAILED, with a ``cerebro.cleanup`` tag saying why;
+    a model version such a run registered and never aliased is tagged ``cerebro.abandoned``.
+    Returns what was done, one line each."""
+    c = client()
+    exp = c.get_experiment_by_name(cfg.tracking.experiment)
+    if exp is None:
+        return []
+    host = socket.gethostname()
+    stale = [r for r in c.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000)
+             if r.data.tags.get("cerebro.host") == host and r.data.tags.get("cerebro.pid", "").isdigit()
+             and not _alive(int(r.data.tags["cerebro.pid"]), r.info.start_time)]
+    out = []
+    for r in stale:
+        rid, pid, stage = r.info.run_id, r.data.tags["cerebro.pid"], r.data.tags.get("stage", "?")
+        why = f"its process {pid} on {host} ended without closing it (killed?)"
+        c.set_tag(rid, "cerebro.cleanup", f"marked FAILED by process {os.getpid()}: {why}")
+        c.set_terminated(rid, "FAILED")
+        out.append(f"marked the {stage} run {rid} FAILED: {why}")
+        for mv in c.search_model_versions(f"run_id = '{rid}'"):
+            if not mv.aliases:
+                note = f"never served: its {stage} run {rid} ended before the smoke test moved an alias to it"
+                c.set_model_version_tag(mv.name, mv.version, "cerebro.abandoned", note)
+                out.append(f"{mv.name} v{mv.version} tagged cerebro.abandoned: {note}")
+    return out
 
 
 def log_params(params: dict[str, Any]) -> None:

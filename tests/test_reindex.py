@@ -117,8 +117,13 @@ def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_p
     m = mlflow.pyfunc.load_model("models:/cerebro-search@champion")  # still loadable and answering
     assert len(m.predict(pd.DataFrame({"query": ["a horse"]}), params={"k": 3})) == 3
 
+    orphan = str(max(_versions(home)))  # registered by the killed process, never aliased
     r = run_reindex(caltech_index["cfg"], str(tmp_path / "scrape"), log=lambda x: None)
     assert r.published and r.new == 12
+    mv = tracking.client().get_model_version("cerebro-search", orphan)
+    assert "ended before the smoke test moved an alias" in mv.tags["cerebro.abandoned"] and not mv.aliases
+    killed = tracking.client().get_run(mv.run_id)
+    assert killed.info.status == "FAILED" and "ended without closing it" in killed.data.tags["cerebro.cleanup"]
     _, searcher = __import__("cerebro_core.index.publish", fromlist=["x"]).load_searcher(
         "models:/cerebro-search@champion")
     shas = [row["sha256"] for row in searcher.rows]
