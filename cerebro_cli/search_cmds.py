@@ -33,6 +33,16 @@ def search(
     image: Optional[Path] = typer.Option(None, "--image", help="search by an image file instead of text"),
     source: Optional[str] = typer.Option(None, help="only this source"),
     media: Optional[str] = typer.Option(None, help="image | video"),
+    species: Optional[list[str]] = typer.Option(None, "--species", help="only these species (repeatable)"),
+    min_species_score: Optional[float] = typer.Option(None, help="species probability at least this"),
+    date_from: Optional[str] = typer.Option(None, "--from", help="taken at or after (ISO 8601)"),
+    date_to: Optional[str] = typer.Option(None, "--to", help="taken at or before (ISO 8601; a date: that whole day)"),
+    bbox: Optional[str] = typer.Option(None, help="min_lon,min_lat,max_lon,max_lat"),
+    camera: Optional[str] = typer.Option(None, help="only this camera / deployment"),
+    min_score: Optional[float] = typer.Option(None, help="similarity at least this"),
+    sort: Optional[str] = typer.Option(None, help="score (default) | date"),
+    collapse: Optional[str] = typer.Option(None, help="none | sequence | duplicates"),
+    offset: Optional[int] = typer.Option(None, help="skip this many results (pagination)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
     config: Optional[Path] = ConfigOption,
@@ -43,16 +53,21 @@ def search(
     if (query is None) == (image is None):
         typer.echo("cerebro search: give a text query or --image, not both", err=True)
         raise typer.Exit(2)
+    from cerebro_core.index.filters import parse_filters
     from cerebro_core.index.search import QueryError, check_query
 
-    try:  # before the model loads (seconds): an empty query, k out of range, an unknown media
+    try:  # before the model loads (seconds): an empty query, k out of range, a bad filter value
         check_query(query, k, media, cfg.serve.max_query_chars)
+        f = parse_filters(species=species or [], min_species_score=min_species_score, date_from=date_from,
+                          date_to=date_to, bbox=bbox, camera=camera, min_score=min_score, sort=sort,
+                          collapse=collapse, offset=offset)
     except QueryError as exc:
         typer.echo(f"cerebro search: {exc}", err=True)
         raise typer.Exit(2) from None
     version, s = _searcher(cfg, model_uri)
     try:
-        hits = s.search(query, k, source, media) if image is None else s.search_image(image.read_bytes(), k, source, media)
+        hits = (s.search(query, k, source, media, filters=f) if image is None
+                else s.search_image(image.read_bytes(), k, source, media, filters=f))
     except (QueryError, OSError) as exc:
         typer.echo(f"cerebro search: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -61,7 +76,10 @@ def search(
         return
     for i, h in enumerate(hits, 1):
         where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
-        typer.echo(f"{i:>3}. {h['score']:.3f}  [{h['source']}] {h['uri']}{where}")
+        tags = "  ".join(x for x in (h.get("species") and f"{h['species']} {h['species_score']:.2f}",
+                                     h.get("taken_at"), h.get("camera"),
+                                     h["group_size"] > 1 and f"×{h['group_size']}") if x)
+        typer.echo(f"{i + (f.offset or 0):>3}. {h['score']:.3f}  [{h['source']}] {h['uri']}{where}  {tags}".rstrip())
 
 
 @app.command()
@@ -101,5 +119,10 @@ def serve(
     except Exception as exc:
         typer.echo(f"cerebro serve: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
         raise typer.Exit(2) from None
-    app_ = create_app(holder, cfg.serve)
+    from cerebro_core.home import resolve
+    from cerebro_core.serve.media import Thumbnails
+    from cerebro_core.storage import Storage
+
+    thumbs = Thumbnails(Storage(cfg.storage), f"{resolve(cfg).storage_root.rstrip('/')}/thumbnails")
+    app_ = create_app(holder, cfg.serve, thumbs)
     uvicorn.run(app_, host=host, port=port, log_level="info")

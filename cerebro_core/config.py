@@ -266,6 +266,14 @@ class IndexConfig(_Section):
     video_frame_interval: float = Field(2.0, gt=0)
     batch_size: int = Field(256, ge=1)
     model_alias: str = "champion"
+    vocabulary: Optional[str] = Field(None, description="species names for each item's zero-shot species tag "
+                                      "(.txt/.csv/.json); default: adapt.vocabulary when it is a names list")
+    sequence_gap_s: float = Field(60.0, gt=0, description="one camera's items at most this far apart in time are "
+                                  "one sequence (a burst, an event)")
+    duplicate_threshold: float = Field(0.97, gt=0, le=1, description="embedding cosine at which two items are "
+                                       "near-duplicates")
+    evaluation_source: Optional[SourceConfig] = Field(None, description="a labelled folder: each published version "
+                                                      "records species-query mAP@10 / P@10 on it (not indexed)")
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

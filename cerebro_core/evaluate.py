@@ -135,3 +135,25 @@ def general_retrieval(bundle, shards: Sequence[str], storage, max_n: int = 1000)
     fi = torch.cat([encode_images(model, torch.stack(imgs[i:i + 256])) for i in range(0, len(imgs), 256)])
     ft = torch.cat([encode_texts(model, bundle.tokenizer(caps[i:i + 256])) for i in range(0, len(caps), 256)])
     return retrieval_metrics(fi, ft, caps)
+
+
+def species_queries(feats, labels: Sequence[str], queries: torch.Tensor, classes: Sequence[str], k: int = 10) -> dict:
+    """Text→image retrieval as a search user runs it: per class, its query (one text embedding per
+    class, ``queries[i]`` for ``classes[i]``) ranks all images; relevant = same label.
+    ``mAP@k``: mean over classes of AP@k = Σ_{i≤k} P(i)·rel(i) / min(k, #relevant); ``P@k``."""
+    import numpy as np
+
+    f = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+    y = np.array([list(classes).index(lab) for lab in labels])
+    top = (queries @ f.T).topk(min(k, f.shape[0]), dim=1).indices.numpy()
+    aps, precs = [], []
+    for c in range(len(classes)):
+        n_rel = int((y == c).sum())
+        if n_rel == 0:
+            continue
+        rel = (y[top[c]] == c).astype(np.float64)
+        prec_at = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        aps.append(float((prec_at * rel).sum() / min(k, n_rel)))
+        precs.append(float(rel.mean()))
+    return {f"mAP@{k}": float(np.mean(aps)) if aps else 0.0, f"P@{k}": float(np.mean(precs)) if precs else 0.0,
+            "queries": len(aps)}

@@ -302,13 +302,17 @@ def pair_shards(shared_data, tmp_path_factory) -> list[str]:
                              tmp_path_factory.mktemp("pairs"))
 
 
-def make_video(path: Path, seconds: float = 3.0, fps: int = 10, size: int = 64) -> Path:
-    """A short real video (MPEG-4 part 2 in .mp4) of a moving square, encoded with PyAV."""
+def make_video(path: Path, seconds: float = 3.0, fps: int = 10, size: int = 64,
+               creation_time: str | None = None) -> Path:
+    """A short real video (MPEG-4 part 2 in .mp4) of a moving square, encoded with PyAV; with
+    ``creation_time`` (ISO 8601) in its container metadata, as cameras write it."""
     import av
     import numpy as np
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as c:
+        if creation_time:
+            c.metadata["creation_time"] = creation_time
         st = c.add_stream("mpeg4", rate=fps)
         st.width = st.height = size
         st.pix_fmt = "yuv420p"
@@ -321,3 +325,25 @@ def make_video(path: Path, seconds: float = 3.0, fps: int = 10, size: int = 64) 
         for pkt in st.encode():
             c.mux(pkt)
     return path
+
+
+@contextlib.contextmanager
+def chromium():
+    """Headless Debian chromium driven by chromedriver (both installed by scripts/install-system-deps.sh)."""
+    import shutil
+
+    if not shutil.which("chromedriver") or not shutil.which("chromium"):
+        pytest.fail("chromium/chromedriver missing: scripts/install-system-deps.sh installs them")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium")
+    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]:
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -66,6 +66,9 @@ def test_reindex_adds_only_new_media(caltech_index, shared_data, tmp_path):
     assert hits[0]["uri"].endswith("new_0003.jpg") and hits[0]["source"] == "scrape"
     shas = [row["sha256"] for row in searcher.rows]
     assert len(shas) == len(set(shas)) == 730
+    # sequences and near-duplicates are recomputed over old and new items alike
+    assert all(row["sequence_id"] is not None for row in searcher.rows)
+    assert len({row["sequence_id"] for row in searcher.rows}) == 730  # no camera, no time: one each
     # idempotent: the same scrape again adds nothing and publishes nothing
     again = run_reindex(caltech_index["cfg"], str(tmp_path / "scrape"), log=lambda x: None)
     assert (again.new, again.duplicates, again.published) == (0, 40, False)

@@ -309,6 +309,7 @@ def test_token_guards_everything_but_the_page(served, tmp_path):
             assert c.get(path, headers={"Authorization": "Bearer wrong-token-wrong-token"}).status_code == 401
         ok = c.get("/search", params={"q": "a deer"}, headers={"Authorization": f"Bearer {token}"})
         assert ok.status_code == 200 and ok.json()["results"]
-        assert c.get("/images/0", cookies={"cerebro_token": token}).status_code == 200  # as the page's <img>
+        as_page = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, cookies={"cerebro_token": token})
+        assert as_page.get("/images/0").status_code == 200  # as the page's <img> sends it
     finally:
         stop(p)

@@ -17,6 +17,7 @@ from cerebro_core.data.paths import inside
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 LABEL_COLUMNS = ("label", "common_name", "class")
+CAMERA_COLUMNS = ("camera", "deployment", "deployment_id")
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class ImageRecord:
     path: str
     label: Optional[str]
     source: str = ""
+    camera: Optional[str] = None  # labels.csv column camera / deployment / deployment_id
 
 
 def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None) -> list[ImageRecord]:
@@ -48,8 +50,9 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
             col = next((c for c in LABEL_COLUMNS if c in cols), None)
             if "path" not in cols:
                 raise ValueError(f"{labels_csv}: needs a 'path' column (has {cols})")
-            recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source) for r in reader
-                    if kept(root / r["path"])]
+            cam = next((c for c in CAMERA_COLUMNS if c in cols), None)
+            recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source,
+                                (r[cam].strip() or None) if cam else None) for r in reader if kept(root / r["path"])]
         return sorted(recs, key=lambda r: r.path)
     recs = []
     for p in sorted(root.rglob("*")):

@@ -36,7 +36,8 @@ class SearchVersion(BaseModel):
 
 
 def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_model_dir: Path,
-                 clip_ref: dict, vectors: Optional[np.ndarray] = None) -> Path:
+                 clip_ref: dict, vectors: Optional[np.ndarray] = None,
+                 species_vocabulary: Optional[list[str]] = None) -> Path:
     """The search bundle folder (see cerebro_core.index.search)."""
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "index.faiss").write_bytes(serialize(index))
@@ -48,7 +49,7 @@ def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_
         buf = io.BytesIO()
         np.save(buf, vectors.astype(np.float16), allow_pickle=False)
         (dest / "vectors.npy").write_bytes(buf.getvalue())
-    info = {**report.__dict__, "clip": clip_ref}
+    info = {**report.__dict__, "clip": clip_ref, "species_vocabulary": species_vocabulary}
     (dest / "index.json").write_text(json.dumps(info, indent=2, default=str))
     if (dest / "model").exists():
         shutil.rmtree(dest / "model")
@@ -65,7 +66,8 @@ def smoke_query(model_uri: str, query: str = "an animal") -> int:
     return len(out)
 
 
-def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool = True) -> SearchVersion:
+def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool = True,
+            tags: Optional[dict] = None) -> SearchVersion:
     """Inside an active MLflow run: log the pyfunc, register, smoke-test, move ``champion``."""
     import mlflow
     import pandas as pd
@@ -75,7 +77,8 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
         pd.DataFrame({"query": ["a red fox leaping into snow"]}),
         pd.DataFrame({"query": ["q"], "rank": [0], "id": [0], "score": [0.5], "uri": ["u"], "source": ["s"],
                       "media_type": ["image"], "video_ts": [0.0]}),
-        params={"k": 10, "source": "", "media": ""},
+        params={"k": 10, "source": "", "media": "", "species": "", "min_species_score": "", "date_from": "",
+                "date_to": "", "bbox": "", "camera": "", "min_score": "", "sort": "", "collapse": "", "offset": ""},
     )
     info = mlflow.pyfunc.log_model(
         name="search",
@@ -90,7 +93,7 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
     mv = tracking.register_logged_model(
         name, info.model_uri,
         tags={"stage": "index", "clip_version": clip_version, "kind": report.kind, "n": report.n,
-              "recall_at_10": round(report.recall_at_10, 4)},
+              "recall_at_10": round(report.recall_at_10, 4), **(tags or {})},
     )
     version_uri = f"models:/{name}/{mv.version}"
     hits = smoke_query(version_uri)  # loads from the registry, as a user would

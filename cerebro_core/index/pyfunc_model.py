@@ -1,8 +1,9 @@
 """The ``cerebro-search`` MLflow pyfunc model, logged as *model from code* (no pickle).
 
-Input: a DataFrame with a ``query`` column (or a list of strings); params ``k`` (1..1000),
-``source`` and ``media`` ("" = no filter). Output: one row per hit with the query, its rank, the
-score and the media metadata (id, uri, source, media_type, video_ts, ...).
+Input: a DataFrame with a ``query`` column (or a list of strings); params ``k`` (1..1000) and the
+filters of :class:`cerebro_core.index.filters.Filters` as strings ("" = unset; ``species``
+comma-separated). Output: one row per hit with the query, its rank, the score and the media
+metadata (id, uri, source, media_type, video_ts, species, taken_at, camera, ...).
 """
 
 import warnings
@@ -22,17 +23,19 @@ class CerebroSearchModel(PythonModel):
         self.searcher = Searcher(context.artifacts["bundle"])
 
     def predict(self, context, model_input, params=None):
-        params = params or {}
-        k = int(params.get("k", 10))
-        source = params.get("source") or None
-        media = params.get("media") or None
+        from cerebro_core.index.filters import Filters, parse_filters
+
+        params = dict(params or {})
+        k = int(params.pop("k", 10))
+        species = [x.strip() for x in str(params.pop("species", "") or "").split(",") if x.strip()]
+        f = parse_filters(species=species, **{n: params.get(n) for n in Filters.model_fields if n != "species"})
         if isinstance(model_input, pd.DataFrame):
             queries = [str(q) for q in model_input["query"].tolist()]
         else:
             queries = [str(q) for q in model_input]
         rows = []
         for q in queries:
-            for rank, hit in enumerate(self.searcher.search(q, k=k, source=source, media=media)):
+            for rank, hit in enumerate(self.searcher.search(q, k=k, filters=f)):
                 rows.append({"query": q, "rank": rank, **hit})
         columns = ["query", "rank", "id", "score", "uri", "source", "media_type", "video_ts"]
         return pd.DataFrame(rows, columns=None if rows else columns)

@@ -38,6 +38,7 @@ from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
 from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
 from cerebro_core.index.incremental import add_or_rebuild
+from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.index.rows import read_rows
 from cerebro_core.model.registry import load_clip_from_folder
@@ -140,6 +141,7 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
                 log: Callable[[str], None] = print) -> ReindexResult:
     t0 = time.perf_counter()
     tracking.configure(cfg)
+    names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
     folder = materialise(cfg, scrape, log)
     mv, bundle = _champion_bundle(cfg)
     info = json.loads((bundle / "index.json").read_text())
@@ -180,7 +182,7 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
             model_dir = download_clip(clip_now)
             clip = load_clip_from_folder(model_dir)
             old_items = [Item(r["uri"], r["source"], r["media_type"], r.get("video_ts"), sha256=r.get("sha256"),
-                              extra={"source_root": r["source_root"]} if r.get("source_root") else {})
+                              extra={k: r[k] for k in ("source_root", "camera") if r.get(k)})
                          for r in rows if Path(r["uri"]).exists()]
             todo = old_items + new_items
         else:
@@ -225,6 +227,9 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
             report.n = len(all_rows)
             rebuilt, reason = add.rebuilt, add.reason
             report.recall_at_10 = _recall(index, kind, report.params, vectors)
+        # the new rows' (a full rebuild: all rows') own metadata; sequences and duplicates over all
+        item_fields(emb.rows, emb.vectors, Species(clip, names, cfg.adapt.templates) if names else None)
+        group_fields(all_rows, index, vectors.astype(np.float32), cfg.index.sequence_gap_s, cfg.index.duplicate_threshold)
         log(f"reindex: {n_new} new, {dup} duplicates, {failed} failed{_reasons(failures)}; index {reason}; "
             f"{len(rows)} → {len(all_rows)} items")
         tracking.log_metrics({**{k: float(v) for k, v in result.items()}, "size_after": len(all_rows),
@@ -232,7 +237,7 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
         with tempfile.TemporaryDirectory() as td:
             b = write_bundle(Path(td, "bundle"), index, report, all_rows, model_dir,
                              {"name": cfg.tracking.model_name, "version": str(clip_now.version) if full else built_with,
-                              "model": clip.name}, vectors=vectors)
+                              "model": clip.name}, vectors=vectors, species_vocabulary=names)
             sv = publish(cfg, b, str(clip_now.version) if full else built_with, report)
         seconds = time.perf_counter() - t0
         tracking.log_metrics({"seconds": seconds})

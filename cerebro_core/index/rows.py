@@ -26,8 +26,9 @@ def _under(root: str, path: str) -> bool:
 def to_stored(rows: list[dict], home: Path) -> list[dict]:
     out = []
     h = str(home)
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "path"))  # every row every column
     for r in rows:
-        r = {k: v for k, v in r.items() if k != "path"}
+        r = {k: r.get(k) for k in keys}
         root, uri = r.get("source_root"), r["uri"]
         if root and _under(root, uri):
             r["uri"] = PurePosixPath(Path(os.path.relpath(uri, root))).as_posix()

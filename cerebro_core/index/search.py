@@ -5,8 +5,9 @@ parameters, measured recall and latency, model reference) and ``model/`` (the CL
 architecture). The published ``cerebro-search`` pyfunc model carries exactly this folder.
 
 Query path: tokenize → :class:`cerebro_core.model.text.FastTextEncoder` (tokens cut after EOT, exact;
-int8 projections on CPU, measured) → LRU cache → FAISS with the tuned parameter;
-filters (source, media type) use FAISS ID selectors, so they never cost recall.
+int8 projections on CPU, measured) → LRU cache → FAISS with the tuned parameter; filters
+(:mod:`cerebro_core.index.filters`: species, time, place, camera, source, media) become a FAISS
+ID selector, collapsing and pagination work on the ranked list.
 """
 
 from __future__ import annotations
@@ -28,14 +29,11 @@ from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.model.text import FastTextEncoder
 from cerebro_core.index.build import deserialize, search_params
+from cerebro_core.index.filters import Columns, Filters, QueryError  # noqa: F401 (QueryError: re-exported)
 from cerebro_core.index.rows import read_rows
 
 MAX_QUERY_CHARS = 1000
 MAX_K = 1000
-
-
-class QueryError(ValueError):
-    """A bad query: the API answers 4xx with this message."""
 
 
 MEDIA = ("image", "video")
@@ -99,17 +97,23 @@ class Searcher:
         # one query at a time per tower; the text and image towers are separate modules, so a slow
         # image query never holds a text query back
         self._text_lock, self._image_lock = threading.Lock(), threading.Lock()
-        self._selectors: dict = {}
+        self.columns = Columns(self.rows, self.info.get("species_vocabulary"))
+        self._vectors = None  # vectors.npy, memory-mapped on first "more like this"
         self.sources = sorted({r["source"] for r in self.rows})
         self.media_types = sorted({r["media_type"] for r in self.rows})
         if threads:
             torch.set_num_threads(threads)
 
     # ---- validation ----------------------------------------------------------------
-    def _check(self, k: int, source: Optional[str], media: Optional[str]) -> None:
+    def _check(self, k: int, source: Optional[str], media: Optional[str], filters: Optional[Filters] = None) -> Filters:
         check_query(None, k, media)
         if source is not None and source not in self.sources:
             raise QueryError(f"unknown source {source!r}; known: {', '.join(self.sources)}")
+        f = filters or Filters()
+        if source is not None or media is not None:
+            f = f.model_copy(update={k2: v for k2, v in (("source", source), ("media", media)) if v is not None})
+        self.columns.check(f, self.sources)
+        return f
 
     # ---- encoding --------------------------------------------------------------------
     def encode_text(self, query: str) -> np.ndarray:
@@ -137,48 +141,96 @@ class Searcher:
             return F.normalize(self.clip.model.encode_image(x).float(), dim=-1).numpy()[0]
 
     # ---- search ----------------------------------------------------------------------
-    def _selector(self, source: Optional[str], media: Optional[str]):
-        if source is None and media is None:
-            return None
-        key = (source, media)
-        if key not in self._selectors:
-            import faiss
+    def ranked(self, v: np.ndarray, need: int, f: Filters) -> list[tuple[int, float, int]]:
+        """The best ``need`` (id, score, group size) passing ``f``: filtered inside FAISS, cut at
+        ``min_score``, one per group when collapsing (more candidates are fetched until ``need``
+        groups are found or the matching items run out)."""
+        import faiss
 
-            m = "video_frame" if media == "video" else media
-            ids = np.array([i for i, r in enumerate(self.rows)
-                            if (source is None or r["source"] == source) and (m is None or r["media_type"] == m)],
-                           dtype=np.int64)
-            self._selectors[key] = (faiss.IDSelectorBatch(ids), ids)
-        return self._selectors[key][0]
-
-    def search_vector(self, v: np.ndarray, k: int = 10, source: Optional[str] = None,
-                      media: Optional[str] = None) -> list[dict]:
-        self._check(k, source, media)
-        k_eff = min(k, self.index.ntotal)
-        if k_eff == 0:
+        mask = self.columns.mask(f)
+        ids = np.flatnonzero(mask) if mask is not None else None
+        n_match = len(ids) if ids is not None else self.index.ntotal
+        if n_match == 0 or need <= 0:
             return []
-        params = search_params(self.index, self.kind, self.param, sel=self._selector(source, media))
-        D, I = self.index.search(np.ascontiguousarray(v[None, :], dtype=np.float32), k_eff, params=params)
-        out = []
-        for score, i in zip(D[0], I[0]):
-            if i < 0:
-                continue
-            r = self.rows[int(i)]
-            out.append({"id": int(i), "score": float(score), **{k2: r.get(k2) for k2 in
-                        ("uri", "path", "source_root", "source", "media_type", "video_ts", "width", "height",
-                         "sha256", "pseudo_label", "pseudo_score")}})
+        sel = faiss.IDSelectorBatch(ids) if ids is not None else None
+        keys = self.columns.group_key(f)
+        sizes = np.bincount(keys[ids] if ids is not None else keys) if keys is not None else None
+        fetch = need if keys is None else need * 4
+        q = np.ascontiguousarray(v[None, :], dtype=np.float32)
+        while True:
+            kk = min(fetch, n_match)
+            D, I = self.index.search(q, kk, params=search_params(self.index, self.kind, self.param, sel=sel))
+            pairs = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
+            cut = f.min_score is not None and bool(pairs) and pairs[-1][1] < f.min_score
+            if f.min_score is not None:
+                pairs = [(i, d) for i, d in pairs if d >= f.min_score]
+            if keys is None:
+                out = [(i, d, 1) for i, d in pairs]
+            else:
+                seen: set = set()
+                out = []
+                for i, d in pairs:
+                    if keys[i] not in seen:
+                        seen.add(keys[i])
+                        out.append((i, d, int(sizes[keys[i]])))
+            if len(out) >= need or kk >= n_match or cut:
+                return out[:need]
+            fetch *= 4
+
+    def all_matches(self, v: np.ndarray, filters: Filters) -> list[tuple[int, float, int]]:
+        """Every item passing ``filters`` (after ``min_score`` and collapsing), best first, or in
+        time order with ``sort=date``; ``offset`` is ignored."""
+        f = self._check(1, None, None, filters)
+        out = self.ranked(v, self.matches(f), f)
+        if f.sort == "date":
+            t = self.columns.taken
+            out.sort(key=lambda h: (np.isnan(t[h[0]]), 0.0 if np.isnan(t[h[0]]) else t[h[0]]))
         return out
 
+    def matches(self, f: Filters) -> int:
+        mask = self.columns.mask(f)
+        return int(mask.sum()) if mask is not None else self.index.ntotal
+
+    def search_vector(self, v: np.ndarray, k: int = 10, source: Optional[str] = None,
+                      media: Optional[str] = None, filters: Optional[Filters] = None) -> list[dict]:
+        f = self._check(k, source, media, filters)
+        if f.sort == "date":  # the best MAX_K (at least offset + k) by score, in time order
+            top = self.ranked(v, max(f.offset + k, MAX_K), f)
+            t = self.columns.taken
+            top.sort(key=lambda h: (np.isnan(t[h[0]]), 0.0 if np.isnan(t[h[0]]) else t[h[0]]))
+        else:
+            top = self.ranked(v, f.offset + k, f)
+        return [self.hit(i, score, size) for i, score, size in top[f.offset:f.offset + k]]
+
+    def hit(self, i: int, score: float, group_size: int = 1) -> dict:
+        return {"id": i, "score": score, "group_size": group_size, **{k: v for k, v in self.rows[i].items() if k != "id"}}
+
     def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
-               max_chars: int = MAX_QUERY_CHARS) -> list[dict]:
-        check_query(query, max_chars=max_chars)  # the text; k, media and source below
-        self._check(k, source, media)
-        return self.search_vector(self.encode_text(query), k, source, media)
+               max_chars: int = MAX_QUERY_CHARS, filters: Optional[Filters] = None) -> list[dict]:
+        check_query(query, max_chars=max_chars)  # the text; k, media, source and filters below
+        f = self._check(k, source, media, filters)
+        return self.search_vector(self.encode_text(query), k, filters=f)
 
     def search_image(self, data: bytes, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
-                     max_pixels: int = images.DEFAULT_MAX_PIXELS) -> list[dict]:
-        self._check(k, source, media)
-        return self.search_vector(self.encode_image(data, max_pixels), k, source, media)
+                     max_pixels: int = images.DEFAULT_MAX_PIXELS, filters: Optional[Filters] = None) -> list[dict]:
+        f = self._check(k, source, media, filters)
+        return self.search_vector(self.encode_image(data, max_pixels), k, filters=f)
+
+    def vector_of(self, i: int) -> np.ndarray:
+        """The stored embedding of item ``i`` ("more like this")."""
+        self.record(i)
+        if self._vectors is None:
+            path = self.dir / "vectors.npy"
+            self._vectors = np.load(path, mmap_mode="r", allow_pickle=False) if path.exists() else False
+        v = (np.asarray(self._vectors[i], dtype=np.float32) if self._vectors is not False
+             else self.index.reconstruct(int(i)).astype(np.float32))
+        return v / max(float(np.linalg.norm(v)), 1e-12)
+
+    def search_like(self, i: int, k: int = 10, filters: Optional[Filters] = None) -> list[dict]:
+        """Items like item ``i`` (itself left out)."""
+        f = self._check(k, None, None, filters)
+        hits = self.search_vector(self.vector_of(i), k + 1, filters=f)
+        return [h for h in hits if h["id"] != i][:k]
 
     def record(self, i: int) -> dict:
         if not 0 <= i < len(self.rows):

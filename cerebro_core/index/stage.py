@@ -1,8 +1,9 @@
 """Stage 4, index: ModelVersion + wildlife sources → SearchVersion (cerebro-search@champion).
 
 Embed every image and video still of ``index.sources`` with a ``cerebro-clip`` version (alias
-``index.model_alias``, else the latest), build and tune the FAISS index, write the search bundle
-to storage, and publish it as the ``cerebro-search`` pyfunc model.
+``index.model_alias``, else the latest), build and tune the FAISS index, tag each item with its
+metadata (time, place, camera, species, sequence, near-duplicate: :mod:`.metadata`), write the
+search bundle to storage, and publish it as the ``cerebro-search`` pyfunc model.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
 from cerebro_core.index.build import build_and_tune
+from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
+from cerebro_core.index.quality import search_quality
 from cerebro_core.model.registry import load_clip
 
 
@@ -56,6 +59,10 @@ def run_stage(
     share of the items and returns None; node 0 merges, builds and publishes."""
     counts: Counter = Counter()
     items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts)
+    names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
+    ev = cfg.index.evaluation_source
+    if ev is not None and not Path(ev.path).is_dir():
+        raise IndexInputError(f"index.evaluation_source.path: folder not found: {ev.path}")
     tracking.configure(cfg)
     mv, clip, model_dir = load_clip(cfg.tracking.model_name, cfg.index.model_alias, clip_version)
     log(f"index: {len(items)} items from {len(cfg.index.sources)} sources with {mv.name} v{mv.version} "
@@ -80,6 +87,8 @@ def run_stage(
         index, report = build_and_tune(vectors, cfg.index.kind, cfg.index.recall_target, cfg.index.memory_budget_mb)
         log(f"index: {report.kind} over {report.n} vectors, recall@10 {report.recall_at_10:.3f}, "
             f"p50 {report.latency_p50_ms:.2f} ms")
+        item_fields(emb.rows, vectors, Species(clip, names, cfg.adapt.templates) if names else None)
+        group_fields(emb.rows, index, vectors, cfg.index.sequence_gap_s, cfg.index.duplicate_threshold)
         tracking.log_metrics({
             "items": len(items), "indexed": report.n, "failed": sum(failures.values()),
             "embed_s": embed_s, "images_per_s": report.n / max(embed_s, 1e-9), "build_s": report.build_s,
@@ -90,10 +99,20 @@ def run_stage(
         tracking.log_params({"index.chosen_kind": report.kind, "index.search_params": report.params,
                              "index.build_params": report.build_params,
                              "compute.world_size": world_size(cfg.compute)})
+        quality = search_quality(cfg, clip, str(mv.version))
+        if quality:
+            tracking.log_metrics(quality)
+            log(f"index: species queries on {ev.name}: mAP@10 {quality['search/mAP_at_10']:.3f}, "
+                f"P@10 {quality['search/P_at_10']:.3f}"
+                + (f" (pretrained v{quality['search/pretrained_version']:.0f}: "
+                   f"{quality['search/pretrained_mAP_at_10']:.3f}, {quality['search/pretrained_P_at_10']:.3f})"
+                   if "search/pretrained_mAP_at_10" in quality else ""))
         with tempfile.TemporaryDirectory() as td:
             bundle = write_bundle(Path(td, "bundle"), index, report, emb.rows, model_dir,
-                                  {"name": mv.name, "version": mv.version, "model": clip.name}, vectors=emb.vectors)
+                                  {"name": mv.name, "version": mv.version, "model": clip.name}, vectors=emb.vectors,
+                                  species_vocabulary=names)
             tracking.log_json_artifact({**report.__dict__, "failures": dict(failures)}, "index_report.json")
-            sv = publish(cfg, bundle, mv.version, report, expect_hits=report.n > 0)
+            sv = publish(cfg, bundle, mv.version, report, expect_hits=report.n > 0,
+                         tags={k: round(v, 4) for k, v in (quality or {}).items()})
     log(f"index: published {sv.name} v{sv.version} (alias champion)")
     return sv

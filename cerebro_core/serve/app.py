@@ -1,10 +1,14 @@
 """The search API and page.
 
-GET  /healthz                      status, serving version, collection size
-GET  /search?q=&k=&source=&media=  text search
-POST /search/image                 multipart ``file``: image search (≤ serve.max_upload_mb)
-GET  /images/{id}                  the indexed media, by id only (video stills rendered as JPEG)
-GET  /                             a page that searches as you type
+GET  /healthz                 status, serving version, collection size
+GET  /search?q=&k=&<filters>  text search; ?like=<id>: items like an indexed one (filters: species (repeatable), min_species_score, source,
+                              media, date_from, date_to, bbox, camera, min_score, sort, collapse, offset)
+POST /search/image?k=&<filters>  multipart ``file``: image search (≤ serve.max_upload_mb)
+GET  /export?q=&format=csv|jsonl|urls&<filters>  every match, streamed (urls: for img2dataset)
+GET  /facets                  species and camera counts, the time span (for the page's controls)
+GET  /images/{id}             the indexed media, by id only (video stills rendered as JPEG)
+GET  /thumbnails/{id}         a JPEG, longer side ≤ 256 px, made once and kept in storage
+GET  /                        a page that searches as you type
 
 With ``serve.token`` set, every route but ``/`` needs ``Authorization: Bearer <token>`` (or the
 page's cookie). Hits name an item by its path relative to its source folder, never by a path of
@@ -18,23 +22,25 @@ registry and swaps in a new version (loaded fully before the swap), so no restar
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import csv
 import io
+import json
 import logging
-import os
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
-from fastapi import FastAPI, File, HTTPException, Query, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cerebro_core.config import ServeConfig
-from cerebro_core.data.paths import inside
-from cerebro_core.index.search import MAX_K, QueryError, Searcher
+from cerebro_core.index.filters import Filters, QueryError, parse_filters
+from cerebro_core.index.search import MAX_K, Searcher, check_query
+from cerebro_core.serve.media import Thumbnails, original
 from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots
 from cerebro_core.serve.workers import image_pool, release_large_buffers, trimmed
 
@@ -84,47 +90,34 @@ class Holder:
                 log.warning("reload failed, still serving %s: %s", self.version, exc)
 
 
-PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", "pseudo_label", "pseudo_score")
-IMAGE_TYPES = {"jpg": "image/jpeg", "jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp",
-               "gif": "image/gif", "bmp": "image/bmp"}
+PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", "species", "species_score",
+          "taken_at", "lat", "lon", "camera", "sequence_id", "group_size")
 
 
 def _hit(h: dict) -> dict:
     """What a response shows of a hit: no path of this machine, no content hash."""
-    return {**{k: h.get(k) for k in PUBLIC}, "uri": h.get("path"), "image_url": f"/images/{h['id']}"}
+    return {**{k: h.get(k) for k in PUBLIC}, "uri": h.get("path"), "image_url": f"/images/{h['id']}",
+            "thumbnail_url": f"/thumbnails/{h['id']}"}
 
 
-def _gone(item_id: str, why: str) -> HTTPException:
-    log.warning("item %s not served: %s", item_id, why)
-    return HTTPException(status_code=410, detail=f"item {item_id} is no longer {why}")
+def _filters(species: list[str] = Query([]), min_species_score: Optional[str] = None, source: Optional[str] = None,
+             media: Optional[str] = None, date_from: Optional[str] = None, date_to: Optional[str] = None,
+             bbox: Optional[str] = None, camera: Optional[str] = None, min_score: Optional[str] = None,
+             sort: Optional[str] = None, collapse: Optional[str] = None, offset: Optional[str] = None) -> Filters:
+    """The query's filters; a bad value is a 400 naming the parameter."""
+    check_query(None, 1, media or None)
+    return parse_filters(species=species, min_species_score=min_species_score, source=source, media=media,
+                         date_from=date_from, date_to=date_to, bbox=bbox, camera=camera, min_score=min_score,
+                         sort=sort, collapse=collapse, offset=offset)
 
 
-def _media(r: dict, item_id: str) -> Response:
-    """The indexed item as it is now, if it is still what was indexed, where it was indexed."""
-    uri, root = r["uri"], r.get("source_root")
-    if not (inside(root, uri) if root else os.path.realpath(uri) == os.path.abspath(uri)):
-        raise _gone(item_id, "inside its source folder")  # a symlink repointed since indexing
-    if r["media_type"] == "video_frame":
-        from cerebro_core.embed import read_still
-
-        buf = io.BytesIO()
-        try:
-            read_still(uri, r["video_ts"] or 0.0).save(buf, format="JPEG", quality=90)
-        except Exception as exc:  # the video moved, was truncated or replaced: as for a gone image
-            raise _gone(item_id, f"readable ({type(exc).__name__})") from None
-        return Response(buf.getvalue(), media_type="image/jpeg")
-    try:
-        data = Path(uri).read_bytes()
-    except OSError:
-        raise _gone(item_id, "readable") from None
-    if r.get("sha256") and hashlib.sha256(data).hexdigest() != r["sha256"]:
-        raise _gone(item_id, "the file that was indexed (its bytes changed)")
-    mt = IMAGE_TYPES.get(Path(uri).suffix.lower().lstrip("."), "application/octet-stream")
-    return Response(data, media_type=mt, headers={"Cache-Control": "max-age=3600"})
+EXPORT_COLUMNS = ("id", "score", "uri", "source", "media_type", "video_ts", "species", "species_score", "taken_at",
+                  "lat", "lon", "camera", "sequence_id", "group_size", "image_url")
 
 
-def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
+def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Optional[Thumbnails] = None) -> FastAPI:
     cfg = cfg or ServeConfig()
+    thumbnails = thumbnails or Thumbnails()
     app = FastAPI(title="Cerebro search", version="1")
     max_upload_mb = cfg.max_upload_mb
     max_bytes = int(max_upload_mb * 2**20)
@@ -157,18 +150,26 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
         return {"status": "ok", "version": holder.version, "n": s.index.ntotal, "kind": s.kind,
                 "sources": s.sources, "media_types": s.media_types}
 
+    def _page(s: Searcher, hits: list[dict], f: Filters, k: int, t0: float) -> dict:
+        return {"k": k, "offset": f.offset, "matches": s.matches(f), "version": holder.version,
+                "took_ms": (time.perf_counter() - t0) * 1000, "results": [_hit(h) for h in hits]}
+
     @app.get("/search")
-    def search(q: str = Query("", max_length=100_000), k: int = Query(10), source: Optional[str] = None,
-               media: Optional[str] = None) -> dict:
+    def search(q: str = Query("", max_length=100_000), k: int = Query(10), like: Optional[str] = None,
+               f: Filters = Depends(_filters)) -> dict:
         s = holder.searcher
         t0 = time.perf_counter()
-        hits = s.search(q, k=k, source=source or None, media=media or None, max_chars=cfg.max_query_chars)
-        return {"query": q, "k": k, "version": holder.version, "took_ms": (time.perf_counter() - t0) * 1000,
-                "results": [_hit(h) for h in hits]}
+        if like is not None:  # "more like this": an indexed item's own vector is the query
+            if q:
+                raise QueryError("like: give q or like, not both")
+            _record(like)  # digits only, an indexed id, else 404
+            hits = s.search_like(int(like), k, f)
+            return {"like": int(like), **_page(s, hits, f, k, t0)}
+        hits = s.search(q, k=k, max_chars=cfg.max_query_chars, filters=f)
+        return {"query": q, **_page(s, hits, f, k, t0)}
 
     @app.post("/search/image")
-    async def search_image(file: UploadFile = File(...), k: int = Query(10), source: Optional[str] = None,
-                           media: Optional[str] = None) -> dict:
+    async def search_image(file: UploadFile = File(...), k: int = Query(10), f: Filters = Depends(_filters)) -> dict:
         data = await file.read(max_bytes + 1)  # Slots (serve.max_concurrent_images) let this request in
         if len(data) > max_bytes:
             raise HTTPException(status_code=413, detail=f"upload larger than {max_upload_mb:g} MB")
@@ -177,18 +178,59 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None) -> FastAPI:
         s = holder.searcher
         t0 = time.perf_counter()
         hits = await asyncio.get_running_loop().run_in_executor(  # decoding: off the event loop, niced
-            pool, trimmed(s.search_image), data, k, source or None, media or None, cfg.max_query_pixels)
-        return {"k": k, "version": holder.version, "took_ms": (time.perf_counter() - t0) * 1000,
-                "results": [_hit(h) for h in hits]}
+            pool, trimmed(partial(s.search_image, filters=f)), data, k, None, None, cfg.max_query_pixels)
+        return _page(s, hits, f, k, t0)
 
-    @app.get("/images/{item_id}")
-    def image(item_id: str):
+    @app.get("/export")
+    def export(request: Request, q: str = Query("", max_length=100_000), format: str = Query("csv"),
+               f: Filters = Depends(_filters)):
+        """Every match of the query and filters, best first (``min_score`` cuts), streamed."""
+        if format not in ("csv", "jsonl", "urls"):
+            raise QueryError(f"format: must be csv, jsonl or urls, got {format!r}")
+        s = holder.searcher
+        check_query(q, max_chars=cfg.max_query_chars)
+        ranked = s.all_matches(s.encode_text(q), f)
+        base = str(request.base_url).rstrip("/")
+
+        def lines():
+            if format == "csv":
+                yield ",".join(EXPORT_COLUMNS) + "\n"
+            for i, score, size in ranked:
+                h = _hit(s.hit(i, score, size))
+                if format == "urls":  # img2dataset --input_format txt
+                    yield f"{base}{h['image_url']}\n"
+                elif format == "jsonl":
+                    yield json.dumps(h) + "\n"
+                else:
+                    buf = io.StringIO()
+                    csv.writer(buf).writerow(["" if h.get(c) is None else h[c] for c in EXPORT_COLUMNS])
+                    yield buf.getvalue()
+
+        media_type = {"csv": "text/csv", "jsonl": "application/x-ndjson", "urls": "text/plain"}[format]
+        return StreamingResponse(lines(), media_type=media_type,
+                                 headers={"Content-Disposition": f'attachment; filename="cerebro-export.{format if format != "urls" else "txt"}"'})
+
+    @app.get("/facets")
+    def facets() -> dict:
+        s = holder.searcher
+        return {"version": holder.version, "n": s.index.ntotal, "sources": s.sources,
+                "species_vocabulary": s.columns.vocabulary, **s.columns.facets()}
+
+    def _record(item_id: str) -> dict:
         try:  # decimal digits only: int() would also read "1_0" as 10, " 7" as 7, "٣" as 3
-            r = holder.searcher.record(
+            return holder.searcher.record(
                 int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1)
         except KeyError:
             raise HTTPException(status_code=404, detail=f"no indexed item {item_id[:40]!r}") from None
-        return _media(r, item_id)
+
+    @app.get("/images/{item_id}")
+    def image(item_id: str):
+        return original(_record(item_id), item_id)
+
+    @app.get("/thumbnails/{item_id}")
+    def thumbnail(item_id: str):
+        return Response(thumbnails.get(_record(item_id), item_id), media_type="image/jpeg",
+                        headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
