@@ -73,6 +73,8 @@ class DownloadConfig(_Section):
         "drop", description="rows with an empty caption (when the list has captions): drop (counted) or keep"
     )
     disallowed_header_directives: list[str] = Field(default_factory=list)
+    extract_exif: bool = Field(True, description="keep each original's EXIF (time, GPS, camera) in its sample's "
+                                                 "json: re-indexed scrapes are filtered by it")
 
 
 class AugmentConfig(_Section):

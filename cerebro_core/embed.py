@@ -88,7 +88,7 @@ def scan_folder(folder: str, source: str, video_interval: float, counts: Optiona
     resolve outside ``folder`` are counted as ``outside_source``, not scanned."""
     counts = counts if counts is not None else Counter()
     root = {"source_root": os.path.abspath(folder)}  # serving re-checks each item against it
-    items = [Item(r.path, source, label=r.label, extra={**root, **({"camera": r.camera} if r.camera else {})})
+    items = [Item(r.path, source, label=r.label, extra={**root, **r.meta, **({"camera": r.camera} if r.camera else {})})
              for r in list_folder(folder, source, counts)]
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():

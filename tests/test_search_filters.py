@@ -329,6 +329,51 @@ def test_page_filters_pages_and_queries_by_image_in_chromium(api, wild):
         d.save_screenshot(str(Path(os.environ.get("CEREBRO_SCREENSHOT_DIR", "/tmp")) / "cerebro-filters.png"))
 
 
+def test_scrapes_keep_their_urls_and_the_exif_of_the_originals(wild, tmp_path, s3_env, monkeypatch):
+    """A URL list goes through img2dataset, which re-encodes each photo: the EXIF it read from
+    the downloaded bytes and the URL survive; an S3 scrape's hits name their s3:// objects."""
+    import boto3
+
+    from cerebro_core.config import load_config
+    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+    from cerebro_core.serve.app import _hit
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    shots = sorted((REPO.parent / "shared" / "data" / "cifar10_animals" / "test" / "dog").glob("*.jpg"))[:3]
+    urls = []
+    for i, p in enumerate(shots):
+        with_exif(p, remote / f"dog{i}.jpg", CAM_B, datetime(2024, 7, 1, 6, 0, 0) + timedelta(seconds=20 * i))
+        urls.append((remote / f"dog{i}.jpg").as_uri())
+    (tmp_path / "urls.csv").write_text("url,caption\n" + "".join(f"{u},a dog\n" for u in urls))
+    cfg = load_config(REPO / "configs/demo.yaml", wild["overrides"])
+    r = run_reindex(cfg, str(tmp_path / "urls.csv"), source="downloaded", log=lambda x: None)
+    assert r.new == 3, r
+    _, s = load_searcher("models:/cerebro-search@champion")
+    got = {row["origin_uri"]: row for row in s.rows if row["source"] == "downloaded"}
+    assert sorted(got) == sorted(urls)
+    for i, u in enumerate(urls):
+        row = got[u]
+        assert row["taken_at"] == f"2024-07-01T06:00:{20 * i:02d}" and row["camera"] == "Reconyx HP2X"
+        assert abs(row["lat"] + 2.33) < 1e-3 and abs(row["lon"] - 34.83) < 1e-3
+    assert len({row["sequence_id"] for row in got.values()}) == 1  # one burst: 20 s apart, one camera
+    i = next(j for j, row in enumerate(s.rows) if row.get("origin_uri") == urls[0])
+    assert _hit(s.hit(i, 1.0))["uri"] == urls[0]
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["endpoint"])
+    s3 = boto3.client("s3", endpoint_url=s3_env["endpoint"], region_name="us-east-1")
+    for p in sorted((REPO.parent / "shared" / "data" / "cifar10_animals" / "test" / "bird").glob("*.jpg"))[:2]:
+        s3.upload_file(str(p), s3_env["bucket"], f"scrape/birds/{p.name}")
+    prefix = f"s3://{s3_env['bucket']}/scrape"
+    r = run_reindex(cfg, prefix, source="s3", log=lambda x: None)
+    assert r.new == 2, r
+    _, s = load_searcher("models:/cerebro-search@champion")
+    birds = [j for j, row in enumerate(s.rows) if row["source"] == "s3"]
+    assert sorted(_hit(s.hit(j, 1.0))["uri"] for j in birds) == sorted(
+        f"{prefix}/birds/{p.name}" for p in sorted((REPO.parent / "shared" / "data" / "cifar10_animals" / "test" / "bird").glob("*.jpg"))[:2])
+
+
 def test_each_version_records_how_well_it_searches(shared_data, tmp_path, monkeypatch):
     """index.evaluation_source = the shared Caltech photos: the published version carries
     species-query mAP@10 and P@10 of its model and of the pretrained one, as metrics and tags,

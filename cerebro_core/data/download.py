@@ -118,7 +118,7 @@ def run_img2dataset(
         "oom_shard_count": SHARD_DIGITS,
         "compute_hash": "sha256",
         "enable_wandb": False,
-        "extract_exif": False,
+        "extract_exif": cfg.extract_exif,
         "disallowed_header_directives": list(cfg.disallowed_header_directives),
         "distributor": "multiprocessing",
         "_cerebro": {"max_image_pixels": cfg.max_image_pixels},

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from cerebro_core.data import sidecar
 from cerebro_core.data.paths import inside
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -26,6 +27,7 @@ class ImageRecord:
     label: Optional[str]
     source: str = ""
     camera: Optional[str] = None  # labels.csv column camera / deployment / deployment_id
+    meta: dict = field(default_factory=dict)  # what the scrape's sidecar knows: origin_uri, taken_at, …
 
 
 def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None) -> list[ImageRecord]:
@@ -53,11 +55,18 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
             cam = next((c for c in CAMERA_COLUMNS if c in cols), None)
             recs = [ImageRecord(str(root / r["path"]), (r[col].strip() if col else None), source,
                                 (r[cam].strip() or None) if cam else None) for r in reader if kept(root / r["path"])]
-        return sorted(recs, key=lambda r: r.path)
+        return _with_sidecar(root, sorted(recs, key=lambda r: r.path))
     recs = []
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and kept(p):
             rel = p.relative_to(root)
             label = rel.parts[0] if len(rel.parts) > 1 else None
             recs.append(ImageRecord(str(p), label, source))
-    return recs
+    return _with_sidecar(root, recs)
+
+
+def _with_sidecar(root: Path, recs: list[ImageRecord]) -> list[ImageRecord]:
+    known = sidecar.read(root)
+    if not known:
+        return recs
+    return [replace(r, meta=known.get(Path(r.path).relative_to(root).as_posix(), {})) for r in recs]

@@ -5,7 +5,8 @@ which near-duplicate — computed by index and reindex, stored in the bundle's m
   ``creation_time``; otherwise none — never the file's modification time;
 - ``lat``/``lon``: EXIF GPS, decimal degrees;
 - ``camera``: the ``camera`` (or ``deployment``) column of the source's labels.csv, else EXIF
-  Make + Model;
+  Make + Model; for a downloaded scrape, time, place and camera come from the EXIF img2dataset
+  read from the original bytes (:mod:`cerebro_core.data.sidecar`);
 - ``species``/``species_score``: zero-shot top-1 over the project's vocabulary with the index's
   own model, and its probability;
 - ``sequence_id``: items of one camera whose times are at most ``index.sequence_gap_s`` apart
@@ -180,14 +181,16 @@ class Species:
 
 
 def item_fields(rows: list[dict], vectors: np.ndarray, species_of: Optional[Species]) -> None:
-    """Fill each row's own fields in place: time, place, camera (a labels.csv camera wins), species."""
+    """Fill each row's own fields in place: time, place, camera, species. A value the source gave
+    (a labels.csv camera, a scrape's sidecar: the EXIF of the downloaded original) wins over the
+    file's own EXIF."""
     videos: dict[str, dict] = {}
     for r in rows:
         if r["media_type"] == "video_frame":
             f = videos.setdefault(r["uri"], video_fields(r["uri"]))
         else:
             f = image_fields(r["uri"])
-        r.update({**f, "camera": r.get("camera") or f["camera"]})
+        r.update({k: r[k] if r.get(k) is not None else v for k, v in f.items()})  # what was given wins
     names, scores = species_of(vectors) if species_of is not None else ([None] * len(rows), [None] * len(rows))
     for r, n, s in zip(rows, names, scores):
         r["species"], r["species_score"] = n, s

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
+from cerebro_core.data import sidecar
 from cerebro_core.data.paths import safe_join
 from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
@@ -74,12 +75,17 @@ def materialise(cfg: CerebroConfig, scrape: str, log: Callable[[str], None]) -> 
         dest = resolve(cfg).home / "scrapes" / hashlib.sha256(scrape.encode()).hexdigest()[:16]
         dest.mkdir(parents=True, exist_ok=True)
         refused = 0
+        origins = []
         for url in storage.walk_files(scrape):
-            target = safe_join(dest, url[len(scrape.rstrip("/")) + 1:])
+            rel = url[len(scrape.rstrip("/")) + 1:]
+            target = safe_join(dest, rel)
             if target is None:  # a key such as "a/../../x.jpg" would land outside dest
                 refused += 1
-            elif not target.exists():
+                continue
+            if not target.exists():
                 storage.get_file(url, target)
+            origins.append({"path": rel, "origin_uri": url})
+        sidecar.write(dest, origins)  # hits name the object by its s3:// URI
         if refused:
             log(f"reindex: {refused} object(s) under {scrape} not copied: their keys leave the scrape folder")
         return dest
@@ -107,17 +113,29 @@ def unpack_images(shards: list[str], dest: Path) -> int:
     or ``..`` name, or anything but a regular file (a link, a device)."""
     dest.mkdir(parents=True, exist_ok=True)
     refused = 0
+    origins = []
     for shard in shards:
         with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
+            members = tf.getmembers()
+            metas = {m.name.rsplit(".", 1)[0]: m for m in members if m.isreg() and m.name.endswith(".json")}
+            for m in members:
                 if not m.name.lower().endswith((".jpg", ".jpeg", ".png", ".webp")):
                     continue
                 target = safe_join(dest, m.name) if m.isreg() else None
                 if target is None:
                     refused += 1
-                elif not target.exists():
+                    continue
+                if not target.exists():
                     target.parent.mkdir(parents=True, exist_ok=True)
                     target.write_bytes(tf.extractfile(m).read())
+                meta = metas.get(m.name.rsplit(".", 1)[0])
+                if meta is not None:  # the sample's URL and the EXIF of the bytes img2dataset downloaded
+                    try:
+                        fields = sidecar.from_img2dataset(json.loads(tf.extractfile(meta).read()))
+                    except ValueError:
+                        fields = {}
+                    origins.append({"path": target.relative_to(dest).as_posix(), **fields})
+    sidecar.write(dest, origins)
     return refused
 
 
@@ -182,7 +200,8 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
             model_dir = download_clip(clip_now)
             clip = load_clip_from_folder(model_dir)
             old_items = [Item(r["uri"], r["source"], r["media_type"], r.get("video_ts"), sha256=r.get("sha256"),
-                              extra={k: r[k] for k in ("source_root", "camera") if r.get(k)})
+                              extra={k: r[k] for k in ("source_root", "camera", "origin_uri", "taken_at", "lat", "lon")
+                                     if r.get(k) is not None})
                          for r in rows if Path(r["uri"]).exists()]
             todo = old_items + new_items
         else:

@@ -95,9 +95,11 @@ PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", 
 
 
 def _hit(h: dict) -> dict:
-    """What a response shows of a hit: no path of this machine, no content hash."""
-    return {**{k: h.get(k) for k in PUBLIC}, "uri": h.get("path"), "image_url": f"/images/{h['id']}",
-            "thumbnail_url": f"/thumbnails/{h['id']}"}
+    """What a response shows of a hit: no path of this machine, no content hash. ``uri`` is the
+    item as its user gave it: its s3:// or http URL for a scrape from S3 or a URL list, else its
+    path relative to its source folder."""
+    return {**{k: h.get(k) for k in PUBLIC}, "uri": h.get("origin_uri") or h.get("path"),
+            "image_url": f"/images/{h['id']}", "thumbnail_url": f"/thumbnails/{h['id']}"}
 
 
 def _filters(species: list[str] = Query([]), min_species_score: Optional[str] = None, source: Optional[str] = None,
@@ -197,8 +199,8 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
                 yield ",".join(EXPORT_COLUMNS) + "\n"
             for i, score, size in ranked:
                 h = _hit(s.hit(i, score, size))
-                if format == "urls":  # img2dataset --input_format txt
-                    yield f"{base}{h['image_url']}\n"
+                if format == "urls":  # img2dataset --input_format txt: the original URL, else this server's
+                    yield (h["uri"] if h["uri"].startswith(("http://", "https://")) else base + h["image_url"]) + "\n"
                 elif format == "jsonl":
                     yield json.dumps(h) + "\n"
                 else:
