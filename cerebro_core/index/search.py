@@ -182,10 +182,12 @@ class Searcher:
         time order with ``sort=date``; ``offset`` is ignored."""
         f = self._check(1, None, None, filters)
         out = self.ranked(v, self.matches(f), f)
-        if f.sort == "date":
-            t = self.columns.taken
-            out.sort(key=lambda h: (np.isnan(t[h[0]]), 0.0 if np.isnan(t[h[0]]) else t[h[0]]))
-        return out
+        return self._by_date(out) if f.sort == "date" else out
+
+    def _by_date(self, hits: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
+        """In time order; items without a time last (stable: best first among them)."""
+        t = self.columns.taken
+        return sorted(hits, key=lambda h: (np.isnan(t[h[0]]), 0.0 if np.isnan(t[h[0]]) else t[h[0]]))
 
     def matches(self, f: Filters) -> int:
         mask = self.columns.mask(f)
@@ -195,9 +197,7 @@ class Searcher:
                       media: Optional[str] = None, filters: Optional[Filters] = None) -> list[dict]:
         f = self._check(k, source, media, filters)
         if f.sort == "date":  # the best MAX_K (at least offset + k) by score, in time order
-            top = self.ranked(v, max(f.offset + k, MAX_K), f)
-            t = self.columns.taken
-            top.sort(key=lambda h: (np.isnan(t[h[0]]), 0.0 if np.isnan(t[h[0]]) else t[h[0]]))
+            top = self._by_date(self.ranked(v, max(f.offset + k, MAX_K), f))
         else:
             top = self.ranked(v, f.offset + k, f)
         return [self.hit(i, score, size) for i, score, size in top[f.offset:f.offset + k]]

@@ -11,8 +11,8 @@ GET  /thumbnails/{id}         a JPEG, longer side ≤ 256 px, made once and kept
 GET  /                        a page that searches as you type
 
 With ``serve.token`` set, every route but ``/`` needs ``Authorization: Bearer <token>`` (or the
-page's cookie). Hits name an item by its path relative to its source folder, never by a path of
-this machine; ``/images/{id}`` serves an item only while it still resolves inside its source
+page's cookie). Hits name an item as its user gave it (its s3:// or http URL, else its path
+relative to its source folder), never by a path of this machine; ``/images/{id}`` serves an item only while it still resolves inside its source
 folder and (images) still has the bytes that were indexed.
 
 The server follows the ``champion`` alias of ``cerebro-search``: a background thread polls the
