@@ -195,8 +195,10 @@ class Dist:
 
 def worker_main(run: Callable[[str], None]) -> None:
     """A torchrun worker's entry: die with torchrun, then ``run(job_path)``."""
+    from cerebro_core import quiet
     from cerebro_core.procs import parent_gone, pdeathsig
 
+    quiet.apply()  # the caller's --verbose travels in the environment
     # the launcher kills torchrun when its caller dies (PR_SET_PDEATHSIG), and torchrun, killed,
     # cannot take its workers down itself
     pdeathsig()

@@ -17,6 +17,7 @@ import socket
 import sqlite3
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,6 +88,9 @@ def _adopt(con: sqlite3.Connection, here: str, tables: set[str]) -> list[str]:
     return messages
 
 
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+
+
 def configure(cfg: CerebroConfig) -> Endpoints:
     """Point MLflow at the configured (or embedded) tracking store and make sure the experiment
     exists, with its artifacts under the state dir when the store is the embedded sqlite."""
@@ -106,7 +110,9 @@ def configure(cfg: CerebroConfig) -> Endpoints:
         except Exception:  # created concurrently by another process
             if client.get_experiment_by_name(cfg.tracking.experiment) is None:
                 raise
-    mlflow.set_experiment(cfg.tracking.experiment)
+    exp = mlflow.set_experiment(cfg.tracking.experiment)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # MLflow's UI opens it on training runs, not traces
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return ep
 
 
@@ -206,6 +212,27 @@ def log_json_artifact(obj: Any, name: str, artifact_path: str | None = None) -> 
         _mlflow().log_artifact(str(p), artifact_path=artifact_path)
 
 
+def listing_digest(uris: list[str]) -> str:
+    """A digest of what a stage read from a source: its item URIs (and video still times), sorted."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(uris)).encode()).hexdigest()
+
+
+def log_dataset(name: str, uri: str, digest: str, context: str, n: int | None = None) -> None:
+    """Record a stage input on the active run as an MLflow dataset (the run page's "Datasets used")."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.http_dataset_source import HTTPDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    try:
+        source = resolve_dataset_source(uri)
+    except Exception:  # a scheme MLflow has no dataset source for: recorded by its URL
+        source = HTTPDatasetSource(uri)
+    ds = MetaDataset(source, name=name if n is None else f"{name} ({n:,} items)", digest=digest[:36])
+    _mlflow().log_input(ds, context=context)
+
+
 def log_artifact(path: str | os.PathLike, artifact_path: str | None = None) -> None:
     _mlflow().log_artifact(str(path), artifact_path=artifact_path)
 
@@ -219,9 +246,12 @@ def client():
 
 
 def register_version(
-    name: str, source: str, run_id: str, tags: dict[str, Any] | None = None, description: str | None = None
+    name: str, source: str, run_id: str | None, tags: dict[str, Any] | None = None, description: str | None = None,
+    model_id: str | None = None,
 ):
-    """Register ``source`` (an artifact URI) as a new version of ``name``."""
+    """Register ``source`` (an artifact URI, or a logged model's ``models:/m-…`` with its
+    ``model_id``) as a new version of ``name``. Through the client: ``mlflow.register_model`` would
+    print "Successfully registered model …" on stderr."""
     c = client()
     try:
         c.get_registered_model(name)
@@ -234,13 +264,17 @@ def register_version(
         run_id=run_id,
         tags={k: str(v) for k, v in (tags or {}).items()},
         description=description,
+        model_id=model_id,
     )
     return mv
 
 
 def register_logged_model(name: str, model_uri: str, tags: dict[str, Any] | None = None):
-    """Register an MLflow logged model (``models:/m-…`` from ``log_model``) as a new version."""
-    return _mlflow().register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    """Register an MLflow logged model (``models:/m-…`` from ``log_model``) as a new version,
+    linked to the active run."""
+    run = _mlflow().active_run()
+    return register_version(name, model_uri, run.info.run_id if run else None, tags,
+                            model_id=model_uri.removeprefix("models:/"))
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
@@ -249,6 +283,59 @@ def set_alias(name: str, alias: str, version: str | int) -> None:
 
 def get_version_by_alias(name: str, alias: str):
     return client().get_model_version_by_alias(name, alias)
+
+
+@dataclass(frozen=True)
+class VersionRef:
+    """A registered version, as the registry records it (versions are immutable; ``run_id`` and
+    ``created_ms`` tell one database's v3 from another's)."""
+
+    name: str
+    version: str
+    run_id: str
+    storage_location: str
+    created_ms: int
+
+
+_REF_SQL = ("SELECT mv.version, mv.run_id, mv.storage_location, mv.creation_time FROM model_versions mv {join} "
+            "WHERE mv.name = ? AND {where} AND mv.workspace = 'default'")
+
+
+def version_ref(tracking_uri: str, name: str, alias: str | None = None, version: str | None = None) -> VersionRef:
+    """The version that ``alias`` (or the number ``version``) of ``name`` names. A sqlite store is
+    read from its file, read-only, without importing MLflow: this is on the cold path of every
+    `cerebro search`. Any other store (a server), or a schema this does not know, asks MLflow."""
+    if tracking_uri.startswith("sqlite:///"):
+        path = tracking_uri[len("sqlite:///"):]
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+                if alias is not None:
+                    sql = _REF_SQL.format(join="JOIN registered_model_aliases a ON a.name = mv.name AND "
+                                               "a.version = mv.version AND a.workspace = mv.workspace",
+                                          where="a.alias = ?")
+                else:
+                    sql = _REF_SQL.format(join="", where="mv.version = ?")
+                row = con.execute(sql, (name, alias if alias is not None else int(version))).fetchone()
+            if row is None:
+                what = f"alias {alias!r}" if alias is not None else f"version {version}"
+                raise LookupError(f"registered model {name!r} has no {what}")
+            return VersionRef(name, str(row[0]), row[1] or "", row[2] or "", int(row[3] or 0))
+        except sqlite3.Error:
+            pass
+    mlflow = _mlflow()
+    c = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    mv = c.get_model_version_by_alias(name, alias) if alias is not None else c.get_model_version(name, str(version))
+    return VersionRef(name, str(mv.version), mv.run_id or "", getattr(mv, "storage_location", None) or "",
+                      int(mv.creation_timestamp or 0))
+
+
+def download_version(tracking_uri: str, ref: VersionRef, dest: Path) -> Path:
+    """The version's model folder, downloaded into ``dest`` (created)."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    return Path(mlflow.artifacts.download_artifacts(f"models:/{ref.name}/{ref.version}", dst_path=str(dest)))
 
 
 def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int | None = None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from prefect import get_run_logger, task
 
 from tasks.caching import adapt_key
@@ -19,7 +21,14 @@ COLUMNS = ("iteration", "selected", "pseudo_label_precision", "class_entropy", "
 def adapt_task(cfg: CerebroConfig, start_version: str | None = None) -> core.AdaptResult:
     logger = get_run_logger()
     res = core.run_stage(cfg, start_version=start_version, log=logger.info)
-    table = [{c: (round(r[c], 4) if isinstance(r.get(c), float) else r.get(c)) for c in COLUMNS} for r in res.iterations]
+    table = [{c: _cell(r.get(c)) for c in COLUMNS} for r in res.iterations]
     create_table_artifact(table=table, key="adapt-iterations",
                           description=f"best iteration {res.best_iteration} -> {res.model.name} v{res.model.version}")
     return res
+
+
+def _cell(v):
+    """A float rounded; an absent figure (no labels to measure it) is an empty cell, not NaN."""
+    if isinstance(v, float):
+        return None if math.isnan(v) else round(v, 4)
+    return v

@@ -53,7 +53,7 @@ def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int 
 
 
 def test_reindex_adds_only_new_media(caltech_index, shared_data, tmp_path):
-    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
 
     s = make_scrape(shared_data, tmp_path / "scrape", n_new=30, n_copies=10)
@@ -127,7 +127,7 @@ def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_p
     assert "ended before the smoke test moved an alias" in mv.tags["cerebro.abandoned"] and not mv.aliases
     killed = tracking.client().get_run(mv.run_id)
     assert killed.info.status == "FAILED" and "ended without closing it" in killed.data.tags["cerebro.cleanup"]
-    _, searcher = __import__("cerebro_core.index.publish", fromlist=["x"]).load_searcher(
+    _, searcher = __import__("cerebro_core.index.local_copy", fromlist=["x"]).load_searcher(
         "models:/cerebro-search@champion")
     shas = [row["sha256"] for row in searcher.rows]
     assert len(shas) == len(set(shas)) == r.size_after  # the new photos exactly once

@@ -54,7 +54,7 @@ def wild(shared_data, tmp_path_factory):
     from test_index import register_random_clip
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.local_copy import load_searcher
     from cerebro_core.index.stage import run_stage
 
     photos = {k: sorted((shared_data / "cifar10_animals" / "test" / k).glob("*.jpg")) for k in ("deer", "horse", "cat", "frog")}
@@ -335,7 +335,7 @@ def test_scrapes_keep_their_urls_and_the_exif_of_the_originals(wild, tmp_path, s
     import boto3
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
     from cerebro_core.serve.app import _hit
 

@@ -201,6 +201,13 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
         unit = pretraining_samples(cfg, mv0, n_pairs)
         log(f"adapt: student {student.kind}; start model v{mv0.version} was pretrained on {unit:,} samples "
             "(forward+backward); each iteration logs compute/pretrain_equivalents")
+        for src in a.sources:  # what the loop read: the unlabelled pool per source
+            uris = [it.uri for it in pool if it.source == src.name]
+            tracking.log_dataset(src.name, src.path, tracking.listing_digest(uris), "unlabelled", len(uris))
+        for src, items in ((a.validation_source, val), (a.test_source, test)):
+            if src is not None and items:
+                tracking.log_dataset(src.name, src.path, tracking.listing_digest([it.uri for it in items]),
+                                     "validation" if src is a.validation_source else "test", len(items))
         tracking.log_params({"adapt.pool_size": len(pool), "adapt.classes": len(classes),
                              "adapt.pretrain_samples": unit, **{f"adapt.counts.{k}": v for k, v in counts.items()}})
         teacher = models.load(current_ckpt)
@@ -268,9 +275,11 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                         tracking.log_artifact(sample_grid_png(sel_items, [classes[x] for x in labels], list(scores),
                                                               Path(td, f"pseudo_labels_{it}.png")))
                 history.append(row)
-                log(f"adapt: iteration {it}: selected {len(idx)}, precision {row['pseudo_label_precision']:.3f}, "
-                    f"val top1 {row.get('val/top1', float('nan')):.3f}, test top1 {row.get('test/top1', float('nan')):.3f}, "
-                    f"{row['compute/pretrain_equivalents']:.3f} pretrain-equivalents")
+                log(f"adapt: iteration {it}: selected {len(idx)}, " + "".join(
+                    f"{name} {row[key]:.3f}, " for name, key in (("precision", "pseudo_label_precision"),
+                                                                  ("val top1", "val/top1"), ("test top1", "test/top1"))
+                    if not math.isnan(row.get(key, math.nan)))  # a figure without labels is left out, not nan
+                    + f"{row['compute/pretrain_equivalents']:.3f} pretrain-equivalents")
                 if on_iteration is not None:
                     on_iteration(row)
                 v = row.get("val/top1")

@@ -38,6 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from cerebro_core import quiet
 from cerebro_core.config import DownloadConfig
 from cerebro_core.data.download_status import (INPUT_DIR, SHARD_DIGITS, classify_error, collect, done_shard_ids,
                                                remove_orphans)
@@ -134,8 +135,8 @@ def run_img2dataset(
             if progress is not None:
                 progress(min(_count_done(storage, output), expected_shards), expected_shards)
 
-        def line(text: str) -> None:
-            if text and not _TQDM_LINE.match(text):
+        def line(text: str) -> None:  # img2dataset's own log: shown with --verbose, in the error when it fails
+            if text and not _TQDM_LINE.match(text) and quiet.verbose():
                 log(text)
 
         # in our process group (a kill of the group reaches img2dataset's workers), dies with us;

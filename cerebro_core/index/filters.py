@@ -9,6 +9,7 @@ items that pass. Bad values raise :class:`QueryError` naming the parameter.
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime, time, timezone
 from typing import Literal, Optional
 
@@ -18,6 +19,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 class QueryError(ValueError):
     """A bad query: the API answers 4xx with this message, the CLI exits 2."""
+
+
+MAX_QUERY_CHARS = 1000
+MAX_K = 1000
+MEDIA = ("image", "video")
+
+
+def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] = None,
+                max_chars: int = MAX_QUERY_CHARS) -> None:
+    """What can be refused without a model: an empty query (whitespace, zero-width and other
+    invisible characters only), one over ``max_chars``, ``k`` outside 1..MAX_K, an unknown media."""
+    if query is not None:
+        if not isinstance(query, str) or not "".join(
+                ch for ch in query if unicodedata.category(ch)[0] not in "CZ").strip():
+            raise QueryError("query is empty")
+        if len(query) > max_chars:
+            raise QueryError(f"query is longer than {max_chars} characters ({len(query)})")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+    if media is not None and media not in MEDIA:
+        raise QueryError(f"media must be 'image' or 'video', got {media!r}")
 
 
 def _instant(value: str, end_of_day: bool) -> float:

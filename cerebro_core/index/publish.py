@@ -71,21 +71,14 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
     """Inside an active MLflow run: log the pyfunc, register, smoke-test, move ``champion``."""
     import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
-    signature = infer_signature(
-        pd.DataFrame({"query": ["a red fox leaping into snow"]}),
-        pd.DataFrame({"query": ["q"], "rank": [0], "id": [0], "score": [0.5], "uri": ["u"], "source": ["s"],
-                      "media_type": ["image"], "video_ts": [0.0]}),
-        params={"k": 10, "source": "", "media": "", "species": "", "min_species_score": "", "date_from": "",
-                "date_to": "", "bbox": "", "camera": "", "min_score": "", "sort": "", "collapse": "", "offset": ""},
-    )
     info = mlflow.pyfunc.log_model(
         name="search",
         python_model=str(PYFUNC_CODE),
         artifacts={"bundle": str(bundle_dir)},
         code_paths=[str(CORE_DIR)],
-        signature=signature,
+        signature=_signature(),
+        input_example=(pd.DataFrame({"query": ["a red fox leaping into snow"]}), {"k": 3}),
         pip_requirements=_requirements(),
     )
     name = cfg.tracking.search_model_name
@@ -105,6 +98,23 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
                          recall_at_10=report.recall_at_10, latency_p50_ms=report.latency_p50_ms)
 
 
+FILTER_PARAMS = ("source", "media", "species", "min_species_score", "date_from", "date_to", "bbox", "camera",
+                 "min_score", "sort", "collapse", "offset")
+
+
+def _signature():
+    """Declared, not inferred: ids and ranks are longs, and every filter is an optional string."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+    out = [ColSpec("string", "query"), ColSpec("long", "rank"), ColSpec("long", "id"), ColSpec("double", "score"),
+           ColSpec("string", "uri"), ColSpec("string", "source"), ColSpec("string", "media_type"),
+           ColSpec("double", "video_ts", required=False)]
+    params = [ParamSpec("k", "long", 10)] + [ParamSpec(n, "string", "") for n in FILTER_PARAMS]
+    return ModelSignature(inputs=Schema([ColSpec("string", "query")]), outputs=Schema(out),
+                          params=ParamSchema(params))
+
+
 def _requirements() -> list[str]:
     from importlib.metadata import version
 
@@ -116,20 +126,3 @@ def _requirements() -> list[str]:
         except Exception:
             pass
     return reqs
-
-
-def load_searcher(model_uri: str):
-    """(registered version, Searcher) from ``models:/cerebro-search@champion`` (or any model URI)."""
-    import mlflow
-
-    version = None
-    if model_uri.startswith("models:/"):
-        name, _, ref = model_uri[len("models:/"):].partition("@")
-        c = tracking.client()
-        if ref:
-            version = c.get_model_version_by_alias(name, ref).version
-            model_uri = f"models:/{name}/{version}"
-        else:
-            version = model_uri.rsplit("/", 1)[-1]
-    model = mlflow.pyfunc.load_model(model_uri)
-    return str(version), model.unwrap_python_model().searcher

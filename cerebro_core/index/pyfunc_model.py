@@ -6,13 +6,10 @@ comma-separated). Output: one row per hit with the query, its rank, the score an
 metadata (id, uri, source, media_type, video_ts, species, taken_at, camera, ...).
 """
 
-import warnings
+from typing import Optional
 
 import mlflow
 import pandas as pd
-
-# The signature is declared explicitly when the model is logged (see publish.py).
-warnings.filterwarnings("ignore", message=r".*Add type hints to the `predict` method.*")
 from mlflow.pyfunc import PythonModel
 
 
@@ -22,7 +19,8 @@ class CerebroSearchModel(PythonModel):
 
         self.searcher = Searcher(context.artifacts["bundle"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
+        # a DataFrame hint: MLflow validates against the signature declared in publish.py
         from cerebro_core.index.filters import Filters, parse_filters
 
         params = dict(params or {})

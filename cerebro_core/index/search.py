@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
@@ -29,31 +28,9 @@ from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.model.text import FastTextEncoder
 from cerebro_core.index.build import deserialize, search_params
-from cerebro_core.index.filters import Columns, Filters, QueryError  # noqa: F401 (QueryError: re-exported)
+from cerebro_core.index.filters import (MAX_K, MAX_QUERY_CHARS, Columns, Filters, QueryError,  # noqa: F401
+                                        check_query)  # (re-exported: what the CLI and the app refuse)
 from cerebro_core.index.rows import read_rows
-
-MAX_QUERY_CHARS = 1000
-MAX_K = 1000
-
-
-MEDIA = ("image", "video")
-
-
-def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] = None,
-                max_chars: int = MAX_QUERY_CHARS) -> None:
-    """What can be refused without a model: an empty query (whitespace, zero-width and other
-    invisible characters only), one over ``max_chars``, ``k`` outside 1..MAX_K, an unknown media."""
-    if query is not None:
-        if not isinstance(query, str) or not "".join(
-                ch for ch in query if unicodedata.category(ch)[0] not in "CZ").strip():
-            raise QueryError("query is empty")
-        if len(query) > max_chars:
-            raise QueryError(f"query is longer than {max_chars} characters ({len(query)})")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
-    if media is not None and media not in MEDIA:
-        raise QueryError(f"media must be 'image' or 'video', got {media!r}")
-
 
 class _LRU:
     def __init__(self, size: int = 4096):

@@ -79,6 +79,10 @@ def run_stage(
         return None
     tags = {"clip_version": mv.version, "clip_model": clip.name}
     with tracking.stage_run(cfg, "index", tags=tags):
+        for src in cfg.index.sources:
+            keys = [f"{it.uri}@{it.video_ts}" if it.video_ts is not None else it.uri for it in items
+                    if it.source == src.name]
+            tracking.log_dataset(src.name, src.path, tracking.listing_digest(keys), "index", len(keys))
         t0 = time.perf_counter()
         emb = embed_all()
         embed_s = time.perf_counter() - t0

@@ -244,7 +244,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
 def registry_holder(model_uri: str, interval_s: float = 5.0) -> Holder:
     """A holder that serves ``model_uri`` (e.g. models:/cerebro-search@champion) and follows it."""
     from cerebro_core import tracking
-    from cerebro_core.index.publish import load_searcher
+    from cerebro_core.index.local_copy import load_searcher
 
     def probe() -> Optional[str]:
         if not model_uri.startswith("models:/") or "@" not in model_uri:

@@ -53,6 +53,7 @@ def run_stage(
         return None
     tags = {"manifest_hash": shards.manifest_hash, "train_config_hash": cfg.section_hash("train")}
     with tracking.stage_run(cfg, "pretrain", tags=tags) as run:
+        tracking.log_dataset(f"shards {cfg.name}", shards.output, shards.manifest_hash, "training", n_train)
         tracking.log_params({"data.train_shards": len(train_urls), "data.val_shards": len(val_urls),
                              "data.train_samples": n_train, "data.checkpoint_dir": ckpt_dir,
                              "compute.world_size": world_size(cfg.compute), "compute.nnodes": cfg.compute.nnodes})
