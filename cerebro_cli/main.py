@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +21,14 @@ app = typer.Typer(
 )
 
 ConfigOption = typer.Option(None, "--config", "-c", help="YAML config in configs/ (default: built-in defaults)")
+
+
 @app.callback()
-def _root() -> None:
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="show library logs and warnings too")) -> None:
     """Cerebro: wildlife text-to-image search on a CLIP model trained from scratch."""
+    from cerebro_core import quiet
+
+    quiet.apply(verbose)
 
 
 SetOption = typer.Option(
@@ -308,6 +314,7 @@ def reindex(
 
 
 from cerebro_cli import search_cmds  # noqa: E402,F401 — registers `search` and `serve` here, in order
+from cerebro_cli import ui  # noqa: E402,F401 — registers `ui`
 
 
 @app.command()
@@ -316,6 +323,7 @@ def demo(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """The offline CPU demo: generate images, then run the whole pipeline on them."""
+    t0 = time.monotonic()
     cfg = load(config, set_)
     from cerebro_core.demo_data import make_demo_data
     from cerebro_core.home import resolve
@@ -330,13 +338,20 @@ def demo(
     summary = pipeline_flow(PipelineParams(config=str(config), overrides=list(set_ or [])))
     typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(
         f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
+    from cerebro_core.demo_data import search_quality
+    from cerebro_core.index.local_copy import load_searcher
+
+    version, searcher = load_searcher(f"models:/{cfg.tracking.search_model_name}@champion", ep.tracking_uri)
+    q = search_quality(searcher)
+    typer.echo(f'demo search (v{version}): R-precision of "a {{colour}} {{shape}} on {{background}}" over '
+               f"{q['queries']} combinations: mean {q['mean']:.3f}, lowest {q['min']:.3f}")
+    typer.echo(f"demo done in {time.monotonic() - t0:.0f} s")
     typer.echo("")
     typer.echo("Search it:")
     typer.echo('  .venv/bin/cerebro search "a red circle on snow" -c configs/demo.yaml')
     typer.echo("  .venv/bin/cerebro serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
-    typer.echo("Inspect the runs:")
-    typer.echo(f"  MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {ep.tracking_uri} --host 127.0.0.1")
-    typer.echo(f"  Prefect UI: PREFECT_HOME={ep.prefect_home} .venv/bin/prefect server start --host 127.0.0.1")
+    typer.echo("Inspect the runs, run the pipeline from the Prefect UI:")
+    typer.echo("  .venv/bin/cerebro ui -c configs/demo.yaml   # Prefect UI :4200, MLflow UI :5000")
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -14,13 +14,13 @@ from cerebro_core.config import LOOPBACK, CerebroConfig
 
 
 def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
-    from cerebro_core import tracking
-    from cerebro_core.index.publish import load_searcher
+    """The champion's bundle from its local copy: no MLflow import when the store is sqlite."""
+    from cerebro_core.home import prepare_environment
+    from cerebro_core.index.local_copy import load_searcher
 
-    tracking.configure(cfg)
     uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
     try:
-        return load_searcher(uri)
+        return load_searcher(uri, prepare_environment(cfg).tracking_uri)
     except Exception as exc:
         typer.echo(f"cerebro: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
         raise typer.Exit(2) from None
@@ -44,7 +44,7 @@ def search(
     collapse: Optional[str] = typer.Option(None, help="none | sequence | duplicates"),
     offset: Optional[int] = typer.Option(None, help="skip this many results (pagination)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
-    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
+    model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
 ) -> None:
@@ -53,8 +53,7 @@ def search(
     if (query is None) == (image is None):
         typer.echo("cerebro search: give a text query or --image, not both", err=True)
         raise typer.Exit(2)
-    from cerebro_core.index.filters import parse_filters
-    from cerebro_core.index.search import QueryError, check_query
+    from cerebro_core.index.filters import QueryError, check_query, parse_filters  # no torch yet
 
     try:  # before the model loads (seconds): an empty query, k out of range, a bad filter value
         check_query(query, k, media, cfg.serve.max_query_chars)
@@ -87,7 +86,7 @@ def serve(
     host: Optional[str] = typer.Option(None, help="default: serve.host (127.0.0.1)"),
     port: Optional[int] = typer.Option(None, help="default: serve.port (8000)"),
     reload_interval: float = typer.Option(5.0, help="seconds between checks for a new champion"),
-    model_uri: Optional[str] = typer.Option(None, help="default: models:/cerebro-search@champion"),
+    model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
 ) -> None:

@@ -347,3 +347,17 @@ def chromium():
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> dict:
+    """`cerebro demo` once, as a new user runs it (a fresh state dir, no servers configured):
+    its combined output and the state it leaves. Shared by test_demo and test_ui."""
+    home = tmp_path_factory.mktemp("demo") / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "CEREBRO_"))}
+    env["CEREBRO_HOME"] = str(home)
+    bin_ = VENV_BIN
+    p = subprocess.run([str(bin_ / "cerebro"), "demo", "-c", "configs/demo.yaml"], env=env, cwd=REPO,
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-4000:]
+    return {"home": home, "env": env, "out": p.stdout, "bin": bin_}
