@@ -13,15 +13,17 @@ PIPQ := 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 
 .PHONY: demo test install clean
 
+# -qq for the editable install: pip >= 24 shows setuptools' notice about editable installs
+# ("BuildBackendWarning: Editable installation") as a warning under -q; errors still show
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade "pip>=24"
-	$(PY) -m pip install -q -e '.[test]' $(PIPQ)
+	$(PY) -m pip install -q --upgrade "pip>=24" $(PIPQ)
+	$(PY) -m pip install -qq -e '.[test]' $(PIPQ)
 	touch $@
 
 $(I2D_STAMP): requirements-img2dataset.txt | $(STAMP)
 	test -x $(I2D_VENV)/bin/python || $(PYTHON) -m venv $(I2D_VENV)
-	$(I2D_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(I2D_VENV)/bin/python -m pip install -q --upgrade "pip>=24" $(PIPQ)
 	$(I2D_VENV)/bin/python -m pip install -q -r requirements-img2dataset.txt $(PIPQ)
 	touch $@
 
