@@ -268,8 +268,12 @@ def test_cli_and_pyfunc_filter_alike(wild):
 
 
 def test_page_filters_pages_and_queries_by_image_in_chromium(api, wild):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
+
+    # the page re-renders its hits on every answer: an element read mid-render is stale, not wrong
+    RERENDERED = (NoSuchElementException, StaleElementReferenceException)
 
     from conftest import chromium
 
@@ -283,36 +287,36 @@ def test_page_filters_pages_and_queries_by_image_in_chromium(api, wild):
     sp = max(s.columns.facets()["species"].items(), key=lambda t: t[1])[0]
     with chromium() as d:
         d.get(api + "/")
-        WebDriverWait(d, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".chip"))
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".chip"))
         d.find_element(By.ID, "q").send_keys("a deer")
-        WebDriverWait(d, 60).until(lambda d: len(hits(d)) == 20 and settled(d))  # k=24, 20 items
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: len(hits(d)) == 20 and settled(d))  # k=24, 20 items
         d.find_element(By.CSS_SELECTOR, f".chip[data-species='{sp}']").click()  # pick a species
         want = sum(1 for r in s.rows if r["species"] == sp)
-        WebDriverWait(d, 60).until(lambda d: len(hits(d)) == want)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: len(hits(d)) == want)
         assert {h.get_attribute("data-species") for h in hits(d)} == {sp}  # only that species
         assert f"species={sp}" in d.current_url and "q=a+deer" in d.current_url  # the query lives in the URL
         d.get(d.current_url)  # reload: the same search comes back
-        WebDriverWait(d, 60).until(lambda d: len(hits(d)) == want)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: len(hits(d)) == want)
         assert d.find_element(By.ID, "q").get_attribute("value") == "a deer"
         d.find_element(By.CSS_SELECTOR, f".chip[data-species='{sp}']").click()  # off again
-        WebDriverWait(d, 60).until(lambda d: len(hits(d)) == 20)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: len(hits(d)) == 20)
         # pagination: 8 per page, the second page starts at result 9
         k = d.find_element(By.ID, "k")
         k.clear()
         k.send_keys("8")
-        WebDriverWait(d, 60).until(lambda d: len(hits(d)) == 8)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: len(hits(d)) == 8)
         first_page = [h.get_attribute("data-id") for h in hits(d)]
         d.find_element(By.ID, "next").click()
-        WebDriverWait(d, 60).until(lambda d: "results 9–16" in d.find_element(By.ID, "pageinfo").text)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: "results 9–16" in d.find_element(By.ID, "pageinfo").text)
         assert not set(first_page) & {h.get_attribute("data-id") for h in hits(d)}
         # click a hit: the original and its metadata; then "more like this"
         target = hits(d)[0]
         tid = target.get_attribute("data-id")
         target.click()
-        WebDriverWait(d, 30).until(lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
+        WebDriverWait(d, 30, ignored_exceptions=RERENDERED).until(lambda d: d.find_element(By.ID, "detail").get_attribute("open") is not None)
         assert "taken" in d.find_element(By.ID, "meta").text
         d.find_element(By.ID, "like").click()
-        WebDriverWait(d, 60).until(lambda d: f"like={tid}" in d.current_url and len(hits(d)) == 8)
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: f"like={tid}" in d.current_url and len(hits(d)) == 8)
         assert tid not in {h.get_attribute("data-id") for h in hits(d)}
         # drop an image on the page: the dropped photo itself comes back first
         a2 = next(i for i, r in enumerate(s.rows) if r["uri"].endswith("/a2.jpg"))
@@ -324,7 +328,7 @@ def test_page_filters_pages_and_queries_by_image_in_chromium(api, wild):
               document.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));
               done(true);
             });""", a2)
-        WebDriverWait(d, 60).until(lambda d: hits(d) and hits(d)[0].get_attribute("data-id") == str(a2))
+        WebDriverWait(d, 60, ignored_exceptions=RERENDERED).until(lambda d: hits(d) and hits(d)[0].get_attribute("data-id") == str(a2))
         assert float(d.find_elements(By.CSS_SELECTOR, ".score")[0].text) > 0.999
         d.save_screenshot(str(Path(os.environ.get("CEREBRO_SCREENSHOT_DIR", "/tmp")) / "cerebro-filters.png"))
 
