@@ -21,7 +21,7 @@ COLORS = {
     "yellow": (235, 215, 40),
     "blue": (40, 70, 200),
     "purple": (150, 50, 180),
-    "brown": (120, 80, 40),
+    "brown": (165, 105, 50),
 }
 SHAPES = ["circle", "square", "triangle"]
 BACKGROUNDS = {"snow": (225, 230, 240), "grass": (70, 120, 50), "sand": (200, 180, 130), "night": (20, 20, 40)}
