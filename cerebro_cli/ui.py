@@ -170,4 +170,6 @@ def ui(
         typer.echo(f"cerebro ui: {exc}", err=True)
         raise typer.Exit(1) from None
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         stack.stop()
