@@ -27,13 +27,14 @@ def code_version() -> str:
     return h.hexdigest()[:16]
 
 
-def path_fingerprint(path: str | None) -> str:
-    """Cheap fingerprint of a file or folder tree: names, sizes, mtimes (S3: the listing)."""
+def path_fingerprint(path: str | None, storage=None) -> str:
+    """Cheap fingerprint of a file or folder tree: names, sizes, mtimes; a remote URL (``s3://``):
+    its listing's keys, sizes and ETags, so changed content under the same key changes it."""
     if not path:
         return "none"
-    if path.startswith("s3://"):
-        return f"s3:{path}"
-    p = Path(path)
+    if "://" in path and not path.startswith("file://"):
+        return _remote_fingerprint(path, storage)
+    p = Path(path.removeprefix("file://"))
     if not p.exists():
         return f"missing:{path}"
     if p.is_file():
@@ -48,6 +49,24 @@ def path_fingerprint(path: str | None) -> str:
     return h.hexdigest()[:16]
 
 
+def _remote_fingerprint(url: str, storage=None) -> str:
+    from cerebro_core.storage import Storage
+
+    fs, root = (storage or Storage()).fs(url)
+    try:
+        found = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+    except FileNotFoundError:
+        return f"missing:{url}"
+    if not found:
+        return f"missing:{url}"
+    h = hashlib.sha256()
+    for name in sorted(found):
+        info = found[name]
+        tag = info.get("ETag") or info.get("etag") or info.get("md5") or info.get("LastModified") or info.get("mtime")
+        h.update(f"{name[len(root):]}:{info.get('size')}:{tag}".encode())
+    return h.hexdigest()[:16]
+
+
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps([code_version(), *parts], sort_keys=True, default=str).encode()).hexdigest()
 
@@ -57,7 +76,13 @@ def download_key(context, parameters) -> str:
     from cerebro_core.home import resolve
 
     return _key("download", cfg.name, cfg.section_hash("download"), resolve(cfg).storage_root,
-                path_fingerprint(cfg.download.url_list))
+                path_fingerprint(cfg.download.url_list, _storage(cfg)))
+
+
+def _storage(cfg):
+    from cerebro_core.storage import Storage
+
+    return Storage(cfg.storage)
 
 
 def compute_part(cfg) -> list:
@@ -90,8 +115,9 @@ def retry_unless_peer_lost(task, task_run, state) -> bool:
 def adapt_key(context, parameters) -> str:
     cfg = parameters["cfg"]
     a = cfg.adapt
-    sources = [path_fingerprint(s.path) for s in a.sources]
-    extra = [path_fingerprint(x.path) if x else None for x in (a.validation_source, a.test_source)]
+    st = _storage(cfg)
+    sources = [path_fingerprint(s.path, st) for s in a.sources]
+    extra = [path_fingerprint(x.path, st) if x else None for x in (a.validation_source, a.test_source)]
     # every student trains with train.* on the pretraining pairs: both matter
     from cerebro_core.adapt.students import AdaptInputError, pretraining_pairs
     from cerebro_core.storage import Storage
@@ -101,10 +127,10 @@ def adapt_key(context, parameters) -> str:
     except AdaptInputError:
         pairs = "no pairs"  # the stage itself fails with the message
     return _key("adapt", cfg.name, cfg.section_hash("adapt"), cfg.section_hash("train"), compute_part(cfg)[1:],
-                parameters.get("start_version"), sources, extra, path_fingerprint(a.vocabulary), pairs)
+                parameters.get("start_version"), sources, extra, path_fingerprint(a.vocabulary, st), pairs)
 
 
 def index_key(context, parameters) -> str:
     cfg = parameters["cfg"]
     return _key("index", cfg.name, cfg.section_hash("index"), compute_part(cfg)[1:], parameters.get("clip_version"),
-                [path_fingerprint(s.path) for s in cfg.index.sources])
+                [path_fingerprint(s.path, _storage(cfg)) for s in cfg.index.sources])

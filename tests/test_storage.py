@@ -72,3 +72,25 @@ def test_s3_roundtrip_env_credentials(s3_env, tmp_path, monkeypatch):
     keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_env["endpoint"]).list_objects_v2(
         Bucket=s3_env["bucket"], Prefix="run2/")["Contents"]]
     assert "run2/a/b.json" in keys
+
+
+def test_s3_input_fingerprint_follows_its_content(s3_env, monkeypatch):
+    """A cached stage's S3 input is fingerprinted by its listing's keys, sizes and ETags: the
+    same key rewritten with other bytes of the same size is a new input (it was the URL string,
+    so a changed S3 source reused a stale result)."""
+    from tasks.caching import path_fingerprint
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["endpoint"])
+    st = Storage(StorageConfig())
+    base = f"s3://{s3_env['bucket']}/scrape"
+    st.write_bytes(f"{base}/a.jpg", b"first image")
+    st.write_bytes(f"{base}/sub/b.jpg", b"other image")
+    one = path_fingerprint(base, st)
+    assert one == path_fingerprint(base + "/", st) and not one.startswith(("s3:", "missing:"))
+    st.write_bytes(f"{base}/a.jpg", b"FIRST IMAGE")  # same key, same size, other bytes
+    two = path_fingerprint(base, st)
+    assert two != one and path_fingerprint(base, st) == two
+    st.write_bytes(f"{base}/sub/c.jpg", b"new")
+    assert path_fingerprint(base, st) != two
+    assert path_fingerprint(f"{base}/a.jpg", st) != path_fingerprint(f"{base}/sub/b.jpg", st)
+    assert path_fingerprint(f"s3://{s3_env['bucket']}/nothing-here", st).startswith("missing:")
