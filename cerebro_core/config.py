@@ -260,9 +260,28 @@ class AdaptConfig(_Section):
         return data
 
 
+class ThreadRunner(_Section):
+    kind: Literal["threads"] = "threads"
+    max_workers: Optional[int] = Field(None, ge=1, description="None: Prefect's default")
+
+
+class DaskRunner(_Section):
+    kind: Literal["dask"] = "dask"
+    address: Optional[str] = Field(None, description="a running Dask scheduler (tcp://host:8786); None: a local "
+                                   "cluster of n_workers processes for the run")
+    n_workers: int = Field(2, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+
+
+TaskRunner = Annotated[Union[ThreadRunner, DaskRunner], Field(discriminator="kind")]
+
+
 class IndexConfig(_Section):
     sources: list[SourceConfig] = Field(default_factory=list)
-    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq"] = "auto"
+    shards: int = Field(1, ge=1, le=65536, description="index shards, each built as its own task (contiguous ids)")
+    shard_runner: TaskRunner = Field(default_factory=ThreadRunner, description="the Prefect task runner the "
+                                     "shard builds are mapped on: threads here, or Dask (prefect-dask)")
+    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq", "ivfpq_disk"] = "auto"
     recall_target: float = Field(0.95, gt=0, le=1)
     memory_budget_mb: int = Field(4096, ge=1)
     video_frame_interval: float = Field(2.0, gt=0)
@@ -276,6 +295,18 @@ class IndexConfig(_Section):
                                        "near-duplicates")
     evaluation_source: Optional[SourceConfig] = Field(None, description="a labelled folder: each published version "
                                                       "records species-query mAP@10 / P@10 on it (not indexed)")
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _runner_by_name(cls, data: Any) -> Any:
+        r = data.get("shard_runner") if isinstance(data, dict) else None
+        if isinstance(r, str):  # --set index.shard_runner=dask
+            data = {**data, "shard_runner": {"kind": r}}
+        elif isinstance(r, dict) and "kind" not in r:  # --set index.shard_runner.address=tcp://…: Dask's keys
+            data = {**data, "shard_runner": {"kind": "dask" if set(r) & {"address", "n_workers", "threads_per_worker"}
+                                             else "threads", **r}}
+        return data
 
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

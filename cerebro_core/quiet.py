@@ -27,7 +27,7 @@ DEPENDENCY_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (Warning, r"Operation with range is deprecated"),
 )
 LIBRARY_LOGGERS = ("mlflow", "alembic", "urllib3", "botocore", "s3fs", "httpx", "httpcore", "uvicorn.access",
-                   "torch.distributed.elastic", "img2dataset")
+                   "torch.distributed.elastic", "img2dataset", "distributed")
 
 
 def verbose() -> bool:
@@ -44,6 +44,7 @@ def apply(verbose_: bool | None = None) -> None:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow sets its loggers' level on import
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # Dask sets its loggers' level on import
     for category, message in DEPENDENCY_WARNINGS:
         warnings.filterwarnings("ignore", message=message, category=category)
     for name in LIBRARY_LOGGERS:

@@ -13,6 +13,7 @@ from cerebro_core.config import CerebroConfig
 from cerebro_core.index import stage as core
 from cerebro_core.index.publish import SearchVersion
 from tasks.progress import Progress
+from tasks.shards import shard_mapper
 
 
 @task(cache_key_fn=index_key, persist_result=True, result_serializer="json", name="index", retries=1, retry_delay_seconds=30,
@@ -22,7 +23,8 @@ def index_task(cfg: CerebroConfig, clip_version: str | None = None) -> Optional[
     logger = get_run_logger()
     progress = Progress("index-progress", "embed", unit="img")
     try:
-        sv = core.run_stage(cfg, clip_version=clip_version, progress=progress, log=logger.info)
+        sv = core.run_stage(cfg, clip_version=clip_version, progress=progress, log=logger.info,
+                            map_shards=shard_mapper(cfg))
     finally:
         progress.close()
     if sv is None:  # a node other than 0: it embedded its share; node 0 published

@@ -64,6 +64,10 @@ def test_defaults_bind_loopback_and_mask_secrets():
         ("train.augment.color_jitter_prob=0.8", "color_jitter: must be 4 values"),
         ("train.augment.color_jitter=0.4", "color_jitter: open_clip applies it only with color_jitter_prob"),
         ("adapt.student.augment.re_prob=0.3", "re_prob: open_clip applies it only with use_timm"),
+        ("index.shard_runner=spark", "index.shard_runner: Input tag 'spark' found"),
+        ("index.shard_runner.adress=tcp://h:8786", "index.shard_runner.threads.adress: Extra inputs are not permitted"),
+        ("index.shards=0", "index.shards: Input should be greater than or equal to 1"),
+        ("index.kind=ivfpq_mmap", "index.kind: Input should be"),
     ],
 )
 def test_bad_override_names_the_key(override, message):
@@ -73,6 +77,14 @@ def test_bad_override_names_the_key(override, message):
     with pytest.raises(ConfigError) as ei:
         load_config(REPO / "configs/demo.yaml", [override])
     assert message in str(ei.value)
+
+
+def test_shard_runner_by_name_or_by_its_keys():
+    r = load_config(REPO / "configs/demo.yaml", ["index.shard_runner=dask"]).index.shard_runner
+    assert (r.kind, r.address, r.n_workers) == ("dask", None, 2)
+    r = load_config(REPO / "configs/demo.yaml", ["index.shard_runner.address=tcp://h:8786"]).index.shard_runner
+    assert (r.kind, r.address) == ("dask", "tcp://h:8786")
+    assert load_config(REPO / "configs/demo.yaml", []).index.shard_runner.kind == "threads"
 
 
 def test_bad_files(tmp_path):

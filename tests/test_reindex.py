@@ -21,22 +21,30 @@ from cerebro_core.config import load_config
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def caltech_index(shared_data, tmp_path_factory):
+def indexed_caltech(shared_data: Path, tmp_path_factory, name: str, *overrides: str):
+    """A fresh CEREBRO_HOME with a random cerebro-clip and cerebro-search over the 700 Caltech
+    photos (``overrides`` on the demo config); yields {cfg, sv, home}."""
     from test_index import register_random_clip
 
     from cerebro_core.index.stage import run_stage
 
-    home = tmp_path_factory.mktemp("reindex-home")
+    home = tmp_path_factory.mktemp(name)
     mp = pytest.MonkeyPatch()
     mp.setenv("CEREBRO_HOME", str(home))
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_config(REPO / "configs/demo.yaml", [
-        f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"])
-    register_random_clip(cfg)
-    sv = run_stage(cfg, log=lambda s: None)
-    yield {"cfg": cfg, "sv": sv, "home": home}
-    mp.undo()
+    try:
+        cfg = load_config(REPO / "configs/demo.yaml", [
+            f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]", *overrides])
+        register_random_clip(cfg)
+        sv = run_stage(cfg, log=lambda s: None)
+        yield {"cfg": cfg, "sv": sv, "home": home}
+    finally:
+        mp.undo()
+
+
+@pytest.fixture(scope="module")
+def caltech_index(shared_data, tmp_path_factory):
+    yield from indexed_caltech(shared_data, tmp_path_factory, "reindex-home")
 
 
 def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int = 0) -> dict:

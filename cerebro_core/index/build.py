@@ -5,6 +5,8 @@ target against exact search, with the measured recall and latency stored beside 
 - ``hnsw``  — ``IndexHNSWFlat`` (inner product): sub-millisecond on a CPU; needs ~(4d + 8M) bytes/vector.
 - ``ivf``   — ``IndexIVFFlat``: when HNSW's graph does not fit the budget.
 - ``ivfpq`` — ``IndexIVFPQ`` with a flat refinement stage when even IVFFlat does not fit.
+- ``ivfpq_disk`` — IVF-PQ with memory-mapped lists, refined from memory-mapped fp16 vectors
+  (:mod:`cerebro_core.index.disk`): when no in-RAM kind fits; resident memory ~ its centroids.
 
 Vectors are L2-normalised, so inner product is cosine similarity. The index id of a vector is
 its row in the metadata table.
@@ -15,9 +17,12 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from cerebro_core.index import disk
 
 FLAT_MAX = 50_000
 HNSW_M = 32
@@ -60,8 +65,10 @@ def estimate_mb(kind: str, n: int, d: int) -> float:
         b = n * (d * 4 + HNSW_M * 2 * 4 * 1.05)
     elif kind == "ivf":
         b = n * (d * 4 + 8)
-    else:  # ivfpq + refine on fp16
+    elif kind == "ivfpq":  # + refine on fp16
         b = n * (d // 8 + 8 + d * 2)
+    else:  # ivfpq_disk: what stays resident; codes and vectors are mapped
+        return disk.resident_mb(n, d)
     return b / 2**20
 
 
@@ -73,7 +80,7 @@ def choose_kind(n: int, d: int, memory_budget_mb: float, requested: str = "auto"
     for kind in ("hnsw", "ivf", "ivfpq"):
         if estimate_mb(kind, n, d) <= memory_budget_mb:
             return kind
-    return "ivfpq"
+    return "ivfpq_disk"
 
 
 def _nlist(n: int) -> int:
@@ -81,8 +88,12 @@ def _nlist(n: int) -> int:
 
 
 def build(vectors: np.ndarray, kind: str, seed: int = 0):
-    """Build (and train) an index of ``kind`` over float32 L2-normalised ``vectors``."""
+    """Build (and train) an index of ``kind`` over L2-normalised ``vectors`` (``ivfpq_disk``: an
+    array or memmap read in chunks; the other kinds are built from one float32 copy in RAM)."""
     faiss = _faiss()
+    if kind == "ivfpq_disk":
+        index, bp = disk.build(vectors, seed)
+        return index, bp, False
     x = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = x.shape
     use_gpu = gpu_count() > 0 and kind in ("flat", "ivf", "ivfpq")
@@ -95,6 +106,20 @@ def build(vectors: np.ndarray, kind: str, seed: int = 0):
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.add(x)
         return index, {"M": HNSW_M, "efConstruction": HNSW_EF_CONSTRUCTION}, False
+    if use_gpu and kind == "ivf":
+        index, bp, train = _untrained(x, kind, n, seed)
+        gpu_index = faiss.index_cpu_to_all_gpus(index)
+        gpu_index.train(train)
+        gpu_index.add(x)
+        return faiss.index_gpu_to_cpu(gpu_index), bp, True
+    index, bp = train_empty(x, kind, n, seed)
+    index.add(x)
+    return index, bp, False
+
+
+def _untrained(vectors, kind: str, n: int, seed: int):
+    faiss = _faiss()
+    d = vectors.shape[1]
     nlist = _nlist(n)
     quantizer = faiss.IndexFlatIP(d)
     if kind == "ivf":
@@ -110,22 +135,30 @@ def build(vectors: np.ndarray, kind: str, seed: int = 0):
         index.k_factor = 4
         bp = {"nlist": nlist, "pq_m": m, "refine": "fp16", "k_factor": 4}
     rng = np.random.default_rng(seed)
-    train = x[rng.choice(n, size=min(n, 256 * nlist), replace=False)]
-    if use_gpu and kind == "ivf":
-        gpu_index = faiss.index_cpu_to_all_gpus(index)
-        gpu_index.train(train)
-        gpu_index.add(x)
-        return faiss.index_gpu_to_cpu(gpu_index), bp, True
+    pick = rng.choice(len(vectors), size=min(len(vectors), 256 * nlist), replace=False)
+    return index, bp, np.ascontiguousarray(vectors[pick], dtype=np.float32)
+
+
+def train_empty(vectors, kind: str, n: Optional[int] = None, seed: int = 0):
+    """An IVF-family index trained on (a sample of) ``vectors``, sized for ``n`` vectors (default:
+    as many as given), still empty: shards add their own ranges to copies of it, so that they
+    share one coarse quantizer and search as one index. Returns (index, build params)."""
+    n = len(vectors) if n is None else n
+    if kind == "ivfpq_disk":
+        return disk.train_empty(vectors, n, seed)
+    index, bp, train = _untrained(vectors, kind, n, seed)
     index.train(train)
-    index.add(x)
-    return index, bp, False
+    return index, bp
 
 
 def search_params(index, kind: str, value: Optional[int], sel=None):
+    """Parameters for one search (a sharded index takes none: each shard has its own)."""
     faiss = _faiss()
+    if type(index).__name__ == "ShardedIndex":
+        return None
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=int(value), sel=sel)
-    if kind == "ivf":
+    if kind in ("ivf", "ivfpq_disk"):
         return faiss.SearchParametersIVF(nprobe=int(value), sel=sel)
     if kind == "ivfpq":
         return faiss.IndexRefineSearchParameters(
@@ -164,62 +197,116 @@ def build_and_tune(
     """Build the index and pick the cheapest search setting meeting ``recall_target`` (recall@10
     vs exact inner-product search); returns (index, IndexReport)."""
     faiss = _faiss()
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
-    n, d = x.shape
+    n, d = vectors.shape
     kind = choose_kind(n, d, memory_budget_mb, kind)
+    x = vectors if kind == "ivfpq_disk" else np.ascontiguousarray(vectors, dtype=np.float32)
     t0 = time.perf_counter()
     index, bp, on_gpu = build(x, kind, seed)
     build_s = time.perf_counter() - t0
     report = IndexReport(kind=kind, n=n, dim=d, build_params=bp, build_s=build_s,
                          memory_mb=estimate_mb(kind, n, d), gpu=on_gpu)
-    if kind in ("ivf", "ivfpq") and n:
+    if kind == "ivfpq_disk":
+        report.build_params["disk_mb"] = round(disk.disk_mb(n, d), 1)
+    if kind in ("ivf", "ivfpq", "ivfpq_disk") and n:
         report.build_params["centroid_distance"] = centroid_baseline(index, x, seed)  # the drift baseline
     if n == 0:
         return index, report
     queries = sample_queries(x, n_queries, seed)
     k = min(10, n)
-    exact = faiss.IndexFlatIP(d)
-    exact.add(x)
-    _, truth = exact.search(queries, k)
+    if kind == "ivfpq_disk":
+        truth = disk.exact_topk(x, queries, k)
+    else:
+        exact = faiss.IndexFlatIP(d)
+        exact.add(x)
+        _, truth = exact.search(queries, k)
     if kind == "flat":
         _, p50, p99 = _latency(index, queries[:100], None, k)
         report.recall_at_10, report.latency_p50_ms, report.latency_p99_ms = 1.0, p50, p99
         return index, report
-    candidates = EF_CANDIDATES if kind == "hnsw" else NPROBE_CANDIDATES
-    if kind != "hnsw":
-        candidates = [c for c in candidates if c <= bp["nlist"]] or [bp["nlist"]]
+    tune(index, kind, bp, queries, truth, k, recall_target, report)
+    return index, report
+
+
+def tune(index, kind: str, bp: dict, queries: np.ndarray, truth: np.ndarray, k: int, recall_target: float,
+         report: IndexReport) -> None:
+    """The cheapest setting meeting ``recall_target`` against ``truth``, applied to ``index``
+    and recorded in ``report`` (params, recall, latency, every candidate tried)."""
     chosen = None
-    for c in candidates:
-        params = search_params(index, kind, c)
-        _, found = index.search(queries, k, params=params)
-        r = recall_at_k(found, truth, k)
-        _, p50, p99 = _latency(index, queries[:100], params, k)
-        report.tuning.append({"param": c, "recall_at_10": r, "p50_ms": p50})
-        if r >= recall_target:
-            chosen = (c, r, p50, p99)
-            break
+    for ladder in _ladders(kind, bp):  # each ladder: ever costlier settings of one knob
+        prev = -1.0
+        for setting in ladder:
+            params = _apply(index, kind, setting)
+            _, found = index.search(queries, k, params=params)
+            r = recall_at_k(found, truth, k)
+            _, p50, p99 = _latency(index, queries[:100], params, k)
+            report.tuning.append({"param": next(iter(setting.values())), **setting, "recall_at_10": r, "p50_ms": p50})
+            if r >= recall_target:
+                if chosen is None or chosen[2] > p50:
+                    chosen = (setting, r, p50, p99)
+                break
+            if kind == "ivfpq_disk" and r <= prev + 1e-3:
+                break  # this refinement depth has plateaued below the target
+            prev = r
     if chosen is None:  # the target is out of reach: keep the best recall we saw, and say so
         best = max(report.tuning, key=lambda t: t["recall_at_10"])
-        params = search_params(index, kind, best["param"])
-        _, p50, p99 = _latency(index, queries[:100], params, k)
-        chosen = (best["param"], best["recall_at_10"], p50, p99)
-    key = "efSearch" if kind == "hnsw" else "nprobe"
-    report.params = {key: chosen[0]}
+        setting = {k2: v for k2, v in best.items() if k2 not in ("param", "recall_at_10", "p50_ms")}
+        _, p50, p99 = _latency(index, queries[:100], _apply(index, kind, setting), k)
+        chosen = (setting, best["recall_at_10"], p50, p99)
+    report.params = dict(chosen[0])
+    _apply(index, kind, chosen[0])  # also the default of searches without parameters
     report.recall_at_10, report.latency_p50_ms, report.latency_p99_ms = chosen[1], chosen[2], chosen[3]
-    return index, report
+
+
+def _ladders(kind: str, bp: dict) -> list[list[dict]]:
+    if kind == "hnsw":
+        return [[{"efSearch": c} for c in EF_CANDIDATES]]
+    nprobes = [c for c in NPROBE_CANDIDATES if c <= bp["nlist"]] or [bp["nlist"]]
+    if kind == "ivfpq_disk":  # how many PQ candidates to re-score, and how many lists to probe
+        return [[{"nprobe": c, "k_factor": f} for c in nprobes] for f in disk.K_FACTORS]
+    return [[{"nprobe": c} for c in nprobes]]
+
+
+def _apply(index, kind: str, setting: dict):
+    """Search parameters for ``setting``; an ``ivfpq_disk`` or sharded index keeps them as its defaults."""
+    if type(index).__name__ == "ShardedIndex":
+        index.set_setting(setting)
+    elif kind == "ivfpq_disk":
+        index.nprobe, index.k_factor = setting["nprobe"], setting["k_factor"]
+    return search_params(index, kind, next(iter(setting.values())))
 
 
 def centroid_baseline(index, x: np.ndarray, seed: int = 0) -> float:
     """Mean distance of (a sample of) the indexed vectors to their IVF centroid; 0 for other kinds."""
     from cerebro_core.index.incremental import centroid_distance
 
-    sample = x[np.random.default_rng(seed).choice(len(x), size=min(len(x), 20000), replace=False)]
-    return centroid_distance(index, sample)
+    pick = np.sort(np.random.default_rng(seed).choice(len(x), size=min(len(x), 20000), replace=False))
+    return centroid_distance(index, np.asarray(x[pick], dtype=np.float32))
 
 
-def serialize(index) -> bytes:
-    return _faiss().serialize_index(index).tobytes()
+def save(index, bundle_dir: Path) -> Optional[list[dict]]:
+    """``index.faiss`` in the bundle (an ``ivfpq_disk`` index's refinement vectors are its
+    ``vectors.npy``, written beside it); a sharded index: ``shards/NNNNN/index.faiss``, and the
+    entries ``index.json`` lists under ``shards``."""
+    from cerebro_core.index.shards import ShardedIndex
+
+    if isinstance(index, ShardedIndex):
+        return index.save(bundle_dir)
+    if isinstance(index, disk.DiskIVFPQ):
+        index.write(bundle_dir / "index.faiss")
+    else:
+        _faiss().write_index(index, str(bundle_dir / "index.faiss"))
 
 
-def deserialize(data: bytes):
-    return _faiss().deserialize_index(np.frombuffer(data, dtype=np.uint8))
+def load(bundle_dir: Path, info: dict, mmap: bool = True):
+    """The bundle's index (``info``: its index.json); ``ivfpq_disk`` is memory-mapped unless
+    ``mmap=False`` (to add to it), with its tuned settings as defaults."""
+    bundle_dir = Path(bundle_dir)
+    if info.get("shards"):
+        from cerebro_core.index.shards import ShardedIndex
+
+        return ShardedIndex.load(bundle_dir, info["shards"], mmap=mmap)
+    if info["kind"] == "ivfpq_disk":
+        index = disk.DiskIVFPQ.read(bundle_dir / "index.faiss", bundle_dir / "vectors.npy", mmap=mmap)
+        _apply(index, "ivfpq_disk", {"nprobe": index.nprobe, "k_factor": disk.K_FACTOR, **info.get("params", {})})
+        return index
+    return _faiss().read_index(str(bundle_dir / "index.faiss"))

@@ -13,7 +13,6 @@ import unicodedata
 from datetime import date, datetime, time, timezone
 from typing import Literal, Optional
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
@@ -118,77 +117,3 @@ def parse_filters(**params) -> Filters:
             name = ".".join(str(p) for p in e["loc"] if not isinstance(p, int)) or "filters"
             msgs.append(f"{name}: {e['msg'].removeprefix('Value error, ')}")
         raise QueryError("; ".join(msgs)) from None
-
-
-def _floats(rows: list[dict], key: str) -> np.ndarray:
-    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], dtype=np.float64)
-
-
-class Columns:
-    """The item columns filters read, as arrays (built once per loaded index)."""
-
-    def __init__(self, rows: list[dict], species_vocabulary: Optional[list[str]] = None):
-        from cerebro_core.index.metadata import parse_time
-
-        n = len(rows)
-        self.n = n
-        self.source = np.array([r.get("source") for r in rows], dtype=object)
-        self.media = np.array([r.get("media_type") for r in rows], dtype=object)
-        self.species = np.array([r.get("species") for r in rows], dtype=object)
-        self.camera = np.array([r.get("camera") for r in rows], dtype=object)
-        self.species_score, self.lat, self.lon = (_floats(rows, k) for k in ("species_score", "lat", "lon"))
-        self.taken = np.array([np.nan if parse_time(r.get("taken_at")) is None else parse_time(r.get("taken_at"))
-                               for r in rows], dtype=np.float64)
-        seq = [r.get("sequence_id") for r in rows]
-        top = max((s for s in seq if s is not None), default=-1) + 1
-        self.sequence_key = np.array([s if s is not None else top + i for i, s in enumerate(seq)], dtype=np.int64)
-        self.duplicate_key = np.array([r["duplicate_of"] if r.get("duplicate_of") is not None else i
-                                       for i, r in enumerate(rows)], dtype=np.int64)
-        present = sorted({s for s in self.species if s})
-        self.vocabulary = list(species_vocabulary or present)
-
-    def check(self, f: Filters, sources: list[str]) -> None:
-        if f.source is not None and f.source not in sources:
-            raise QueryError(f"source: unknown {f.source!r}; known: {', '.join(sources)}")
-        unknown = [s for s in f.species if s not in self.vocabulary]
-        if unknown:
-            known = ", ".join(self.vocabulary[:20]) + (" …" if len(self.vocabulary) > 20 else "")
-            raise QueryError(f"species: unknown {', '.join(map(repr, unknown))}; known: {known or 'none (no vocabulary)'}")
-
-    def mask(self, f: Filters) -> Optional[np.ndarray]:
-        """Which items pass ``f`` (None: all of them)."""
-        if not f.filtering:
-            return None
-        m = np.ones(self.n, dtype=bool)
-        if f.source:
-            m &= self.source == f.source
-        if f.media:
-            m &= self.media == ("video_frame" if f.media == "video" else "image")
-        if f.species:
-            m &= np.isin(self.species, f.species)
-        if f.min_species_score is not None:
-            m &= np.nan_to_num(self.species_score, nan=-1.0) >= f.min_species_score
-        with np.errstate(invalid="ignore"):  # NaN (no time, no place) never passes
-            if f.date_from:
-                m &= self.taken >= _instant(f.date_from, False)
-            if f.date_to:
-                m &= self.taken <= _instant(f.date_to, True)
-            if f.bbox:
-                a, b, c, d = (float(x) for x in f.bbox.split(","))
-                m &= (self.lon >= a) & (self.lon <= c) & (self.lat >= b) & (self.lat <= d)
-        if f.camera:
-            m &= self.camera == f.camera
-        return m
-
-    def group_key(self, f: Filters) -> Optional[np.ndarray]:
-        return {"sequence": self.sequence_key, "duplicates": self.duplicate_key}.get(f.collapse)
-
-    def facets(self) -> dict:
-        def counts(a: np.ndarray) -> dict:
-            vals, n = np.unique(np.array([x for x in a if x], dtype=object), return_counts=True) if any(a) else ([], [])
-            return {str(v): int(c) for v, c in sorted(zip(vals, n), key=lambda t: -t[1])}
-
-        t = self.taken[~np.isnan(self.taken)]
-        span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
-        return {"species": counts(self.species), "cameras": counts(self.camera), "taken_at": span,
-                "with_location": int(np.sum(~np.isnan(self.lat)))}

@@ -22,6 +22,12 @@ IMBALANCE_RATIO = 20.0
 def _ivf(index):
     import faiss
 
+    from cerebro_core.index.disk import DiskIVFPQ
+
+    if type(index).__name__ == "ShardedIndex":  # new vectors go to the last shard
+        index = index.shards[-1][0]
+    if isinstance(index, DiskIVFPQ):
+        return faiss.extract_index_ivf(index.ivf)
     base = index.base_index if isinstance(index, faiss.IndexRefine) else index
     return faiss.extract_index_ivf(base) if "IVF" in type(base).__name__ else None
 
@@ -30,7 +36,11 @@ def centroid_distance(index, x: np.ndarray) -> float:
     ivf = _ivf(index)
     if ivf is None or len(x) == 0:
         return 0.0
+    import faiss
+
     D, _ = ivf.quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    if ivf.metric_type == faiss.METRIC_L2:  # unit vectors: |x - c|² = 2 - 2 x·c (c about unit norm)
+        return float(np.mean(D[:, 0] / 2))
     return float(np.mean(1.0 - D[:, 0]))
 
 
@@ -63,7 +73,7 @@ def add_or_rebuild(index, kind: str, old_vectors: np.ndarray, new_vectors: np.nd
     x = np.ascontiguousarray(new_vectors, dtype=np.float32)
     if len(x) == 0:
         return index, AddReport(0, False, "nothing new", 0.0)
-    if kind in ("ivf", "ivfpq"):
+    if kind in ("ivf", "ivfpq", "ivfpq_disk"):
         drift = centroid_distance(index, x)
         if baseline > 0 and drift > DRIFT_RATIO * baseline:
             allv = np.concatenate([old_vectors.astype(np.float32), x])

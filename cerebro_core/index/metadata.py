@@ -1,5 +1,5 @@
 """Per-item metadata for filtering search: when, where, which camera, which species, which burst,
-which near-duplicate — computed by index and reindex, stored in the bundle's metadata.parquet.
+which near-duplicate — computed by index and reindex, stored in the bundle's metadata.arrow.
 
 - ``taken_at``: EXIF DateTimeOriginal (with OffsetTimeOriginal when present), a video's container
   ``creation_time``; otherwise none — never the file's modification time;

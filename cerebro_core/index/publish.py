@@ -3,21 +3,18 @@ version → smoke query → alias ``champion`` moved (only then). Older versions
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.home import cerebro_home
-from cerebro_core.index.build import IndexReport, serialize
-from cerebro_core.index.rows import to_stored
+from cerebro_core.index.build import IndexReport, save
+from cerebro_core.index.rows import write_rows
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_DIR = Path(__file__).resolve().parents[1]
@@ -40,21 +37,28 @@ def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_
                  species_vocabulary: Optional[list[str]] = None) -> Path:
     """The search bundle folder (see cerebro_core.index.search)."""
     dest.mkdir(parents=True, exist_ok=True)
-    (dest / "index.faiss").write_bytes(serialize(index))
-    stored = to_stored(rows, cerebro_home())
-    table = pa.Table.from_pylist([{"id": i, **r} for i, r in enumerate(stored)]) if rows else pa.table(
-        {"id": pa.array([], pa.int64())})
-    pq.write_table(table, dest / "metadata.parquet")
+    if report.kind == "ivfpq_disk" and vectors is None:
+        raise ValueError("an ivfpq_disk index is refined from the bundle's vectors: pass them")
+    shards = save(index, dest)
+    write_rows(dest, rows, cerebro_home())
     if vectors is not None:  # kept for incremental re-indexing (no re-embedding of old media)
-        buf = io.BytesIO()
-        np.save(buf, vectors.astype(np.float16), allow_pickle=False)
-        (dest / "vectors.npy").write_bytes(buf.getvalue())
-    info = {**report.__dict__, "clip": clip_ref, "species_vocabulary": species_vocabulary}
+        write_vectors(dest / "vectors.npy", vectors)
+    info = {**report.__dict__, "clip": clip_ref, "species_vocabulary": species_vocabulary,
+            **({"shards": shards} if shards else {})}
     (dest / "index.json").write_text(json.dumps(info, indent=2, default=str))
     if (dest / "model").exists():
         shutil.rmtree(dest / "model")
     shutil.copytree(clip_model_dir, dest / "model")
     return dest
+
+
+def write_vectors(path: Path, vectors, chunk: int = 100_000) -> None:
+    """fp16 ``.npy``, written in chunks (``vectors`` may be a memmap larger than RAM)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(vectors.shape))
+    for s in range(0, len(vectors), chunk):
+        out[s:s + chunk] = np.asarray(vectors[s:s + chunk], dtype=np.float16)
+    out.flush()
+    del out
 
 
 def smoke_query(model_uri: str, query: str = "an animal") -> int:

@@ -37,13 +37,14 @@ from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
-from cerebro_core.index.build import IndexReport, build, build_and_tune, deserialize, recall_at_k, sample_queries
+from cerebro_core.index.build import IndexReport, build, load, recall_at_k, sample_queries
+from cerebro_core.index.shards import build_index, build_sharded
 from cerebro_core.index.incremental import add_or_rebuild
 from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.index.rows import read_rows
 from cerebro_core.model.registry import load_clip_from_folder
-from cerebro_core.storage import Storage
+from cerebro_core.storage import Storage, join
 
 
 class ScrapeError(ValueError):
@@ -193,6 +194,7 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
     built_with = str(info.get("clip", {}).get("version"))
     full = str(clip_now.version) != built_with or old_vectors is None
     tags = {"scrape": scrape, "search_version_before": mv.version, "full_rebuild": str(full)}
+    shard_work = join(resolve(cfg).storage_root, cfg.name, "reindex-shards", hashlib.sha256(scrape.encode()).hexdigest()[:16])
     with tracking.stage_run(cfg, "reindex", tags=tags):
         if full:
             log(f"reindex: cerebro-clip champion is v{clip_now.version}, index built with v{built_with}: "
@@ -228,15 +230,17 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
         if full:
             vectors = emb.vectors
             all_rows = emb.rows
-            index, report = build_and_tune(vectors.astype(np.float32), cfg.index.kind, cfg.index.recall_target,
-                                           cfg.index.memory_budget_mb)
+            index, report = build_index(cfg.index, vectors.astype(np.float32), Storage(cfg.storage), shard_work)
             rebuilt, reason = True, "new CLIP model: full rebuild"
         else:
-            index = deserialize((bundle / "index.faiss").read_bytes())
             kind = info["kind"]
+            index = load(bundle, info, mmap=False)
             baseline = float(info.get("build_params", {}).get("centroid_distance", 0.0))
 
-            def rebuild_fn(allv: np.ndarray):
+            def rebuild_fn(allv: np.ndarray):  # as it was built: one index, or as many shards
+                if info.get("shards"):
+                    return build_sharded(allv, len(info["shards"]), kind, cfg.index.recall_target,
+                                         cfg.index.memory_budget_mb, Storage(cfg.storage), shard_work)[0]
                 return build(allv, kind)[0]
 
             index, add = add_or_rebuild(index, kind, old_vectors, emb.vectors, baseline, rebuild_fn)

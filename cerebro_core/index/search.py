@@ -1,6 +1,6 @@
 """Search over a built index: text or image query → top-k media with scores.
 
-A search bundle is a folder: ``index.faiss``, ``metadata.parquet``, ``index.json`` (kind, search
+A search bundle is a folder: ``index.faiss``, ``metadata.arrow`` (memory-mapped rows), ``index.json`` (kind, search
 parameters, measured recall and latency, model reference) and ``model/`` (the CLIP weights and
 architecture). The published ``cerebro-search`` pyfunc model carries exactly this folder.
 
@@ -27,8 +27,9 @@ from cerebro_core.data import images
 from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.model.text import FastTextEncoder
-from cerebro_core.index.build import deserialize, search_params
-from cerebro_core.index.filters import (MAX_K, MAX_QUERY_CHARS, Columns, Filters, QueryError,  # noqa: F401
+from cerebro_core.index.build import load, search_params
+from cerebro_core.index.columns import Columns
+from cerebro_core.index.filters import (MAX_K, MAX_QUERY_CHARS, Filters, QueryError,  # noqa: F401
                                         check_query)  # (re-exported: what the CLI and the app refuse)
 from cerebro_core.index.rows import read_rows
 
@@ -60,9 +61,10 @@ class Searcher:
         d = Path(bundle_dir)
         self.dir = d
         self.info = json.loads((d / "index.json").read_text())
-        self.index = deserialize((d / "index.faiss").read_bytes())
-        self.rows = read_rows(d, cerebro_home())
         self.kind = self.info["kind"]
+        self.index = load(d, self.info)
+        self.sharded = bool(self.info.get("shards"))
+        self.rows = read_rows(d, cerebro_home())
         self.param = next(iter(self.info.get("params", {}).values()), None)
         self.clip = load_clip_from_folder(d / "model")
         if text_int8 is None:
@@ -76,8 +78,8 @@ class Searcher:
         self._text_lock, self._image_lock = threading.Lock(), threading.Lock()
         self.columns = Columns(self.rows, self.info.get("species_vocabulary"))
         self._vectors = None  # vectors.npy, memory-mapped on first "more like this"
-        self.sources = sorted({r["source"] for r in self.rows})
-        self.media_types = sorted({r["media_type"] for r in self.rows})
+        self.sources = self.columns.source.present()
+        self.media_types = self.columns.media.present()
         if threads:
             torch.set_num_threads(threads)
 
@@ -129,14 +131,17 @@ class Searcher:
         n_match = len(ids) if ids is not None else self.index.ntotal
         if n_match == 0 or need <= 0:
             return []
-        sel = faiss.IDSelectorBatch(ids) if ids is not None else None
+        sel = faiss.IDSelectorBatch(ids) if ids is not None and not self.sharded else None
         keys = self.columns.group_key(f)
         sizes = np.bincount(keys[ids] if ids is not None else keys) if keys is not None else None
         fetch = need if keys is None else need * 4
         q = np.ascontiguousarray(v[None, :], dtype=np.float32)
         while True:
             kk = min(fetch, n_match)
-            D, I = self.index.search(q, kk, params=search_params(self.index, self.kind, self.param, sel=sel))
+            if self.sharded:  # each shard with its own setting; the filter as global ids
+                D, I = self.index.search(q, kk, ids=ids)
+            else:
+                D, I = self.index.search(q, kk, params=search_params(self.index, self.kind, self.param, sel=sel))
             pairs = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
             cut = f.min_score is not None and bool(pairs) and pairs[-1][1] < f.min_score
             if f.min_score is not None:

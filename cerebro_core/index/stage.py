@@ -22,11 +22,12 @@ from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
-from cerebro_core.index.build import build_and_tune
+from cerebro_core.index.shards import build_index
 from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.index.quality import search_quality
 from cerebro_core.model.registry import load_clip
+from cerebro_core.storage import Storage, join
 
 
 class IndexInputError(ValueError):
@@ -54,9 +55,12 @@ def run_stage(
     clip_version: Optional[str] = None,
     progress: Optional[Callable[[int, int], None]] = None,
     log: Callable[[str], None] = print,
+    map_shards: Optional[Callable[[list], list[dict]]] = None,
 ) -> Optional[SearchVersion]:
     """Embed, build, publish. On a node other than ``compute.node_rank`` 0 the node embeds its
-    share of the items and returns None; node 0 merges, builds and publishes."""
+    share of the items and returns None; node 0 merges, builds and publishes. With
+    ``index.shards`` > 1 the shard builds go through ``map_shards`` (the task layer maps them on
+    its task runner; default: here, in turn)."""
     counts: Counter = Counter()
     items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts)
     names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
@@ -88,9 +92,11 @@ def run_stage(
         embed_s = time.perf_counter() - t0
         failures = emb.failures + counts
         vectors = emb.vectors.astype(np.float32)
-        index, report = build_and_tune(vectors, cfg.index.kind, cfg.index.recall_target, cfg.index.memory_budget_mb)
-        log(f"index: {report.kind} over {report.n} vectors, recall@10 {report.recall_at_10:.3f}, "
-            f"p50 {report.latency_p50_ms:.2f} ms")
+        work = join(embedding_dir(resolve(cfg).storage_root, cfg.name, "index", str(mv.version), items), "shards")
+        index, report = build_index(cfg.index, vectors, Storage(cfg.storage), work, map_shards)
+        log(f"index: {report.kind} over {report.n} vectors"
+            + (f" in {cfg.index.shards} shards" if cfg.index.shards > 1 else "")
+            + f", recall@10 {report.recall_at_10:.3f}, p50 {report.latency_p50_ms:.2f} ms")
         item_fields(emb.rows, vectors, Species(clip, names, cfg.adapt.templates) if names else None)
         group_fields(emb.rows, index, vectors, cfg.index.sequence_gap_s, cfg.index.duplicate_threshold)
         tracking.log_metrics({

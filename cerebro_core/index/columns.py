@@ -1,0 +1,132 @@
+"""The item columns filters read, as arrays built once per loaded index from the bundle's
+Arrow table (:class:`cerebro_core.index.rows.Rows`), never from per-row dicts.
+
+A string column (source, media type, species, camera) is kept as dictionary codes, 4 bytes an
+item (-1: none), so 10M items with a few thousand distinct cameras cost 40 MB, not 10M Python
+strings. Times are parsed once per distinct value.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cerebro_core.index.filters import Filters, QueryError, _instant
+
+
+class Categorical:
+    """A string column as codes into ``values`` (-1: null)."""
+
+    def __init__(self, column: Optional[pa.ChunkedArray], n: int):
+        if column is None or column.null_count == n:
+            self.codes, self.values = np.full(n, -1, dtype=np.int32), []
+        else:
+            # one dictionary for all record batches (each batch's own would give each its own codes)
+            enc = pc.dictionary_encode(column.cast(pa.string())).unify_dictionaries().combine_chunks()
+            self.codes = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+            self.values = enc.dictionary.to_pylist()
+        self._code = {v: i for i, v in enumerate(self.values)}
+
+    def __eq__(self, value) -> np.ndarray:  # type: ignore[override]
+        c = self._code.get(value)
+        return self.codes == c if c is not None else np.zeros(len(self.codes), dtype=bool)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def isin(self, values) -> np.ndarray:
+        return np.isin(self.codes, [self._code[v] for v in values if v in self._code])
+
+    def counts(self) -> dict[str, int]:
+        """Non-empty values by count, most first (ties in value order)."""
+        n = np.bincount(self.codes[self.codes >= 0], minlength=len(self.values))
+        pairs = sorted((v, int(c)) for v, c in zip(self.values, n) if v and c)
+        return dict(sorted(pairs, key=lambda t: -t[1]))
+
+    def present(self) -> list[str]:
+        return sorted(self.counts())
+
+
+def _floats(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
+    if column is None:
+        return np.full(n, np.nan)
+    return pc.fill_null(column.cast(pa.float64()), float("nan")).to_numpy(zero_copy_only=False)
+
+
+def _ints(column: Optional[pa.ChunkedArray], n: int, fill: np.ndarray) -> np.ndarray:
+    """Integers, with ``fill[i]`` where item i has none."""
+    if column is None:
+        return fill.astype(np.int64)
+    valid = pc.is_valid(column).to_numpy(zero_copy_only=False)
+    vals = pc.fill_null(column.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
+    return np.where(valid, vals, fill).astype(np.int64)
+
+
+def _times(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
+    from cerebro_core.index.metadata import parse_time
+
+    cat = Categorical(column, n)
+    per_value = np.array([np.nan if parse_time(v) is None else parse_time(v) for v in cat.values] + [np.nan])
+    return per_value[cat.codes]  # code -1 → the trailing NaN
+
+
+class Columns:
+    def __init__(self, rows, species_vocabulary: Optional[list[str]] = None):
+        """``rows``: :class:`cerebro_core.index.rows.Rows`."""
+        n = len(rows)
+        self.n = n
+        self.source, self.media, self.species, self.camera = (
+            Categorical(rows.column(k), n) for k in ("source", "media_type", "species", "camera"))
+        self.species_score, self.lat, self.lon = (_floats(rows.column(k), n) for k in ("species_score", "lat", "lon"))
+        self.taken = _times(rows.column("taken_at"), n)
+        seq = rows.column("sequence_id")
+        top = (pc.max(seq).as_py() if seq is not None and seq.null_count < n else None)
+        top = -1 if top is None else top
+        self.sequence_key = _ints(seq, n, top + 1 + np.arange(n))
+        self.duplicate_key = _ints(rows.column("duplicate_of"), n, np.arange(n))
+        self.vocabulary = list(species_vocabulary or self.species.present())
+
+    def check(self, f: Filters, sources: list[str]) -> None:
+        if f.source is not None and f.source not in sources:
+            raise QueryError(f"source: unknown {f.source!r}; known: {', '.join(sources)}")
+        unknown = [s for s in f.species if s not in self.vocabulary]
+        if unknown:
+            known = ", ".join(self.vocabulary[:20]) + (" …" if len(self.vocabulary) > 20 else "")
+            raise QueryError(f"species: unknown {', '.join(map(repr, unknown))}; known: {known or 'none (no vocabulary)'}")
+
+    def mask(self, f: Filters) -> Optional[np.ndarray]:
+        """Which items pass ``f`` (None: all of them)."""
+        if not f.filtering:
+            return None
+        m = np.ones(self.n, dtype=bool)
+        if f.source:
+            m &= self.source == f.source
+        if f.media:
+            m &= self.media == ("video_frame" if f.media == "video" else "image")
+        if f.species:
+            m &= self.species.isin(f.species)
+        if f.min_species_score is not None:
+            m &= np.nan_to_num(self.species_score, nan=-1.0) >= f.min_species_score
+        with np.errstate(invalid="ignore"):  # NaN (no time, no place) never passes
+            if f.date_from:
+                m &= self.taken >= _instant(f.date_from, False)
+            if f.date_to:
+                m &= self.taken <= _instant(f.date_to, True)
+            if f.bbox:
+                a, b, c, d = (float(x) for x in f.bbox.split(","))
+                m &= (self.lon >= a) & (self.lon <= c) & (self.lat >= b) & (self.lat <= d)
+        if f.camera:
+            m &= self.camera == f.camera
+        return m
+
+    def group_key(self, f: Filters) -> Optional[np.ndarray]:
+        return {"sequence": self.sequence_key, "duplicates": self.duplicate_key}.get(f.collapse)
+
+    def facets(self) -> dict:
+        t = self.taken[~np.isnan(self.taken)]
+        span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
+        return {"species": self.species.counts(), "cameras": self.camera.counts(), "taken_at": span,
+                "with_location": int(np.sum(~np.isnan(self.lat)))}
