@@ -25,9 +25,15 @@ FAST = ["train.epochs=2", "adapt.iterations=2", "adapt.early_stop=false",
 
 
 def _http(method: str, url: str, body: dict | None = None) -> dict | list:
+    """One REST call to Prefect's server, retried as Prefect's own client retries: the server
+    answers 503 when its SQLite database is busy ("errors clients can retry on")."""
     import httpx
 
-    r = httpx.request(method, url, json=body, timeout=60)
+    for attempt in range(8):
+        r = httpx.request(method, url, json=body, timeout=60)
+        if r.status_code not in (429, 502, 503) or attempt == 7:
+            break
+        time.sleep(min(2 ** attempt * 0.5, 10))
     r.raise_for_status()
     return r.json() if r.content else {}
 
