@@ -26,7 +26,7 @@ def write(folder: Path, rows: list[dict]) -> None:
     """Merge ``rows`` (by path) into the folder's sidecar (none: nothing is written)."""
     if not rows:
         return
-    known = {r["path"]: r for r in read(folder).values()} if (folder / SIDECAR).exists() else {}
+    known = {path: {"path": path, **fields} for path, fields in read(folder).items()}
     for r in rows:
         known[r["path"]] = {c: r.get(c) for c in COLUMNS}
     tmp = folder / (SIDECAR + ".tmp")

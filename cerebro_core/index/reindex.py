@@ -31,6 +31,7 @@ from pydantic import BaseModel
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
+from cerebro_core.data.mirror import mirror
 from cerebro_core.data import sidecar
 from cerebro_core.data.paths import safe_join
 from cerebro_core.distributed import one_node
@@ -74,21 +75,9 @@ def materialise(cfg: CerebroConfig, scrape: str, log: Callable[[str], None]) -> 
         if not storage.exists(scrape):
             raise ScrapeError(f"--scrape: nothing at {scrape}")
         dest = resolve(cfg).home / "scrapes" / hashlib.sha256(scrape.encode()).hexdigest()[:16]
-        dest.mkdir(parents=True, exist_ok=True)
-        refused = 0
-        origins = []
-        for url in storage.walk_files(scrape):
-            rel = url[len(scrape.rstrip("/")) + 1:]
-            target = safe_join(dest, rel)
-            if target is None:  # a key such as "a/../../x.jpg" would land outside dest
-                refused += 1
-                continue
-            if not target.exists():
-                storage.get_file(url, target)
-            origins.append({"path": rel, "origin_uri": url})
-        sidecar.write(dest, origins)  # hits name the object by its s3:// URI
-        if refused:
-            log(f"reindex: {refused} object(s) under {scrape} not copied: their keys leave the scrape folder")
+        m = mirror(storage, scrape, dest)  # hits name the object by its s3:// URI
+        if m.refused:
+            log(f"reindex: {m.refused} object(s) under {scrape} not copied: their keys leave the scrape folder")
         return dest
     p = Path(scrape.removeprefix("file://"))
     if not p.exists():

@@ -8,6 +8,7 @@ search bundle to storage, and publish it as the ``cerebro-search`` pyfunc model.
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections import Counter
@@ -18,6 +19,7 @@ import numpy as np
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig, SourceConfig
+from cerebro_core.data.mirror import mirror
 from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
@@ -34,19 +36,32 @@ class IndexInputError(ValueError):
     pass
 
 
-def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Counter) -> list[Item]:
-    """All items of the configured sources; a missing source path is an error before any compute."""
+def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Counter,
+                 cfg: Optional[CerebroConfig] = None) -> list[Item]:
+    """All items of the configured sources; a missing source path is an error before any compute.
+    A remote folder (``s3://…``, with ``cfg``'s storage settings) is mirrored under the state dir
+    first (:mod:`cerebro_core.data.mirror`); its items name their objects."""
     if not sources:
         raise IndexInputError("index.sources: no sources configured")
+    storage = Storage(cfg.storage if cfg else None)
+    folders = {}
     for s in sources:
         if s.kind != "folder":
             raise IndexInputError(f"index.sources[{s.name}].kind: only 'folder' sources can be indexed directly "
                                   "(download URL lists first; webdataset sources come with adapt)")
-        if not Path(s.path).is_dir():
+        if "://" in s.path and not s.path.startswith("file://"):
+            dest = (resolve(cfg).home if cfg else Path(".")) / "mirrors" / hashlib.sha256(s.path.encode()).hexdigest()[:16]
+            try:
+                folders[s.name] = str(mirror(storage, s.path, dest).folder)
+            except FileNotFoundError:
+                raise IndexInputError(f"index.sources[{s.name}].path: nothing at {s.path}") from None
+        elif not Path(s.path.removeprefix("file://")).is_dir():
             raise IndexInputError(f"index.sources[{s.name}].path: folder not found: {s.path}")
+        else:
+            folders[s.name] = s.path.removeprefix("file://")
     items: list[Item] = []
     for s in sources:
-        items += scan_folder(s.path, s.name, video_interval, counts)
+        items += scan_folder(folders[s.name], s.name, video_interval, counts)
     return items
 
 
@@ -62,7 +77,7 @@ def run_stage(
     ``index.shards`` > 1 the shard builds go through ``map_shards`` (the task layer maps them on
     its task runner; default: here, in turn)."""
     counts: Counter = Counter()
-    items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts)
+    items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts, cfg)
     names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
     ev = cfg.index.evaluation_source
     if ev is not None and not Path(ev.path).is_dir():

@@ -1,0 +1,73 @@
+"""An index source on S3 (moto's server on 127.0.0.1): `index.sources` with an ``s3://``
+prefix is mirrored locally (copied once, again only when an object's size or ETag changes,
+removed when its object is gone) and each item names its object."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cerebro_core.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def s3_photos(shared_data, s3_env, monkeypatch):
+    from cerebro_core.config import StorageConfig
+    from cerebro_core.storage import Storage
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_env["endpoint"])
+    st = Storage(StorageConfig())
+    base = f"s3://{s3_env['bucket']}/cams"
+    photos = {}
+    for cls in ("deer", "horse"):
+        for p in sorted((shared_data / "cifar10_animals" / "test" / cls).glob("*.jpg"))[:20]:
+            url = f"{base}/{cls}/{p.name}"
+            st.write_bytes(url, p.read_bytes())
+            photos[url] = p
+    return {"storage": st, "base": base, "photos": photos}
+
+
+def test_mirror_follows_the_bucket(s3_photos, tmp_path):
+    from cerebro_core.data.mirror import mirror
+
+    st, base = s3_photos["storage"], s3_photos["base"]
+    m = mirror(st, base, tmp_path / "m")
+    assert (m.copied, m.kept, m.removed, m.refused) == (40, 0, 0, 0)
+    assert mirror(st, base, tmp_path / "m").kept == 40  # nothing changed: nothing copied
+    urls = sorted(s3_photos["photos"])
+    other = s3_photos["photos"][urls[-1]].read_bytes()
+    st.write_bytes(urls[0], other)  # an object rewritten
+    st.rm(urls[1])  # an object deleted
+    m = mirror(st, base, tmp_path / "m")
+    assert (m.copied, m.kept, m.removed) == (1, 38, 1)
+    rel = urls[0][len(base) + 1:]
+    assert (tmp_path / "m" / rel).read_bytes() == other
+    assert not (tmp_path / "m" / urls[1][len(base) + 1:]).exists()
+    with pytest.raises(FileNotFoundError):
+        mirror(st, base + "-nothing", tmp_path / "n")
+
+
+def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
+    from test_index import register_random_clip
+
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.stage import IndexInputError, run_stage, scan_sources
+
+    cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])
+    register_random_clip(cfg)
+    sv = run_stage(cfg, log=lambda s: None)
+    assert sv.n == 40
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert sorted(r["origin_uri"] for r in s.rows) == sorted(s3_photos["photos"])
+    url = sorted(s3_photos["photos"])[7]
+    hit = s.search_image(s3_photos["photos"][url].read_bytes(), k=1)[0]
+    assert hit["origin_uri"] == url and hit["source"] == "cams"
+
+    from collections import Counter
+
+    bad = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: gone, path: {s3_photos['base']}-x}}]"])
+    with pytest.raises(IndexInputError, match=r"index.sources\[gone\].path: nothing at s3://"):
+        scan_sources(bad.index.sources, 1.0, Counter(), bad)
