@@ -6,8 +6,8 @@ k_factor), on synthetic clustered vectors.
     .venv/bin/python benchmarks/index_scale.py --sizes 1000000 2000000 5000000 --anchor-max 2000000
 
 Each size runs in fresh processes: one builds and tunes (``build_and_tune``: recall target
-0.95 vs exact search) and writes the index; another loads it (ours: memory-mapped lists and
-vectors; the anchor: in RAM) and measures single-query latency on 2 threads, recall@10 against exact
+0.95 vs exact search) and writes the index; another loads it (ours: memory-mapped lists,
+vectors read per row with pread; the anchor: in RAM) and measures single-query latency on 2 threads, recall@10 against exact
 search on held-out queries, and resident memory (anonymous + mapped pages touched). The data
 is one fp16 ``vectors.npy`` of the largest size; smaller sizes are its prefixes.
 

@@ -5,7 +5,7 @@ target against exact search, with the measured recall and latency stored beside 
 - ``hnsw``  — ``IndexHNSWFlat`` (inner product): sub-millisecond on a CPU; needs ~(4d + 8M) bytes/vector.
 - ``ivf``   — ``IndexIVFFlat``: when HNSW's graph does not fit the budget.
 - ``ivfpq`` — ``IndexIVFPQ`` with a flat refinement stage when even IVFFlat does not fit.
-- ``ivfpq_disk`` — IVF-PQ with memory-mapped lists, refined from memory-mapped fp16 vectors
+- ``ivfpq_disk`` — IVF-PQ with memory-mapped lists, refined from fp16 vectors read per row from disk
   (:mod:`cerebro_core.index.disk`): when no in-RAM kind fits; resident memory ~ its centroids.
 
 Vectors are L2-normalised, so inner product is cosine similarity. The index id of a vector is
