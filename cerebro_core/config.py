@@ -16,9 +16,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A configuration problem; its message names the offending key(s)."""
+from cerebro_core.config_yaml import ConfigError, expand_env, format_errors, apply_overrides
 
 
 class _Section(BaseModel):
@@ -383,57 +381,6 @@ class CerebroConfig(_Section):
 # --------------------------------------------------------------------------- loading
 
 
-def _format_errors(err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=c`` → (['a', 'b'], value parsed as a YAML scalar/list)."""
-    if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected section.key=value")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"--set {item!r}: empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{key}: cannot parse value {raw!r}: {exc}") from None
-    return key.split("."), value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
-        node = data
-        for i, part in enumerate(path[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = {}
-                node[part] = child
-            if not isinstance(child, dict):
-                raise ConfigError(f"{'.'.join(path[: i + 1])}: is not a section, cannot set {'.'.join(path)}")
-            node = child
-        node[path[-1]] = value
-    return data
-
-
-def _expand_env(node: Any) -> Any:
-    """Expand ``${VAR}`` in YAML string values; ``${CEREBRO_HOME}`` defaults to ./.cerebro."""
-    if isinstance(node, dict):
-        return {k: _expand_env(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_expand_env(v) for v in node]
-    if isinstance(node, str) and "$" in node:
-        home = os.environ.get("CEREBRO_HOME") or str(Path(".cerebro").resolve())
-        return os.path.expandvars(node.replace("${CEREBRO_HOME}", home))
-    return node
-
-
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> CerebroConfig:
     """Load a YAML config (or the defaults when path is None) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
@@ -450,8 +397,8 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: top level must be a mapping of sections")
         data = loaded
-    data = _expand_env(apply_overrides(data, list(overrides or [])))  # --set values may use ${VAR} too
+    data = expand_env(apply_overrides(data, list(overrides or [])))  # --set values may use ${VAR} too
     try:
         return CerebroConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err)) from None
+        raise ConfigError(format_errors(err)) from None

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cerebro_core.config import CerebroConfig, ConfigError, ReplayStudent, load_config, parse_override
+from cerebro_core.config import CerebroConfig, ConfigError, ReplayStudent, load_config
+from cerebro_core.config_yaml import parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 CEREBRO = [str(Path(sys.executable).parent / "cerebro")]

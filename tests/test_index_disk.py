@@ -143,7 +143,9 @@ def test_forced_disk_kind_indexes_searches_and_reindexes(disk_pipeline, shared_d
     sv = disk_pipeline["sv"]
     assert sv.kind == "ivfpq_disk" and sv.n == 700 and sv.recall_at_10 >= 0.9
     _, s = load_searcher("models:/cerebro-search@champion")
-    assert s.kind == "ivfpq_disk" and type(s.index.vectors).__name__ == "VectorFile"
+    from cerebro_core.index.disk import VectorFile
+
+    assert s.kind == "ivfpq_disk" and isinstance(s.index.vectors, VectorFile)
     assert (s.dir / "metadata.arrow").exists() and not (s.dir / "metadata.parquet").exists()
     hits = s.search("a photo of an animal", k=5)
     assert len(hits) == 5 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

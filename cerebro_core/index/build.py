@@ -153,8 +153,10 @@ def train_empty(vectors, kind: str, n: Optional[int] = None, seed: int = 0):
 
 def search_params(index, kind: str, value: Optional[int], sel=None):
     """Parameters for one search (a sharded index takes none: each shard has its own)."""
+    from cerebro_core.index.shards import ShardedIndex
+
     faiss = _faiss()
-    if type(index).__name__ == "ShardedIndex":
+    if isinstance(index, ShardedIndex):
         return None
     if kind == "hnsw":
         return faiss.SearchParametersHNSW(efSearch=int(value), sel=sel)
@@ -268,7 +270,9 @@ def _ladders(kind: str, bp: dict) -> list[list[dict]]:
 
 def _apply(index, kind: str, setting: dict):
     """Search parameters for ``setting``; an ``ivfpq_disk`` or sharded index keeps them as its defaults."""
-    if type(index).__name__ == "ShardedIndex":
+    from cerebro_core.index.shards import ShardedIndex
+
+    if isinstance(index, ShardedIndex):
         index.set_setting(setting)
     elif kind == "ivfpq_disk":
         index.nprobe, index.k_factor = setting["nprobe"], setting["k_factor"]

@@ -24,7 +24,9 @@ def _ivf(index):
 
     from cerebro_core.index.disk import DiskIVFPQ
 
-    if type(index).__name__ == "ShardedIndex":  # new vectors go to the last shard
+    from cerebro_core.index.shards import ShardedIndex
+
+    if isinstance(index, ShardedIndex):  # new vectors go to the last shard
         index = index.shards[-1][0]
     if isinstance(index, DiskIVFPQ):
         return faiss.extract_index_ivf(index.ivf)
