@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from cerebro_core.data import images
+from cerebro_core.data import images, sidecar
 from cerebro_core.data.paths import inside
 from cerebro_core.data.sources import IMAGE_SUFFIXES, list_folder
 
@@ -90,6 +90,7 @@ def scan_folder(folder: str, source: str, video_interval: float, counts: Optiona
     root = {"source_root": os.path.abspath(folder)}  # serving re-checks each item against it
     items = [Item(r.path, source, label=r.label, extra={**root, **r.meta, **({"camera": r.camera} if r.camera else {})})
              for r in list_folder(folder, source, counts)]
+    known = sidecar.read(Path(folder))  # what a mirrored or downloaded video was: its object, its time
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():
             if not inside(folder, p):
@@ -101,7 +102,8 @@ def scan_folder(folder: str, source: str, video_interval: float, counts: Optiona
             except Exception:
                 counts["unreadable_video"] += 1
                 continue
-            items += [Item(str(p), source, "video_frame", t, sha256=f"{digest}@{t:.3f}", extra=dict(root)) for t in ts]
+            extra = {**root, **known.get(p.relative_to(folder).as_posix(), {})}
+            items += [Item(str(p), source, "video_frame", t, sha256=f"{digest}@{t:.3f}", extra=extra) for t in ts]
     return items
 
 

@@ -71,3 +71,22 @@ def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
     bad = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: gone, path: {s3_photos['base']}-x}}]"])
     with pytest.raises(IndexInputError, match=r"index.sources\[gone\].path: nothing at s3://"):
         scan_sources(bad.index.sources, 1.0, Counter(), bad)
+
+
+def test_video_stills_from_s3_name_their_object(s3_photos, cerebro_home, tmp_path):
+    """A mirrored video's stills carry its s3:// URI like a photo does (they had none: the sidecar
+    was read for images only, so a video hit from S3 named no object)."""
+    from collections import Counter
+
+    from conftest import make_video
+
+    from cerebro_core.index.stage import scan_sources
+
+    make_video(tmp_path / "clip.mp4", seconds=3.0)
+    url = f"{s3_photos['base']}/clips/clip.mp4"
+    s3_photos["storage"].write_bytes(url, (tmp_path / "clip.mp4").read_bytes())
+    cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])
+    items = scan_sources(cfg.index.sources, 1.0, Counter(), cfg)
+    stills = [it for it in items if it.media_type == "video_frame"]
+    assert len(stills) >= 2 and {it.extra.get("origin_uri") for it in stills} == {url}
+    assert all(it.extra.get("origin_uri") in s3_photos["photos"] for it in items if it.media_type == "image")
