@@ -3,25 +3,44 @@
 `cerebro search` and `cerebro serve` need the bundle (index, item rows, CLIP weights), not
 MLflow's pyfunc wrapper around it (which imports MLflow, checks pip requirements and sets up code
 paths: seconds on every cold start). The registry says which version an alias names
-(:func:`cerebro_core.tracking.version_ref`, read straight from a sqlite store); its bundle is used
-in place when the artifact store is a local folder, and otherwise downloaded once into
-``$CEREBRO_HOME/cache/search/<name>/v<version>-<run id>/`` and opened from there. Versions are
-immutable, so a copy is current for as long as the registry names that version.
+(:func:`cerebro_core.tracking.version_ref`, read straight from a sqlite store). A version's
+artifact is the manifest of its content-addressed parts (:mod:`cerebro_core.parts`); the bundle is
+assembled from them once into ``$CEREBRO_HOME/cache/search/bundles/<manifest digest>/`` and opened
+from there (a manifest names its content, so a copy is current for as long as it exists).
+Versions published before parts carried the bundle itself: it is used in place when the artifact
+store is a local folder, and otherwise downloaded once into
+``$CEREBRO_HOME/cache/search/<name>/v<version>-<run id>/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Optional
 from urllib.parse import unquote, urlparse
 
-from cerebro_core import tracking
+from cerebro_core import parts, tracking
 from cerebro_core.home import cerebro_home
 
-BUNDLE = Path("artifacts", "bundle")  # inside a logged cerebro-search model
+MANIFEST = Path("artifacts", "manifest.json")  # inside a logged cerebro-search model
+BUNDLE = Path("artifacts", "bundle")  # versions from before parts carried the bundle itself
 COMPLETE = "index.json"  # written last by write_bundle; a copy without it is incomplete
+
+
+def bundle_from_manifest(manifest_path: str | Path, cache_root: Optional[Path] = None) -> Path:
+    """The bundle a manifest describes, assembled from its parts into the cache (once)."""
+    manifest = json.loads(Path(manifest_path).read_text())
+    root = cache_root or cerebro_home() / "cache" / "search"
+    return parts.assemble(manifest, root / "bundles" / parts.manifest_digest(manifest)[:32], cerebro_home())
+
+
+def bundle_from_artifacts(artifacts: dict) -> Path:
+    """The pyfunc's artifacts → its bundle folder (a manifest's, or a legacy bundle itself)."""
+    if "manifest" in artifacts:
+        return bundle_from_manifest(artifacts["manifest"])
+    return Path(artifacts["bundle"])
 
 
 def parse_model_uri(model_uri: str) -> tuple[str, Optional[str], Optional[str]]:
@@ -38,29 +57,61 @@ def parse_model_uri(model_uri: str) -> tuple[str, Optional[str], Optional[str]]:
     return name, None, version
 
 
-def bundle_for(ref: tracking.VersionRef, tracking_uri: str, cache_root: Optional[Path] = None) -> Path:
-    """A local folder holding ``ref``'s bundle: in place for a local artifact store, else the cache."""
+def _cache_dir(ref: tracking.VersionRef, root: Path) -> Path:
+    return root / ref.name / f"v{ref.version}-{ref.run_id[:12] or ref.created_ms}"
+
+
+def version_manifest(ref: tracking.VersionRef, tracking_uri: str, cache_root: Optional[Path] = None) -> Optional[Path]:
+    """``ref``'s manifest file (in place for a local artifact store, else downloaded once into the
+    cache), or None for a version from before parts (it carries its bundle)."""
     loc = urlparse(ref.storage_location)
     if loc.scheme in ("", "file"):
-        here = Path(unquote(loc.path)) / BUNDLE
-        if (here / COMPLETE).is_file():
-            return here
-    root = cache_root or cerebro_home() / "cache" / "search"
-    dest = root / ref.name / f"v{ref.version}-{ref.run_id[:12] or ref.created_ms}"
+        model = Path(unquote(loc.path))
+        if (model / MANIFEST).is_file():
+            return model / MANIFEST
+        if (model / BUNDLE / COMPLETE).is_file():
+            return None
+    dest = _cache_dir(ref, cache_root or cerebro_home() / "cache" / "search")
+    if (dest / MANIFEST.name).is_file():
+        return dest / MANIFEST.name
     if (dest / COMPLETE).is_file():
-        return dest
+        return None
+    _download(ref, tracking_uri, dest)
+    return dest / MANIFEST.name if (dest / MANIFEST.name).is_file() else None
+
+
+def _download(ref: tracking.VersionRef, tracking_uri: str, dest: Path) -> None:
+    """``dest``: the version's manifest, or (a version from before parts) its bundle."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".download-") as td:
-        model_dir = tracking.download_version(tracking_uri, ref, Path(td))
-        staged = Path(model_dir) / BUNDLE
-        if not (staged / COMPLETE).is_file():
-            raise FileNotFoundError(f"models:/{ref.name}/{ref.version} holds no search bundle ({BUNDLE})")
+        model_dir = Path(tracking.download_version(tracking_uri, ref, Path(td, "model")))
+        if (model_dir / MANIFEST).is_file():
+            staged = Path(td, "keep")
+            staged.mkdir()
+            os.replace(model_dir / MANIFEST, staged / MANIFEST.name)
+        else:
+            staged = model_dir / BUNDLE
+            if not (staged / COMPLETE).is_file():
+                raise FileNotFoundError(f"models:/{ref.name}/{ref.version} holds no search bundle or manifest")
         try:
             os.replace(staged, dest)  # atomic: a concurrent loader sees all of it or none
         except OSError:
-            if not (dest / COMPLETE).is_file():
+            if not dest.is_dir():
                 raise
-    return dest
+
+
+def bundle_for(ref: tracking.VersionRef, tracking_uri: str, cache_root: Optional[Path] = None) -> Path:
+    """A local folder holding ``ref``'s bundle: assembled from its parts into the cache; a version
+    from before parts in place (local artifact store) or downloaded into the cache."""
+    root = cache_root or cerebro_home() / "cache" / "search"
+    manifest = version_manifest(ref, tracking_uri, root)
+    if manifest is not None:
+        return bundle_from_manifest(manifest, root)
+    loc = urlparse(ref.storage_location)
+    here = Path(unquote(loc.path)) / BUNDLE
+    if loc.scheme in ("", "file") and (here / COMPLETE).is_file():
+        return here
+    return _cache_dir(ref, root)
 
 
 def load_searcher(model_uri: str, tracking_uri: Optional[str] = None):

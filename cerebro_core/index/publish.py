@@ -1,5 +1,7 @@
-"""Publishing the search model: bundle folder → MLflow pyfunc ``cerebro-search`` → registered
-version → smoke query → alias ``champion`` moved (only then). Older versions are kept."""
+"""Publishing the search model: bundle folder → content-addressed parts in storage + a manifest →
+MLflow pyfunc ``cerebro-search`` (its artifact is the manifest) → registered version → smoke
+query (assembled from the parts, as a user would load it) → alias ``champion`` moved (only then).
+Older versions are kept; a version writes only the parts storage lacks (:mod:`cerebro_core.parts`)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ from typing import Optional
 import numpy as np
 from pydantic import BaseModel
 
-from cerebro_core import tracking
-from cerebro_core.home import cerebro_home
+from cerebro_core import parts, tracking
+from cerebro_core.home import cerebro_home, resolve
 from cerebro_core.index.build import IndexReport, save
 from cerebro_core.index.rows import write_rows
+from cerebro_core.storage import Storage, join
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 CORE_DIR = Path(__file__).resolve().parents[1]
@@ -70,16 +73,34 @@ def smoke_query(model_uri: str, query: str = "an animal") -> int:
     return len(out)
 
 
+def parts_root(cfg) -> str:
+    """Where a search model's parts live: one folder per registered model name, so that `cerebro gc`
+    of one name never sees another's."""
+    return join(resolve(cfg).storage_root, "parts", cfg.tracking.search_model_name)
+
+
+def store_parts(cfg, bundle_dir: Path, dest: Path) -> Path:
+    """The bundle's parts written to storage; its manifest at ``dest``. Logs what was written."""
+    manifest, st = parts.pack(bundle_dir, Storage(cfg.storage), parts_root(cfg), cfg.storage.part_size,
+                              cerebro_home())
+    dest.write_text(json.dumps(manifest, indent=1))
+    tracking.log_metrics({"version/bytes_total": st.bytes_total, "version/bytes_written": st.bytes_written,
+                          "version/parts_written": st.blocks_written, "version/parts_reused": st.blocks_reused})
+    return dest
+
+
 def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool = True,
             tags: Optional[dict] = None) -> SearchVersion:
-    """Inside an active MLflow run: log the pyfunc, register, smoke-test, move ``champion``."""
+    """Inside an active MLflow run: store the parts, log the pyfunc (its artifact: the manifest),
+    register, smoke-test, move ``champion``."""
     import mlflow
     import pandas as pd
 
+    manifest = store_parts(cfg, bundle_dir, bundle_dir.parent / "manifest.json")
     info = mlflow.pyfunc.log_model(
         name="search",
         python_model=str(PYFUNC_CODE),
-        artifacts={"bundle": str(bundle_dir)},
+        artifacts={"manifest": str(manifest)},
         code_paths=[str(CORE_DIR)],
         signature=_signature(),
         input_example=(pd.DataFrame({"query": ["a red fox leaping into snow"]}), {"k": 3}),

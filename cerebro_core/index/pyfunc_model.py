@@ -15,9 +15,11 @@ from mlflow.pyfunc import PythonModel
 
 class CerebroSearchModel(PythonModel):
     def load_context(self, context):
+        from cerebro_core.index.local_copy import bundle_from_artifacts
         from cerebro_core.index.search import Searcher
 
-        self.searcher = Searcher(context.artifacts["bundle"])
+        # a version's artifact is the manifest of its parts (versions before: the bundle itself)
+        self.searcher = Searcher(bundle_from_artifacts(context.artifacts))
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the signature declared in publish.py

@@ -130,19 +130,16 @@ def unpack_images(shards: list[str], dest: Path) -> int:
 
 
 def _champion_bundle(cfg: CerebroConfig):
-    import mlflow
+    """(the champion's VersionRef, its bundle folder: assembled from its parts, or in place)."""
+    from cerebro_core.index.local_copy import bundle_for
 
-    c = tracking.client()
     name = cfg.tracking.search_model_name
+    uri = resolve(cfg).tracking_uri
     try:
-        mv = c.get_model_version_by_alias(name, "champion")
+        ref = tracking.version_ref(uri, name, alias="champion")
     except Exception:
         raise ScrapeError(f"no {name}@champion to add to: run `cerebro index` first") from None
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}"))
-    bundles = [p.parent for p in local.rglob("index.json")]
-    if not bundles:
-        raise RuntimeError(f"{name} v{mv.version} carries no search bundle")
-    return mv, bundles[0]
+    return ref, bundle_for(ref, uri)
 
 
 def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",

@@ -1,0 +1,88 @@
+"""`cerebro gc`: delete the parts that no registered search version references.
+
+Every registered version of ``tracking.search_model_name`` (aliased or not, abandoned ones too) is
+read for its manifest; a part under that model's parts root that none of them names, and that is
+older than ``min_age_s`` (a publish in progress has written parts it has not registered yet), is
+garbage. A dry run (the default) only reports; ``delete=True`` removes them. A version whose
+manifest cannot be read stops the collection before anything is deleted. With them go the bundles
+assembled in this machine's cache for versions that hold no alias (a full copy each; any version is
+assembled again from its parts when asked for).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cerebro_core import parts, tracking
+from cerebro_core.config import CerebroConfig
+from cerebro_core.home import cerebro_home, resolve
+from cerebro_core.index.local_copy import version_manifest
+from cerebro_core.index.publish import parts_root
+from cerebro_core.storage import Storage
+
+
+@dataclass
+class GcReport:
+    versions: int = 0  # registered versions read
+    parts: int = 0  # parts in storage
+    referenced: int = 0  # of them, named by a registered version
+    young: int = 0  # unreferenced, but newer than min_age_s: kept
+    garbage: list[str] = field(default_factory=list)  # unreferenced part URLs
+    garbage_bytes: int = 0
+    deleted: bool = False
+    cache_removed: int = 0  # assembled bundles of versions without an alias
+
+
+def _mtime(info: dict) -> float:
+    t = info.get("mtime", info.get("LastModified", info.get("created")))
+    return t.timestamp() if hasattr(t, "timestamp") else float(t or 0)
+
+
+def collect(cfg: CerebroConfig, delete: bool = False, min_age_s: float = 3600) -> GcReport:
+    import mlflow
+
+    ep = resolve(cfg)
+    name = cfg.tracking.search_model_name
+    client = mlflow.MlflowClient(tracking_uri=ep.tracking_uri, registry_uri=ep.tracking_uri)
+    keep: set[str] = set()
+    digests: set[str] = set()
+    rep = GcReport()
+    for mv in client.search_model_versions(f"name = '{name}'"):
+        ref = tracking.version_ref(ep.tracking_uri, name, version=str(mv.version))
+        path = version_manifest(ref, ep.tracking_uri)
+        rep.versions += 1
+        if path is not None:
+            manifest = json.loads(Path(path).read_text())
+            keep |= parts.referenced(manifest)
+            if mv.aliases:
+                digests.add(parts.manifest_digest(manifest)[:32])
+    storage = Storage(cfg.storage)
+    root = parts_root(cfg)
+    fs, base = storage.fs(root)
+    found = fs.find(base, detail=True) if fs.exists(base) else {}
+    proto = root.split("://", 1)[0] + "://" if "://" in root else ""
+    now = time.time()
+    for path, info in sorted(found.items()):
+        rep.parts += 1
+        digest = path.rsplit("/", 1)[-1]
+        if digest in keep:
+            rep.referenced += 1
+        elif now - _mtime(info) < min_age_s:
+            rep.young += 1
+        else:
+            rep.garbage.append(proto + path if proto else path)
+            rep.garbage_bytes += int(info.get("size") or 0)
+    if delete:
+        for url in rep.garbage:
+            storage.rm(url)
+        cache = cerebro_home() / "cache" / "search" / "bundles"
+        for d in sorted(cache.iterdir()) if cache.is_dir() else []:
+            if d.is_dir() and not d.name.startswith(".") and d.name not in digests:
+                shutil.rmtree(d, ignore_errors=True)
+                rep.cache_removed += 1
+        rep.deleted = True
+    return rep

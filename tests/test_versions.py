@@ -1,0 +1,118 @@
+"""Search versions as manifests of content-addressed parts (cerebro_core/parts.py, index/gc.py):
+a reindex of n photos writes O(n) bytes plus a few small parts, the previous version stays
+loadable and answers as before, and `cerebro gc` deletes only parts no registered version
+references (a dry run unless --delete; young parts kept)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+from test_reindex import indexed_caltech, make_scrape
+
+REPO = Path(__file__).resolve().parents[1]
+PART = 64 * 1024  # small parts, so that a 700-item bundle has many
+
+
+@pytest.fixture(scope="module")
+def versions_home(shared_data, tmp_path_factory):
+    yield from indexed_caltech(shared_data, tmp_path_factory, "versions-home", f"storage.part_size={PART}")
+
+
+def _manifest(home: Path, version: str) -> dict:
+    from cerebro_core import tracking
+    from cerebro_core.index.local_copy import version_manifest
+
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    return json.loads(version_manifest(tracking.version_ref(uri, "cerebro-search", version=version), uri).read_text())
+
+
+def _part_files(home: Path) -> dict[str, Path]:
+    return {p.name: p for p in (home / "data" / "parts" / "cerebro-search").rglob("*") if p.is_file()}
+
+
+def _top(searcher, queries) -> list[list[str]]:
+    return [[h["path"] for h in searcher.search(q, k=5)] for q in queries]
+
+
+def test_reindex_writes_what_changed_and_gc_keeps_what_is_registered(versions_home, shared_data, tmp_path):
+    import mlflow
+
+    from cerebro_core import parts, tracking
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+
+    home, cfg, v1 = versions_home["home"], versions_home["cfg"], versions_home["sv"]
+    queries = ["a photo of a cat", "an animal in the grass", "a bird"]
+    _, s1 = load_searcher(f"models:/cerebro-search/{v1.version}")
+    before = _top(s1, queries)
+    m1 = _manifest(home, v1.version)
+    assert m1["format"] == "cerebro-parts/1" and m1["parts_root"] == "${CEREBRO_HOME}/data/parts/cerebro-search"
+    assert {"index.json", "metadata.arrow", "vectors.npy", "model/model.pt"} <= set(m1["files"])
+    # the MLflow model holds the manifest, not the bundle
+    model_dir = Path(urlparse(tracking.version_ref(f"sqlite:///{home / 'mlflow.db'}", "cerebro-search",
+                                                   version=v1.version).storage_location).path)
+    assert not (model_dir / "artifacts" / "bundle").exists() and (model_dir / "artifacts" / "manifest.json").is_file()
+    total = sum(f["size"] for f in m1["files"].values())
+    first = mlflow.MlflowClient().get_run(v1.run_id).data.metrics
+    assert first["version/bytes_total"] == total and first["version/bytes_written"] > 0.95 * total
+
+    n_new = 20
+    make_scrape(shared_data, tmp_path / "scrape", n_new=n_new, n_copies=0, offset=300)
+    r = run_reindex(cfg, str(tmp_path / "scrape"), log=lambda x: None)
+    assert r.published and r.new == n_new
+    m2 = _manifest(home, r.version.version)
+    written = mlflow.MlflowClient().get_run(r.version.run_id).data.metrics["version/bytes_written"]
+    d = load_searcher(f"models:/cerebro-search/{r.version.version}")[1].info["dim"]
+    # O(n): per new item a vector twice (fp16 vectors, fp32 flat index) and a row; per changed file
+    # its head block (64 KiB) and its partial tail block
+    changed = [f for f in m2["files"] if m2["files"][f]["sha256"] != m1["files"].get(f, {}).get("sha256")]
+    bound = n_new * (6 * d + 2048) + len(changed) * (PART + parts.HEAD)
+    print(f"v1 {total} bytes; reindex of {n_new}: {written:.0f} bytes written (bound {bound}), changed {changed}")
+    assert written <= bound, (written, bound, changed)
+    assert written < 0.1 * total
+    assert m2["files"]["model/model.pt"] == m1["files"]["model/model.pt"]  # the CLIP weights: not rewritten
+    vec1, vec2 = m1["files"]["vectors.npy"]["blocks"], m2["files"]["vectors.npy"]["blocks"]
+    assert vec2[1:len(vec1) - 1] == vec1[1:-1] and len(vec1) >= 3  # the old rows' blocks are shared
+    # the previous version still loads from its parts and answers exactly as before
+    _, s1_again = load_searcher(f"models:/cerebro-search/{v1.version}")
+    assert _top(s1_again, queries) == before and len(s1_again.rows) == 700
+
+    # gc: everything is referenced
+    from cerebro_core.index.gc import collect
+
+    rep = collect(cfg, delete=False, min_age_s=0)
+    assert rep.garbage == [] and rep.referenced == rep.parts == len(parts.referenced(m1) | parts.referenced(m2))
+    # v1 leaves the registry: the parts only it named become garbage, and only those
+    mlflow.MlflowClient().delete_model_version("cerebro-search", v1.version)
+    only_v1 = parts.referenced(m1) - parts.referenced(m2)
+    old = time.time() - 2 * 3600
+    for p in _part_files(home).values():  # written two hours ago, as far as gc can tell
+        os.utime(p, (old, old))
+    stray = Path(parts.block_url(str(home / "data" / "parts" / "cerebro-search"), "ab" + "0" * 62))
+    stray.parent.mkdir(parents=True, exist_ok=True)
+    stray.write_bytes(b"a publish in progress")  # young: kept
+    dry = subprocess.run([str(Path(sys.executable).parent / "cerebro"), "gc", "-c", str(REPO / "configs/demo.yaml"),
+                          "--list"], env=dict(os.environ, CEREBRO_HOME=str(home)), capture_output=True, text=True,
+                         timeout=300)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    listed = {line.rsplit("/", 1)[-1] for line in dry.stdout.splitlines() if "/parts/" in line}
+    assert listed == only_v1 and only_v1
+    assert f"would delete {len(only_v1)} part(s)" in dry.stdout and "1 unreferenced part(s) newer than 1 h kept" in dry.stdout
+    assert set(_part_files(home)) >= only_v1  # a dry run deletes nothing
+    wet = subprocess.run([str(Path(sys.executable).parent / "cerebro"), "gc", "-c", str(REPO / "configs/demo.yaml"),
+                          "--delete", "--min-age-hours", "0"], env=dict(os.environ, CEREBRO_HOME=str(home)),
+                         capture_output=True, text=True, timeout=300)
+    assert wet.returncode == 0, wet.stderr[-2000:]
+    assert f"deleted {len(only_v1) + 1} part(s)" in wet.stdout
+    left = set(_part_files(home))
+    assert left == parts.referenced(m2) and not stray.exists()
+    _, s2 = load_searcher("models:/cerebro-search@champion")  # the champion loads from what is left
+    assert len(s2.rows) == 720 and s2.search("a bird", k=3)
