@@ -78,7 +78,8 @@ def search(
         tags = "  ".join(x for x in (h.get("species") and f"{h['species']} {h['species_score']:.2f}",
                                      h.get("taken_at"), h.get("camera"),
                                      h["group_size"] > 1 and f"×{h['group_size']}") if x)
-        typer.echo(f"{i + (f.offset or 0):>3}. {h['score']:.3f}  [{h['source']}] {h['uri']}{where}  {tags}".rstrip())
+        name = h.get("origin_uri") or h["uri"]  # an S3 or downloaded item by its object or URL, not its copy
+        typer.echo(f"{i + (f.offset or 0):>3}. {h['score']:.3f}  [{h['source']}] {name}{where}  {tags}".rstrip())
 
 
 @app.command()

@@ -1,8 +1,11 @@
-"""The whole DAG through real servers: `prefect server start` and `mlflow server` on 127.0.0.1,
-`prefect deploy --all` from prefect.yaml, a process worker, flow runs created through the REST API
-(as the UI does); nested MLflow runs per stage and iteration, cerebro-search@champion answering
-`cerebro search`; a failed adapt stage resumed without recomputing download and pretrain; the
-`cerebro.scrape.landed` event starting a reindex run; the docker-compose file validated."""
+"""The whole DAG through real servers: `prefect server start`, `mlflow server` and moto's S3 server
+on 127.0.0.1, `prefect deploy --all` from prefect.yaml, a process worker, flow runs created through
+the REST API (as the UI does). Everything is on S3, as on a cluster: `storage.root` (shards,
+checkpoints, embeddings, pseudo-labelled shards, search-version parts), MLflow's artifacts, adapt's
+and index's sources as `s3://` prefixes, and the scrape the `cerebro.scrape.landed` event names.
+Nested MLflow runs per stage and iteration, cerebro-search@champion answering `cerebro search`; a
+failed adapt stage resumed without recomputing download and pretrain; the docker-compose file
+validated."""
 
 from __future__ import annotations
 
@@ -39,10 +42,18 @@ def _http(method: str, url: str, body: dict | None = None) -> dict | list:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, moto_server):
+    import boto3
+
     tmp = tmp_path_factory.mktemp("servers")
     pport, mport = free_port(), free_port()
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_"))}
+    bucket = f"pipeline-{int(time.time() * 1000) % 10**9}"
+    s3 = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_ENDPOINT_URL": moto_server, "MLFLOW_S3_ENDPOINT_URL": moto_server}
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket=bucket)
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
+    base_env.update(s3)
     penv = dict(base_env, PREFECT_HOME=str(tmp / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 PREFECT_UI_ENABLED="false")
     procs = [
@@ -50,7 +61,7 @@ def servers(tmp_path_factory):
                          env=penv, stdout=open(tmp / "prefect.log", "w"), stderr=subprocess.STDOUT),
         subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mport),
                           "--backend-store-uri", f"sqlite:///{tmp}/mlflow.db",
-                          "--artifacts-destination", f"file://{tmp}/mlartifacts", "--workers", "1"],
+                          "--artifacts-destination", f"s3://{bucket}/mlflow", "--workers", "1"],
                          env=base_env, stdout=open(tmp / "mlflow.log", "w"), stderr=subprocess.STDOUT),
     ]
     worker = None
@@ -79,7 +90,8 @@ def servers(tmp_path_factory):
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         worker = subprocess.Popen([str(BIN / "prefect"), "worker", "start", "--pool", "cerebro-cpu"], env=env, cwd=REPO,
                                   stdout=open(tmp / "worker.log", "w"), stderr=subprocess.STDOUT)
-        yield {"api": api, "mlflow": f"http://127.0.0.1:{mport}", "env": env, "tmp": tmp}
+        yield {"api": api, "mlflow": f"http://127.0.0.1:{mport}", "env": env, "tmp": tmp, "bucket": bucket,
+               "s3": s3}
     finally:
         for p in ([worker] if worker else []) + procs:
             p.terminate()
@@ -111,20 +123,44 @@ def runs_by_stage(client, stage: str):
     return client.search_runs([exp.experiment_id], f"tags.stage = '{stage}'")
 
 
-def test_pipeline_through_prefect_server_and_resume(servers):
+def _s3(servers):
+    import boto3
+
+    e = servers["s3"]
+    return boto3.client("s3", endpoint_url=e["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+def _upload(servers, folder: Path, prefix: str) -> int:
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file()]
+    for p in files:
+        _s3(servers).upload_file(str(p), servers["bucket"], f"{prefix}/{p.relative_to(folder).as_posix()}")
+    return len(files)
+
+
+def _keys(servers, prefix: str) -> list[str]:
+    pages = _s3(servers).get_paginator("list_objects_v2").paginate(Bucket=servers["bucket"], Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def test_pipeline_on_s3_through_prefect_server_and_resume(servers):
     import mlflow
 
-    api, env, tmp = servers["api"], servers["env"], servers["tmp"]
-    wild = tmp / "home" / "demo" / "wild_later"  # appears only before the second run
-    overrides = FAST + [f"adapt.sources=[{{name: wild, path: {wild}}}]"]
+    api, env, tmp, bucket = servers["api"], servers["env"], servers["tmp"], servers["bucket"]
+    overrides = FAST + [f"storage.root=s3://{bucket}/cerebro",
+                        f"adapt.sources=[{{name: wild, path: s3://{bucket}/wild}}]",  # empty until the second run
+                        f"index.sources=[{{name: demo, path: s3://{bucket}/images}}]"]
     params = {"params": {"config": "configs/demo.yaml", "overrides": overrides, "demo_data": True}}
     first = run_deployment(api, "cerebro/pipeline", params)
-    assert first["state"]["type"] == "FAILED"  # adapt: source folder not found
+    assert first["state"]["type"] == "FAILED"  # adapt: nothing at s3://…/wild
+    assert "adapt.sources[0].path: nothing at s3://" in (tmp / "worker.log").read_text()
     client = mlflow.MlflowClient(tracking_uri=servers["mlflow"])
     assert len(runs_by_stage(client, "download")) == 1 and len(runs_by_stage(client, "pretrain")) == 1
     assert len(runs_by_stage(client, "adapt")) == 0
 
-    shutil.copytree(tmp / "home" / "demo" / "wild", wild)
+    # the wildlife photos land in the bucket (the demo data the first run generated, as a sync would)
+    assert _upload(servers, tmp / "home" / "demo" / "wild", "wild") > 0
+    assert _upload(servers, tmp / "home" / "demo" / "images", "images") > 0
     second = run_deployment(api, "cerebro/pipeline", params)
     log = (tmp / "worker.log").read_text()[-4000:]
     assert second["state"]["type"] == "COMPLETED", log
@@ -156,38 +192,64 @@ def test_pipeline_through_prefect_server_and_resume(servers):
     arts = _http("POST", f"{api}/artifacts/filter", {"artifacts": {"key": {"any_": ["pipeline-summary"]}}})
     assert arts and "recall@10" in arts[0]["data"]
 
+    # every stage wrote to the bucket, nothing to the local default root
+    keys = _keys(servers, "cerebro/")
+    for what in (".tar", "manifest.json", ".pt", "/parts/cerebro-search/"):
+        assert any(what in k for k in keys), (what, keys[:20])
+    assert any(k.startswith("cerebro/demo/") and "adapt" in k and k.endswith(".tar") for k in keys), keys[:40]
+    assert not any(p.is_file() for p in (tmp / "home" / "data").rglob("*"))
+    assert _keys(servers, "mlflow/")  # MLflow's artifacts: on S3 too, through its server
+
     p = subprocess.run([str(BIN / "cerebro"), "search", "a red circle on snow", "-k", "3", "--json", "-c",
                         "configs/demo.yaml"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     hits = json.loads(p.stdout)["results"]
-    assert len(hits) == 3 and all(Path(h["uri"]).exists() for h in hits)
+    assert len(hits) == 3 and all(Path(h["uri"]).exists() for h in hits)  # the local mirror, served by path
+    assert all(h["origin_uri"].startswith(f"s3://{bucket}/images/") for h in hits)
 
 
-def test_scrape_event_triggers_reindex(servers, shared_data):
-    api, env, tmp = servers["api"], servers["env"], servers["tmp"]
-    scrape = tmp / "scrapes" / "new-batch"
-    scrape.mkdir(parents=True)
+def test_scrape_event_on_s3_triggers_reindex(servers, shared_data):
+    api, env, tmp, bucket = servers["api"], servers["env"], servers["tmp"], servers["bucket"]
+    local = tmp / "scrapes" / "new-batch"
+    local.mkdir(parents=True)
     for p in sorted((shared_data / "cifar10_animals" / "test" / "frog").glob("*.jpg"))[:8]:
-        shutil.copy(p, scrape / p.name)
+        shutil.copy(p, local / p.name)
+    assert _upload(servers, local, "scrapes/new-batch") == 8
+    scrape = f"s3://{bucket}/scrapes/new-batch"
+    # the deployment keeps its storage on the bucket: its parameters edited as in the UI
+    dep = _http("GET", f"{api}/deployments/name/reindex/reindex")
+    _http("PATCH", f"{api}/deployments/{dep['id']}", {"parameters": {
+        **dep["parameters"], "overrides": [f"storage.root=s3://{bucket}/cerebro"]}})
+    parts_before = {k for k in _keys(servers, "cerebro/parts/")}
     code = ("from prefect.events import emit_event\n"
             f"emit_event(event='cerebro.scrape.landed', resource={{'prefect.resource.id': 'cerebro.scrape.test'}},"
-            f" payload={{'scrape': {str(scrape)!r}}})\n")
+            f" payload={{'scrape': {scrape!r}}})\n")
     t0 = time.time()
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
-    dep = _http("GET", f"{api}/deployments/name/reindex/reindex")
     deadline = time.time() + 180
     runs = []
     while time.time() < deadline and not runs:
         runs = _http("POST", f"{api}/flow_runs/filter", {"deployments": {"id": {"any_": [dep["id"]]}}})
         time.sleep(2)
     assert runs, "the event did not start a reindex run"
-    assert runs[0]["parameters"]["scrape"] == str(scrape)
+    assert runs[0]["parameters"]["scrape"] == scrape
     fr = wait_flow_run(api, runs[0]["id"], 600)
     assert fr["state"]["type"] == "COMPLETED", (tmp / "worker.log").read_text()[-4000:]
     import mlflow
 
     r = runs_by_stage(mlflow.MlflowClient(tracking_uri=servers["mlflow"]), "reindex")
     assert r and r[0].data.metrics["new"] == 8 and time.time() - t0 < 900
+    # the new version's parts went to the bucket: a few new ones beside the old, not a new copy
+    m = r[0].data.metrics
+    new_parts = {k for k in _keys(servers, "cerebro/parts/")} - parts_before
+    assert new_parts and len(new_parts) == m["version/parts_written"] and m["version/parts_reused"] > 0
+    assert m["version/bytes_written"] < m["version/bytes_total"] / 2
+    photo = sorted(local.glob("*.jpg"))[3]
+    p = subprocess.run([str(BIN / "cerebro"), "search", "--image", str(photo), "-k", "1", "--json", "-c",
+                        "configs/demo.yaml"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    (hit,) = json.loads(p.stdout)["results"]
+    assert hit["source"] == "scrape" and hit["origin_uri"] == f"{scrape}/{photo.name}"
 
 
 def test_compose_file_validates():

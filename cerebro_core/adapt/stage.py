@@ -40,6 +40,7 @@ from cerebro_core.adapt.select import class_entropy
 from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pretraining_samples, replay_job,
                                          scratch_job, selection_cap, write_pseudo_shards)
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
+from cerebro_core.data.mirror import local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
@@ -65,11 +66,18 @@ class AdaptResult(BaseModel):
 # --------------------------------------------------------------------------- inputs
 
 
-def _check_folder(s: SourceConfig, key: str) -> None:
+def _local(cfg: CerebroConfig, s: SourceConfig, key: str) -> str:
+    """The source's folder here: a local one, or an ``s3://`` prefix mirrored under the state dir
+    (copied again only where an object's size or ETag changed)."""
     if s.kind != "folder":
         raise AdaptInputError(f"{key}.kind: {s.kind!r} sources are not supported by adapt yet; use a folder")
-    if not Path(s.path).is_dir():
+    try:
+        folder = local_folder(Storage(cfg.storage), s.path, resolve(cfg).home)
+    except FileNotFoundError:
+        raise AdaptInputError(f"{key}.path: nothing at {s.path}") from None
+    if folder is None:
         raise AdaptInputError(f"{key}.path: folder not found: {s.path}")
+    return str(folder)
 
 
 def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list[str], Counter]:
@@ -81,18 +89,17 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
         raise AdaptInputError(str(exc)) from None
     if not a.sources:
         raise AdaptInputError("adapt.sources: no wildlife sources configured")
-    for i, s in enumerate(a.sources):
-        _check_folder(s, f"adapt.sources[{i}]")
+    folders = {id(s): _local(cfg, s, f"adapt.sources[{i}]") for i, s in enumerate(a.sources)}
     for key, s in (("adapt.validation_source", a.validation_source), ("adapt.test_source", a.test_source)):
         if s is not None:
-            _check_folder(s, key)
+            folders[id(s)] = _local(cfg, s, key)
     counts: Counter = Counter()
     held_out: set[str] = set()
 
     def labelled(s: Optional[SourceConfig]) -> list[Item]:
         if s is None:
             return []
-        items = [it for it in scan_folder(s.path, s.name, 1e9, counts) if it.media_type == "image"]
+        items = [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts) if it.media_type == "image"]
         for it in items:
             held_out.add(_sha(it.uri))
         return items
@@ -101,7 +108,7 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
     pool: list[Item] = []
     seen: set[str] = set()
     for s in a.sources:
-        items = [it for it in scan_folder(s.path, s.name, 1e9, counts) if it.media_type == "image"]
+        items = [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts) if it.media_type == "image"]
         if not items:
             raise AdaptInputError(f"adapt.sources[{s.name}]: no images in {s.path}")
         for it in items:

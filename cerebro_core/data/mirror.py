@@ -9,6 +9,7 @@ would land outside ``dest`` (``a/../../x.jpg``) is refused and counted.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,3 +69,13 @@ def mirror(storage, url: str, dest: Path) -> Mirror:
     tmp.replace(manifest)  # last: an interrupted mirror copies again what it had not recorded
     sidecar.write(dest, origins)
     return Mirror(dest, copied, kept, removed, refused)
+
+
+def local_folder(storage, path: str, home: Path) -> Path | None:
+    """A source's folder on this machine: an ``s3://`` prefix mirrored under ``home/mirrors`` (one
+    folder per prefix), a local path as it is; None when a local path is not a folder.
+    FileNotFoundError when nothing is under a remote prefix."""
+    if "://" in path and not path.startswith("file://"):
+        return mirror(storage, path, home / "mirrors" / hashlib.sha256(path.encode()).hexdigest()[:16]).folder
+    p = Path(path.removeprefix("file://"))
+    return p if p.is_dir() else None

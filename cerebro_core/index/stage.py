@@ -8,7 +8,6 @@ search bundle to storage, and publish it as the ``cerebro-search`` pyfunc model.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ import numpy as np
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig, SourceConfig
-from cerebro_core.data.mirror import mirror
+from cerebro_core.data.mirror import local_folder
 from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
@@ -44,21 +43,19 @@ def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Cou
     if not sources:
         raise IndexInputError("index.sources: no sources configured")
     storage = Storage(cfg.storage if cfg else None)
+    home = resolve(cfg).home if cfg else Path(".")
     folders = {}
     for s in sources:
         if s.kind != "folder":
             raise IndexInputError(f"index.sources[{s.name}].kind: only 'folder' sources can be indexed directly "
                                   "(download URL lists first; webdataset sources come with adapt)")
-        if "://" in s.path and not s.path.startswith("file://"):
-            dest = (resolve(cfg).home if cfg else Path(".")) / "mirrors" / hashlib.sha256(s.path.encode()).hexdigest()[:16]
-            try:
-                folders[s.name] = str(mirror(storage, s.path, dest).folder)
-            except FileNotFoundError:
-                raise IndexInputError(f"index.sources[{s.name}].path: nothing at {s.path}") from None
-        elif not Path(s.path.removeprefix("file://")).is_dir():
+        try:
+            folder = local_folder(storage, s.path, home)
+        except FileNotFoundError:
+            raise IndexInputError(f"index.sources[{s.name}].path: nothing at {s.path}") from None
+        if folder is None:
             raise IndexInputError(f"index.sources[{s.name}].path: folder not found: {s.path}")
-        else:
-            folders[s.name] = s.path.removeprefix("file://")
+        folders[s.name] = str(folder)
     items: list[Item] = []
     for s in sources:
         items += scan_folder(folders[s.name], s.name, video_interval, counts)
