@@ -76,7 +76,10 @@ def torchrun_command(compute: ComputeConfig, module: str, job_path: str, nproc: 
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--nnodes={compute.nnodes}",
            "--max_restarts=0"]
     if compute.nnodes == 1 and not compute.rdzv_endpoint:
-        cmd.append("--standalone")
+        # one node: every process is on this machine, so its processes meet on loopback. Without
+        # --local_addr they would meet at this host's name, which inside a container (buildah run,
+        # some docker networks) need not resolve to an address here: c10d waited 300 s and failed
+        cmd += ["--standalone", "--local_addr=127.0.0.1"]
     else:
         timeout = "join_timeout" if compute.rdzv_backend == "c10d" else "timeout"
         cmd += [f"--rdzv_backend={compute.rdzv_backend}", f"--rdzv_endpoint={compute.rdzv_endpoint}",

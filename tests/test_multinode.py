@@ -213,3 +213,32 @@ def test_embedding_job_on_two_processes_equals_one(shared_data, cerebro_home, tm
                                                              ["a photo of a {}."], "names"))
     scale = float(b.model.logit_scale.detach().exp())
     np.testing.assert_allclose(probabilities(e1.vectors, cls, scale), probabilities(e2.vectors, cls, scale), atol=1e-5)
+
+
+PROBE = """
+import torch, torch.distributed as dist
+dist.init_process_group("gloo")
+t = torch.ones(1) * (dist.get_rank() + 1)
+dist.all_reduce(t)
+print(f"rank {dist.get_rank()} sum {int(t.item())}", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_one_node_job_runs_where_the_host_name_does_not_resolve(tmp_path):
+    """A container's host name need not resolve to an address of its own (buildah run, some docker
+    networks): a one-node torchrun job must still start. It waited for c10d's 300 s timeout and
+    failed before --local_addr=127.0.0.1 (here: killed at the 90 s limit)."""
+    import shutil
+
+    from cerebro_core.config import ComputeConfig
+    from cerebro_core.distributed import torchrun_command
+
+    if not shutil.which("unshare") or os.geteuid() != 0:
+        pytest.fail("needs util-linux's unshare and root (a UTS namespace with its own host name), as CI has")
+    (tmp_path / "probe_dist.py").write_text(PROBE)
+    cmd = torchrun_command(ComputeConfig(nproc_per_node=2), "probe_dist", "unused", 2)
+    p = subprocess.run(["unshare", "--uts", "sh", "-c", 'hostname cerebro-unresolvable-3f8e && exec "$@"', "sh", *cmd],
+                       env=dict(os.environ, PYTHONPATH=str(tmp_path)), capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(ln for ln in p.stdout.splitlines() if ln.startswith("rank")) == ["rank 0 sum 3", "rank 1 sum 3"]
