@@ -349,10 +349,11 @@ def demo(
     typer.echo(f"demo done in {time.monotonic() - t0:.0f} s")
     typer.echo("")
     typer.echo("Search it:")
-    typer.echo('  .venv/bin/cerebro search "a red circle on snow" -c configs/demo.yaml')
-    typer.echo("  .venv/bin/cerebro serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
+    exe = ".venv/bin/cerebro" if Path(".venv/bin/cerebro").exists() else "cerebro"  # the Makefile's, or an image's
+    typer.echo(f'  {exe} search "a red circle on snow" -c configs/demo.yaml')
+    typer.echo(f"  {exe} serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
     typer.echo("Inspect the runs, run the pipeline from the Prefect UI:")
-    typer.echo("  .venv/bin/cerebro ui -c configs/demo.yaml   # Prefect UI :4200, MLflow UI :5000")
+    typer.echo(f"  {exe} ui -c configs/demo.yaml   # Prefect UI :4200, MLflow UI :5000")
 
 
 def main() -> None:  # pragma: no cover - console entry point

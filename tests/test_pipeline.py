@@ -260,5 +260,15 @@ def test_compose_file_validates():
     assert p.returncode == 0, p.stderr
     cfg = subprocess.run(["docker-compose", "-f", str(REPO / "docker" / "docker-compose.yml"), "config"],
                          capture_output=True, text=True, timeout=120).stdout
-    for svc in ("postgres:", "minio:", "prefect:", "mlflow:", "worker:", "search:"):
-        assert svc in cfg
+    import yaml
+
+    services = yaml.safe_load(cfg)["services"]
+    assert {"postgres", "minio", "prefect", "mlflow", "worker", "gpu-worker", "search"} <= set(services)
+    # the images as docker/Dockerfile.* build them, by the names scripts/build-image.sh gives
+    assert services["worker"]["image"] == services["mlflow"]["image"] == "cerebro-cpu:dev"
+    assert services["worker"]["build"]["target"] == "worker" and services["search"]["build"]["target"] == "search"
+    assert services["search"]["image"] == "cerebro-search:dev" and services["gpu-worker"]["image"] == "cerebro-gpu:dev"
+    assert services["gpu-worker"]["build"]["dockerfile"].endswith("Dockerfile.gpu")
+    (dev,) = services["gpu-worker"]["deploy"]["resources"]["reservations"]["devices"]
+    assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"]
+    assert "--pool cerebro-gpu" in services["gpu-worker"]["command"]
