@@ -34,8 +34,7 @@ class StorageConfig(_Section):
     secret_access_key: SecretStr | None = None
     region: str | None = None
     anon: bool = False
-    part_size: int = Field(4 * 2**20, ge=4096, le=2**30,
-                           description="bytes per content-addressed part of a published search version")
+    part_size: int = Field(4 * 2**20, ge=4096, le=2**30, description="bytes per part of a published search version")
 
 
 class TrackingConfig(_Section):

@@ -133,7 +133,11 @@ def assemble(manifest: dict, dest: Path, home: Path, storage: Storage | None = N
             whole = hashlib.sha256()
             with open(out, "wb") as w:
                 for digest in f["blocks"]:
-                    block = storage.read_bytes(block_url(root, digest))
+                    try:
+                        block = storage.read_bytes(block_url(root, digest))
+                    except FileNotFoundError:
+                        raise FileNotFoundError(f"part {digest} of {rel} is not in {root} (deleted by hand? "
+                                                "`cerebro gc` keeps every part a registered version names)") from None
                     if hashlib.sha256(block).hexdigest() != digest:
                         raise ValueError(f"part {digest} of {rel} does not match its name")
                     whole.update(block)

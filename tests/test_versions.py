@@ -116,3 +116,23 @@ def test_reindex_writes_what_changed_and_gc_keeps_what_is_registered(versions_ho
     assert left == parts.referenced(m2) and not stray.exists()
     _, s2 = load_searcher("models:/cerebro-search@champion")  # the champion loads from what is left
     assert len(s2.rows) == 720 and s2.search("a bird", k=3)
+
+
+def test_a_missing_part_is_named(tmp_path):
+    """A version whose part was deleted by hand fails naming the part and the file, not with a
+    bare path; a corrupted part is refused by its hash."""
+    from cerebro_core import parts
+    from cerebro_core.storage import Storage
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "vectors.npy").write_bytes(bytes(range(256)) * 1000)
+    m, _ = parts.pack(tmp_path / "b", Storage(), str(tmp_path / "p"), 65536, tmp_path / "home")
+    first = m["files"]["vectors.npy"]["blocks"][0]
+    url = Path(parts.block_url(str(tmp_path / "p"), first))
+    url.write_bytes(b"not the block")
+    with pytest.raises(ValueError, match=f"part {first} of vectors.npy does not match its name"):
+        parts.assemble(m, tmp_path / "out1", tmp_path / "home")
+    url.unlink()
+    with pytest.raises(FileNotFoundError, match=f"part {first} of vectors.npy is not in"):
+        parts.assemble(m, tmp_path / "out2", tmp_path / "home")
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing half-built left
