@@ -73,6 +73,15 @@ def adapt_env(shared_data, tmp_path_factory):
     mp.undo()
 
 
+@pytest.fixture(scope="module")
+def base_run(adapt_env):
+    """adapt_env's loop (1 iteration, deterministic kernels) run once: the tests that read its
+    result, runs, shards and student share it rather than each running the same loop again."""
+    res = run_stage(adapt_env["cfg"], start_version=adapt_env["mv"].version, log=lambda s: None)
+    run, child, student = _latest()
+    return {"res": res, "run": run, "child": child, "student": student}
+
+
 def test_select_is_balanced_and_thresholded():
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((500, 5)) * 3
@@ -89,17 +98,16 @@ def test_select_is_balanced_and_thresholded():
     assert abs(class_entropy(np.arange(5), 5) - 1.0) < 1e-9
 
 
-def test_one_iteration_end_to_end(adapt_env):
+def test_one_iteration_end_to_end(adapt_env, base_run):
     import mlflow
     import webdataset as wds
 
-    res = run_stage(adapt_env["cfg"], start_version=adapt_env["mv"].version, log=lambda s: None)
+    res = base_run["res"]
     it1 = res.iterations[1]
     assert it1["selected"] > 0 and it1["selected"] <= 6 * 20
     assert 0.0 <= it1["pseudo_label_precision"] <= 1.0 and "val/top1" in it1 and "val/mean_per_class" in it1
     client = mlflow.MlflowClient()
-    parent = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id],
-                                "tags.stage = 'adapt'", order_by=["start_time DESC"])[0]
+    parent = base_run["run"]
     children = client.search_runs([parent.info.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert [c.data.tags["iteration"] for c in children] == ["1"]
@@ -148,7 +156,7 @@ def _dist(a: dict, b: dict) -> float:
     return sum(float((a[k].float() - b[k].float()).norm()) for k in a if a[k].is_floating_point())
 
 
-def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env):
+def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env, base_run):
     """The logged validation top-1 and pseudo-label precision, recomputed independently: open_clip's
     own ``build_zero_shot_classifier`` over the same prompts, PIL decode + the model's transform,
     ground truth read from the folders' labels.csv — never through the stage's own code."""
@@ -162,10 +170,8 @@ def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env):
     from cerebro_core.model.factory import create
 
     cfg = adapt_env["cfg"]
-    res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    res, parent = base_run["res"], base_run["run"]
     client = mlflow.MlflowClient()
-    parent = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
-                                order_by=["start_time DESC"])[0]
     (child,) = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
 
@@ -207,23 +213,13 @@ def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env):
     assert child.data.metrics["selected"] == len(selected)
 
 
-def test_ground_truth_never_reaches_training(adapt_env):
+def test_ground_truth_never_reaches_training(adapt_env, base_run):
     """Permuting the pool's ground-truth labels leaves the trained weights bit-identical."""
-    import mlflow
-
-    def run_with(pool: Path) -> dict:
-        cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
-            f"adapt.sources=[{{name: pool, path: {pool}}}]"])
-        r = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
-        run = mlflow.MlflowClient().search_runs(
-            [mlflow.MlflowClient().get_experiment_by_name("cerebro").experiment_id], "tags.stage = 'adapt'",
-            order_by=["start_time DESC"])[0]
-        ck = sorted((Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt").rglob(
-            f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
-        return {"weights": ckpt.load(Storage(), str(ck))["model"], "row": r.iterations[1]}
-
-    a = run_with(adapt_env["pool"])
-    b = run_with(adapt_env["pool_shuffled"])
+    cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
+        f"adapt.sources=[{{name: pool, path: {adapt_env['pool_shuffled']}}}]"])
+    r = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    a = {"weights": base_run["student"], "row": base_run["res"].iterations[1]}  # the same loop on the true labels
+    b = {"weights": _latest()[2], "row": r.iterations[1]}
     assert a["row"]["selected"] == b["row"]["selected"]
     assert a["row"]["pseudo_label_precision"] != b["row"]["pseudo_label_precision"]  # measured against gt...
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])  # ...which training never saw
@@ -331,7 +327,7 @@ def _latest(kind: str = "adapt"):
     return run, child, ckpt.load(Storage(), str(ck))["model"]
 
 
-def test_the_benchmarks_control_trains_the_same_steps_on_the_pairs_alone(adapt_env):
+def test_the_benchmarks_control_trains_the_same_steps_on_the_pairs_alone(adapt_env, base_run):
     """The benchmark's control (experiments/adapt_control.py) runs the same loop with a labeller
     that knows no teacher: nothing selected, the replay student trains the same 12 steps from the
     same teacher on the pairs alone — and ends with other weights than the loop's student."""
@@ -342,8 +338,7 @@ def test_the_benchmarks_control_trains_the_same_steps_on_the_pairs_alone(adapt_e
     from experiments.adapt_control import PairsOnly
 
     cfg = adapt_env["cfg"]
-    loop = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None).iterations[1]
-    _, _, student = _latest()
+    loop, student = base_run["res"].iterations[1], base_run["student"]
     ctl = run_loop(cfg, PairsOnly(), start_version=adapt_env["mv"].version, log=lambda s: None).iterations[1]
     run, child, control = _latest()
     assert run.data.tags["labeller"] == "control-pairs-only" and ctl["selected"] == 0
