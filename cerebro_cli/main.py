@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import typer
 import yaml
@@ -163,19 +163,26 @@ def plan(
         typer.echo(f"WARNING: {s.stage} is projected to take {planner.human(s.seconds)} (over a day)", err=True)
 
 
-def _start_prefect(cfg: CerebroConfig) -> None:
+def _start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
     """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported; without
-    PREFECT_API_URL, start a temporary Prefect API that dies with this command (prefect_api.py)."""
+    PREFECT_API_URL, start a temporary Prefect API that dies with this command (prefect_api.py).
+    It starts while the command imports its flow; call what this returns before running the flow."""
     from cerebro_cli.prefect_api import PrefectApiError, start_temporary_api
     from cerebro_core.home import prepare_environment
 
     ep = prepare_environment(cfg)
-    if ep.prefect_api == "ephemeral":
+    if ep.prefect_api != "ephemeral":
+        return lambda: None
+    api = start_temporary_api(ep.prefect_home)
+
+    def ready() -> None:
         try:
-            start_temporary_api(ep.prefect_home)
+            api.wait()
         except PrefectApiError as exc:
             typer.echo(f"cerebro: {exc}", err=True)
             raise typer.Exit(3) from None
+
+    return ready
 
 
 @app.command()
@@ -195,8 +202,9 @@ def download(
     except (DownloadInputError, Img2DatasetNotFound) as exc:
         typer.echo(f"cerebro download: {exc}", err=True)
         raise typer.Exit(2) from None
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.download import download_flow
+    ready()
 
     result = download_flow(config=str(config) if config else None, overrides=list(set_ or []))
     s = result.stats
@@ -226,8 +234,9 @@ def pretrain(
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"cerebro pretrain: {exc}", err=True)
         raise typer.Exit(2) from None
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.pretrain import pretrain_flow
+    ready()
 
     mv = pretrain_flow(config=str(config) if config else None, overrides=list(set_ or []), shards=shards)
     if mv is None:
@@ -252,8 +261,9 @@ def adapt(
     except AdaptInputError as exc:
         typer.echo(f"cerebro adapt: {exc}", err=True)
         raise typer.Exit(2) from None
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.adapt import adapt_flow
+    ready()
 
     res = adapt_flow(config=str(config) if config else None, overrides=list(set_ or []), start_version=start_version)
     for r in res.iterations:
@@ -280,8 +290,9 @@ def index(
     except (IndexInputError, FileNotFoundError) as exc:
         typer.echo(f"cerebro index: {exc}", err=True)
         raise typer.Exit(2) from None
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.index import index_flow
+    ready()
 
     sv = index_flow(config=str(config) if config else None, overrides=list(set_ or []), clip_version=clip_version)
     if sv is None:
@@ -303,8 +314,9 @@ def reindex(
     if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
         typer.echo(f"cerebro reindex: --scrape: no such folder or URL list: {scrape}", err=True)
         raise typer.Exit(2)
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.reindex import reindex_flow
+    ready()
 
     r = reindex_flow(scrape=scrape, config=str(config) if config else None, overrides=list(set_ or []), source=source)
     why = f" ({', '.join(f'{k} {v}' for k, v in sorted(r.failures.items()))})" if r.failures else ""
@@ -333,8 +345,9 @@ def demo(
     tsv = make_demo_data(ep.home / "demo")
     typer.echo(f"demo data: {tsv}")
     info(config=config, set_=set_, as_json=False)
-    _start_prefect(cfg)
+    ready = _start_prefect(cfg)
     from flows.pipeline import PipelineParams, pipeline_flow
+    ready()
 
     summary = pipeline_flow(PipelineParams(config=str(config), overrides=list(set_ or [])))
     typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(

@@ -135,3 +135,20 @@ def test_a_broken_tracking_database_is_one_line_not_a_traceback(tmp_path):
         r = _cli(home, *args, timeout=120)
         assert r.returncode == 2 and "Traceback" not in r.stderr, (args, r.stderr[-1500:])
         assert "is not a readable MLflow database" in r.stderr and len(r.stderr.strip().splitlines()) == 1, args
+
+
+def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, tmp_path):
+    """The temporary Prefect API starts while the command imports its flow; when it dies at
+    start-up (here its database path is a folder), the command waits for it, says so in one line
+    naming the API's log, and exits 3."""
+    home = tmp_path / "home-d"
+    shutil.copytree(home_a, home, symlinks=True)
+    shutil.rmtree(home / "prefect", ignore_errors=True)
+    (home / "prefect" / "prefect.db").mkdir(parents=True)
+    r = _cli(home, "index", "--set", f"index.sources=[{{name: photos, path: {home / 'photos'}}}]", timeout=300)
+    assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
+    log = home / "prefect" / "temporary-api.log"
+    last = r.stderr.strip().splitlines()[-1]  # after the note that this state dir was copied
+    assert last == f"cerebro: the temporary Prefect API exited with 3 at start-up; see {log}", r.stderr
+    assert "Traceback" not in r.stderr
+    assert "Application startup failed" in log.read_text()
