@@ -7,6 +7,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,10 +40,32 @@ def shared_data() -> Path:
     return require_shared()
 
 
+@pytest.fixture(scope="session")
+def migrated_prefect_db(tmp_path_factory) -> Path:
+    """A Prefect database with every migration applied, by Prefect's own CLI (`prefect server
+    database upgrade`), once per session: what a state dir holds after its first command. Tests
+    whose new state dir is not about a first run copy it in (seed_prefect_home); the migrations cost
+    each first command 6-13 s here. `cerebro demo` and test_install's ephemeral API start without it."""
+    home = tmp_path_factory.mktemp("prefect-template")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    p = subprocess.run([str(VENV_BIN / "prefect"), "server", "database", "upgrade", "-y"],
+                       env=dict(env, PREFECT_HOME=str(home)), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and (home / "prefect.db").is_file(), p.stdout[-2000:] + p.stderr[-2000:]
+    return home / "prefect.db"
+
+
+def seed_prefect_home(prefect_home: Path, db: Path) -> Path:
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(db, prefect_home / "prefect.db")
+    return prefect_home
+
+
 @pytest.fixture
-def cerebro_home(tmp_path, monkeypatch) -> Path:
-    """A fresh state dir per test; no tracking/Prefect server leaks in from the environment."""
+def cerebro_home(tmp_path, monkeypatch, migrated_prefect_db) -> Path:
+    """A fresh state dir per test (its Prefect database migrated); no tracking/Prefect server leaks
+    in from the environment."""
     home = tmp_path / "cerebro-home"
+    seed_prefect_home(home / "prefect", migrated_prefect_db)
     monkeypatch.setenv("CEREBRO_HOME", str(home))
     monkeypatch.setenv("PREFECT_HOME", str(home / "prefect"))
     for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):

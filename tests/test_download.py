@@ -24,7 +24,7 @@ from cerebro_core.config import DownloadConfig, StorageConfig, load_config
 from cerebro_core.data.download import DownloadInputError, download, read_url_list
 from cerebro_core.data.shardset import load_manifest
 from cerebro_core.storage import Storage
-from conftest import LoopbackServer, good_pairs, write_url_list
+from conftest import LoopbackServer, good_pairs, seed_prefect_home, write_url_list
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -210,9 +210,10 @@ def test_bad_url_lists_fail_before_any_worker(tmp_path, content, overrides, mess
     assert not out.exists()
 
 
-def test_cli_download_through_prefect_and_mlflow(http_images, tmp_path):
+def test_cli_download_through_prefect_and_mlflow(http_images, tmp_path, migrated_prefect_db):
     expect = write_url_list(tmp_path / "cc3m.tsv", http_images)
     home = tmp_path / "home"
+    seed_prefect_home(home / "prefect", migrated_prefect_db)
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL", "PREFECT_HOME")}
     env["CEREBRO_HOME"] = str(home)
     cerebro = str(Path(sys.executable).parent / "cerebro")

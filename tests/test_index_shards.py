@@ -87,15 +87,17 @@ def test_ivf_shards_recall_within_a_hundredth_of_one_ivf_index(tmp_path):
         assert abs(recall_at_k(f1, truth) - recall_at_k(f2, truth)) <= 0.01, nprobe
 
 
-def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path):
+def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path, migrated_prefect_db):
     """`cerebro index` with index.shards=2 on a local Dask cluster (prefect-dask): the shard
     builds are Prefect task runs, run in the cluster's worker processes, and the published
     sharded bundle answers as exact search over its vectors."""
     from test_index import register_random_clip
 
+    from conftest import seed_prefect_home
     from cerebro_core.config import load_config
 
     home = tmp_path / "home"
+    seed_prefect_home(home / "prefect", migrated_prefect_db)
     photos = tmp_path / "photos"  # 120 of the shared photos (a link out of the folder is not indexed)
     photos.mkdir()
     for i, p in enumerate(sorted((shared_data / "caltech101_animals").rglob("*.jpg"))[:120]):

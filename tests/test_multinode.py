@@ -101,11 +101,11 @@ def test_a_node_without_its_peer_fails_clearly(manifest, cerebro_home, tmp_path)
     port = free_port()
     log = tmp_path / "node1.log"
     t0 = time.time()
-    p = _start(["pretrain", "--shards", str(manifest)], TRAIN + _nodes(port)[1] + ["compute.rdzv_timeout_s=15"], log)
+    p = _start(["pretrain", "--shards", str(manifest)], TRAIN + _nodes(port)[1] + ["compute.rdzv_timeout_s=5"], log)
     (code,) = _finish([p], timeout=240)
     out = log.read_text()
     assert code != 0
-    assert "a peer node never joined or was lost" in out and "compute.rdzv_timeout_s=15" in out, out[-3000:]
+    assert "a peer node never joined or was lost" in out and "compute.rdzv_timeout_s=5" in out, out[-3000:]
     assert out.count("launch: ") == 1, "a lost peer is not retried"
     assert time.time() - t0 < 200
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_port
+from conftest import free_port, seed_prefect_home, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -42,10 +42,11 @@ def _http(method: str, url: str, body: dict | None = None) -> dict | list:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory, moto_server):
+def servers(tmp_path_factory, moto_server, migrated_prefect_db):
     import boto3
 
     tmp = tmp_path_factory.mktemp("servers")
+    seed_prefect_home(tmp / "prefect-server", migrated_prefect_db)  # the server's database, migrated
     pport, mport = free_port(), free_port()
     bucket = f"pipeline-{int(time.time() * 1000) % 10**9}"
     s3 = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",

@@ -39,14 +39,17 @@ def _photos(shared: Path, dst: Path, kind: str, n: int, offset: int = 0) -> Path
 
 
 @pytest.fixture(scope="module")
-def home_a(shared_data, tmp_path_factory):
+def home_a(shared_data, tmp_path_factory, migrated_prefect_db):
     """A state dir with a published index over photos kept inside it (as the demo keeps its own)."""
     from test_index import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.index.stage import run_stage
 
+    from conftest import seed_prefect_home
+
     home = tmp_path_factory.mktemp("state") / "home-a"
+    seed_prefect_home(home / "prefect", migrated_prefect_db)
     _photos(shared_data, home / "photos", "deer", 20)
     mp = pytest.MonkeyPatch()
     mp.setenv("CEREBRO_HOME", str(home))
@@ -137,7 +140,7 @@ def test_a_broken_tracking_database_is_one_line_not_a_traceback(tmp_path):
         assert "is not a readable MLflow database" in r.stderr and len(r.stderr.strip().splitlines()) == 1, args
 
 
-def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, tmp_path):
+def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, shared_data, tmp_path):
     """The temporary Prefect API starts while the command imports its flow; when it dies at
     start-up (here its database path is a folder), the command waits for it, says so in one line
     naming the API's log, and exits 3."""
@@ -145,7 +148,8 @@ def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, tmp_pa
     shutil.copytree(home_a, home, symlinks=True)
     shutil.rmtree(home / "prefect", ignore_errors=True)
     (home / "prefect" / "prefect.db").mkdir(parents=True)
-    r = _cli(home, "index", "--set", f"index.sources=[{{name: photos, path: {home / 'photos'}}}]", timeout=300)
+    photos = _photos(shared_data, tmp_path / "photos", "deer", 3)  # an earlier test removes home_a's own
+    r = _cli(home, "index", "--set", f"index.sources=[{{name: photos, path: {photos}}}]", timeout=300)
     assert r.returncode == 3, (r.returncode, r.stderr[-2000:])
     log = home / "prefect" / "temporary-api.log"
     last = r.stderr.strip().splitlines()[-1]  # after the note that this state dir was copied
