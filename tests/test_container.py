@@ -1,8 +1,9 @@
-"""The CPU image, built and run: docker/Dockerfile.cpu through scripts/build-image.sh (buildah),
+"""The images, built: the CPU image through scripts/build-image.sh (buildah, docker/Dockerfile.cpu)
 on a local Debian base (scripts/build-base.sh: debootstrap, cached by its content hash) with pip
-reading this machine's mirror; then, inside a container of it, `cerebro info`, the demo pipeline
+reading this machine's mirror, and run: inside a container of it, `cerebro info`, the demo pipeline
 and one `cerebro search`, as the README's container section shows. The search target's
-HEALTHCHECK is checked in its config. Slow (the first build installs torch), but it runs in CI."""
+HEALTHCHECK is checked in its config; the GPU image is built the same way and probed (CUDA torch,
+faiss-gpu, `cerebro info`). Slow (a first build installs torch), but it runs in CI."""
 
 from __future__ import annotations
 
@@ -85,3 +86,23 @@ def test_search_target_has_a_healthcheck(cpu_image):
     docker = cfg["Docker"]["config"]
     assert "/healthz" in " ".join(docker["Healthcheck"]["Test"]) and docker["User"] == "cerebro"
     assert docker["Cmd"][:4] == ["cerebro", "serve", "--host", "0.0.0.0"]
+
+
+def test_gpu_image_builds_with_cuda_torch_and_faiss_gpu():
+    """docker/Dockerfile.gpu, built the same way (torch's CUDA wheels from the index, faiss-gpu in
+    place of faiss-cpu): inside it torch reports its CUDA version, faiss has its GPU classes, and
+    `cerebro info` runs. No GPU here: the device itself is exercised only where one is lent."""
+    tag = _build("gpu", "-t", "localhost/cerebro-gpu:test")
+    ctr = subprocess.run(["buildah", "from", "--quiet", tag], capture_output=True, text=True, check=True,
+                         timeout=300).stdout.strip()
+    try:
+        probe = run_in(ctr, "python", "-c", "import torch, faiss; print(torch.version.cuda, "
+                       "hasattr(faiss, 'StandardGpuResources'))", timeout=300)
+        assert probe.returncode == 0, probe.stderr[-2000:]
+        cuda, gpu_faiss = probe.stdout.split()[-2:]
+        assert re.fullmatch(r"\d+\.\d+", cuda) and gpu_faiss == "True", probe.stdout
+        info = run_in(ctr, "cerebro", "info", "-c", "configs/demo.yaml", timeout=300)
+        assert info.returncode == 0, info.stderr[-2000:]
+        assert re.search(r"faiss-gpu-cu12\s+\d", info.stdout) and re.search(r"faiss-cpu\s+not installed", info.stdout)
+    finally:
+        subprocess.run(["buildah", "rm", ctr], capture_output=True, timeout=300)
