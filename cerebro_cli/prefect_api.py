@@ -54,7 +54,8 @@ class TemporaryApi:
                         if r.status == 200:
                             return
                 except OSError:
-                    time.sleep(0.1)
+                    pass
+                time.sleep(0.1)
             self._error = f"the temporary Prefect API did not answer within {timeout_s:.0f} s"
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
