@@ -83,7 +83,10 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
     from cerebro_core.train.pretrain import run_stage as pretrain
     from experiments.adapt_control import PairsOnly
 
-    shards = write_pair_shards(pretrain_pairs(splits["pretrain"]), work / f"shards-{seed}", per_shard=100)
+    if (work / f"shards-{seed}" / "manifest.json").is_file():  # --work: a rerun resumes the finished pretraining
+        shards = sorted(str(x) for x in (work / f"shards-{seed}").glob("*.tar"))
+    else:
+        shards = write_pair_shards(pretrain_pairs(splits["pretrain"]), work / f"shards-{seed}", per_shard=100)
     shardset = shardset_for(shards, f"cifar-{seed}")
     (work / f"shards-{seed}" / "manifest.json").write_text(shardset.model_dump_json())  # adapt.pairs reads it
     sets = [f"adapt.sources=[{{name: pool, path: {splits['pool']}}}]",
@@ -92,9 +95,11 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
             f"adapt.vocabulary={work / 'classes.txt'}", f"train.seed={seed}", f"adapt.seed={seed}",
             f"adapt.pairs={work / f'shards-{seed}'}"]
     cfg = load_config(config, sets + extra)
-    mv = pretrain(cfg, shardset, log=lambda s: None)
     quiet = lambda s: None if s.startswith(("launch:", "step ", "epoch ", "embed")) else print(  # noqa: E731
         f"  seed {seed}: {s}", file=sys.stderr, flush=True)
+    progress = lambda s: print(f"  seed {seed}: pretrain {s[:60]}", file=sys.stderr, flush=True) if (  # noqa: E731
+        s.startswith("step ") and int(s.split()[1].split("/")[0]) % 400 == 0) else None
+    mv = pretrain(cfg, shardset, log=progress)
     if oracle:  # diagnostic: the teacher's selection with ground-truth classes (experiments/adapt_oracle.py)
         from cerebro_core.adapt.stage import gather
         from experiments.adapt_oracle import OracleLabels
@@ -102,11 +107,22 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
         pool, _, _, classes, _ = gather(cfg)
         labeller = OracleLabels(cfg.adapt.labeller, {p.uri: classes.index(p.label) for p in pool})
         loop = run_loop(cfg, labeller, start_version=mv.version, log=quiet)
-    else:
-        loop = run_stage(cfg, start_version=mv.version, log=quiet)
+    else:  # the stage's labeller, with the other kinds asked what they would select (a diagnostic)
+        from cerebro_core.adapt.label import create_labeller
+        from cerebro_core.adapt.stage import gather
+        from cerebro_core.config import KnnLabeller
+        from experiments.adapt_shadow import Shadowed
+
+        pool, _, _, classes, _ = gather(cfg)
+        lab_cfg = cfg.adapt.labeller.model_dump(exclude={"kind", "neighbours", "knn_weight"})
+        shadow = Shadowed(create_labeller(cfg.adapt.labeller),
+                          {"knn": create_labeller(KnnLabeller(**lab_cfg))} if cfg.adapt.labeller.kind != "knn" else {},
+                          {p.uri: classes.index(p.label) for p in pool})
+        loop = run_loop(cfg, shadow, start_version=mv.version, log=quiet)
     ctl = run_loop(cfg, PairsOnly(), start_version=mv.version, log=lambda s: quiet("control: " + s))
     return {"seed": seed, "student": cfg.adapt.student.model_dump(), "loop": loop.iterations,
-            "control": ctl.iterations, "best": loop.best_iteration, "control_best": ctl.best_iteration}
+            "control": ctl.iterations, "best": loop.best_iteration, "control_best": ctl.best_iteration,
+            "labellers": getattr(locals().get("shadow"), "records", [])}
 
 
 def mean_se(xs: list[float], points: bool = True) -> str:
@@ -157,6 +173,24 @@ def report(results: list[dict]) -> None:
         print(f"| {name} | {t} | {v} |")
     pe = [x["compute/pretrain_equivalents"] for r in results for x in r["loop"][1:] if "compute/pretrain_equivalents" in x]
     print(f"\npretrain-equivalents per iteration: {min(pe, default=0):.3f}–{max(pe, default=0):.3f}")
+    print("\n### per seed and iteration: the regime, the model chosen, and the labeller diagnostic\n")
+    print("| seed | it | pseudo share (measured) | passes | selected | precision | WiSE-FT α | val search mAP@10 | "
+          "val top-1 | val 10-NN (features) | features beat zero-shot? |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    for r in results:
+        for x in r["loop"]:
+            knn, zs = x.get("val/knn_top1", math.nan), x.get("val/top1", math.nan)
+            print(f"| {r['seed']} | {x['iteration']} | {x.get('pseudo_share', math.nan):.3f} | {x.get('passes', math.nan):.2f} | "
+                  f"{x.get('selected', 0)} | {x.get('pseudo_label_precision', math.nan):.3f} | "
+                  f"{x.get('wise_ft_alpha', math.nan):g} | {x.get('val/search_mAP_at_10', math.nan):.3f} | {zs:.3f} | "
+                  f"{knn:.3f} | {'yes' if knn > zs else 'no'} |")
+    print("\n### labeller kinds on the same probabilities and features (precision of the selection)\n")
+    for r in results:
+        for rec in r.get("labellers", []):
+            print(f"seed {r['seed']} it {rec['iteration']}: " + ", ".join(
+                f"{k} {v:.3f} ({rec[k + '_n']})" for k, v in rec.items() if k != "iteration" and not k.endswith("_n")))
+    print(f"\nkeep-best published a trained model on {sum(r['best'] > 0 for r in results)} of {len(results)} seeds; "
+          f"the control on {sum(r['control_best'] > 0 for r in results)}")
 
 
 def main() -> None:
@@ -168,12 +202,17 @@ def main() -> None:
     ap.add_argument("--oracle-labels", action="store_true",
                     help="diagnostic: the loop trains on the teacher's selection with ground-truth classes")
     ap.add_argument("--report", type=Path, nargs="*", help="only print the table of these --json files")
+    ap.add_argument("--work", type=Path, help="keep the splits, shards and state dirs here: a rerun with the same "
+                                              "train.* resumes each seed's finished pretraining instead of redoing it")
     args = ap.parse_args()
     if args.report:
         report([r for p in args.report for r in json.loads(p.read_text())])
         return
-    work = Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
-    splits = make_splits(work)
+    work = args.work or Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
+    if args.work and (work / "pool").is_dir():
+        splits = {name: work / name for name in SPLITS}
+    else:
+        splits = make_splits(work)
     (work / "classes.txt").write_text("\n".join(sorted(p.name for p in splits["pool"].iterdir() if p.is_dir())))
     results = []
     for seed in args.seeds:
@@ -181,7 +220,8 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     report(results)
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -16,11 +16,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from cerebro_core.config_adapt import (AdaptConfig, KnnLabeller, LabellerConfig, ReplayStudent, ScratchStudent,  # noqa: F401
+                                      Student, TopKLabeller)
+from cerebro_core.config_base import AugmentConfig, SourceConfig, _Section  # noqa: F401
 from cerebro_core.config_yaml import ConfigError, expand_env, format_errors, apply_overrides
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
 class StorageConfig(_Section):
@@ -74,43 +73,6 @@ class DownloadConfig(_Section):
     disallowed_header_directives: list[str] = Field(default_factory=list)
     extract_exif: bool = Field(True, description="keep each original's EXIF (time, GPS, camera) in its sample's "
                                                  "json: re-indexed scrapes are filtered by it")
-
-
-class AugmentConfig(_Section):
-    """open_clip's ``AugmentationCfg`` (training transform); the defaults are open_clip's."""
-
-    scale: tuple[float, float] = Field((0.9, 1.0), description="RandomResizedCrop area range")
-    ratio: Optional[tuple[float, float]] = None
-    color_jitter: Optional[float | tuple[float, float, float] | tuple[float, float, float, float]] = None
-    re_prob: Optional[float] = Field(None, ge=0, le=1, description="random erasing (use_timm)")
-    re_count: Optional[int] = Field(None, ge=1)
-    use_timm: bool = Field(False, description="timm transform (random erasing); no flips, as open_clip")
-    color_jitter_prob: Optional[float] = Field(None, ge=0, le=1)
-    gray_scale_prob: Optional[float] = Field(None, ge=0, le=1)
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_ok(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1] <= 1:
-            raise ValueError("must be (low, high) with 0 < low <= high <= 1")
-        return v
-
-    @model_validator(mode="after")
-    def _open_clip_applies_it(self) -> "AugmentConfig":
-        # open_clip's own (non-timm) transform silently ignores or asserts on these: fail here
-        if not self.use_timm:
-            if self.color_jitter_prob and not (isinstance(self.color_jitter, tuple) and len(self.color_jitter) == 4):
-                raise ValueError("color_jitter: must be 4 values (brightness, contrast, saturation, hue) "
-                                 "when color_jitter_prob is set")
-            if self.color_jitter is not None and not self.color_jitter_prob:
-                raise ValueError("color_jitter: open_clip applies it only with color_jitter_prob (or use_timm)")
-            for k in ("ratio", "re_prob", "re_count"):
-                if getattr(self, k) is not None:
-                    raise ValueError(f"{k}: open_clip applies it only with use_timm: true")
-        return self
-
-    def open_clip_cfg(self) -> dict:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
 class ComputeConfig(_Section):
@@ -172,90 +134,6 @@ class TrainConfig(_Section):
             moved = [k for k in _MOVED_TO_COMPUTE if k in data]
             if moved:
                 raise ValueError("; ".join(f"train.{k} moved to compute.{k}" for k in moved))
-        return data
-
-
-class SourceConfig(_Section):
-    name: str
-    path: str = Field(description="folder, webdataset shard pattern, or URL list")
-    kind: Literal["folder", "webdataset", "url_list"] = "folder"
-    labels: str | None = Field(None, description="optional labels CSV (evaluation only)")
-
-
-class LabellerConfig(_Section):
-    """How the teacher's class probabilities become pseudo-captioned images."""
-
-    threshold: float = Field(0.5, ge=0, le=1, description="keep an image when its top class probability ≥ this")
-    per_class_top_k: int = Field(100, ge=1, description="at most this many images per predicted class (balance)")
-    caption_templates: list[str] = Field(
-        default_factory=lambda: ["a photo of a {}.", "a {} in the wild.", "a wildlife photo of a {}."],
-        description="captions of the selected images: one template per image, in turn")
-
-
-class ReplayStudent(_Section):
-    """The default student: starts from the teacher's weights and trains on with the pretraining
-    objective (contrastive, both towers) on the pretraining pairs mixed with the pseudo-captioned
-    images (replay keeps what pretraining learnt), for a fixed ``budget`` of samples."""
-
-    kind: Literal["replay"] = "replay"
-    budget: float = Field(0.2, gt=0, le=4, description="samples through forward+backward per iteration, "
-                                                       "in pretrain-equivalents (÷ the pretraining run's samples)")
-    lr_scale: float = Field(0.5, gt=0, le=10, description="peak learning rate = lr_scale × train.lr (cosine)")
-    warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of the student's steps spent warming up")
-    augment: Optional[AugmentConfig] = Field(None, description="the student's training view; None: train.augment")
-
-
-class ScratchStudent(_Section):
-    """Noisy student: each iteration a new model from random weights, pretrained (``train.*``) on
-    the pairs plus the pseudo-captioned images. Measured best on the CIFAR protocol, at 1 pretrain-
-    equivalent per iteration plus ``folds`` fold students per re-labelling (``cerebro plan``)."""
-
-    kind: Literal["scratch"] = "scratch"
-    folds: int = Field(2, ge=0, le=16, description="K ≥ 2: iterations after the first are labelled out of fold — "
-                                                   "K more students, each trained without one fold of the pool "
-                                                   "(by image hash), label that fold; 0: the latest student labels")
-
-    @field_validator("folds")
-    @classmethod
-    def _folds_ok(cls, v: int) -> int:
-        if v == 1:
-            raise ValueError("0 (off) or at least 2 folds")
-        return v
-
-
-Student = Annotated[Union[ReplayStudent, ScratchStudent], Field(discriminator="kind")]
-
-class AdaptConfig(_Section):
-    iterations: int = Field(3, ge=1, le=100)
-    sources: list[SourceConfig] = Field(default_factory=list, description="unlabelled wildlife sources")
-    validation_source: Optional[SourceConfig] = Field(
-        None, description="labelled folder used for model selection (never trained on)")
-    test_source: Optional[SourceConfig] = Field(
-        None, description="labelled folder reported only: nothing selects or trains on it")
-    general_pairs: Optional[str] = Field(
-        None, description="webdataset shards (glob) of general image-text pairs for the forgetting check")
-    vocabulary: Optional[str] = Field(None, description="class names (.txt/.csv/.json) or captions (.txt)")
-    vocabulary_kind: Literal["names", "captions"] = "names"
-    templates: list[str] = Field(
-        default_factory=lambda: ["a photo of a {}.", "a wildlife photo of a {}.", "a close-up photo of a {}."],
-        description="zero-shot prompts per class: the teacher's labels and the measured top-1")
-    labeller: LabellerConfig = Field(default_factory=LabellerConfig)
-    student: Student = Field(default_factory=ReplayStudent)
-    pairs: Optional[str] = Field(
-        None, description="the download output (or its manifest.json) with the pretraining pairs the student "
-                          "replays; default: this config's download output")
-    early_stop: bool = Field(True, description="stop when the validation metric falls")
-    seed: int = 0
-
-    @model_validator(mode="before")
-    @classmethod
-    def _student_by_name(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            st = data.get("student")
-            if isinstance(st, str):  # --set adapt.student=scratch
-                data = {**data, "student": {"kind": st}}
-            elif isinstance(st, dict) and "kind" not in st:  # --set adapt.student.budget=0.1: the default kind
-                data = {**data, "student": {"kind": "replay", **st}}
         return data
 
 

@@ -157,3 +157,21 @@ def species_queries(feats, labels: Sequence[str], queries: torch.Tensor, classes
         precs.append(float(rel.mean()))
     return {f"mAP@{k}": float(np.mean(aps)) if aps else 0.0, f"P@{k}": float(np.mean(precs)) if precs else 0.0,
             "queries": len(aps)}
+
+
+def knn_accuracy(feats, labels: Sequence[int], k: int = 10) -> float:
+    """Leave-one-out k-NN accuracy of normalised features (cosine, majority vote, ties to the
+    nearest): how much class structure the image features hold without any text."""
+    import numpy as np
+
+    f = torch.from_numpy(np.asarray(feats, dtype=np.float32))
+    y = torch.tensor(list(labels))
+    if len(y) < 2:
+        return float("nan")
+    sim = f @ f.T
+    sim.fill_diagonal_(float("-inf"))
+    nn = sim.topk(min(k, len(y) - 1), dim=1).indices
+    votes = torch.zeros(len(y), int(y.max()) + 1)
+    weights = torch.linspace(1.0, 0.99, nn.shape[1]).expand_as(nn)  # ties go to the nearer neighbours
+    votes.scatter_add_(1, y[nn], weights.contiguous())
+    return float((votes.argmax(1) == y).float().mean())

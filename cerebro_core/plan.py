@@ -178,8 +178,18 @@ def plan(cfg: CerebroConfig, gpu: Optional[str] = None) -> list[StagePlan]:
         # out of fold: K more students (each without one fold) before each iteration after the first
         folds = a.student.folds * (a.iterations - 1) / a.iterations
         train_total = student + folds * t.epochs * (train_samples + picked * (a.student.folds - 1) / max(1, a.student.folds))
-    else:  # replay: warm-started from the teacher, a fixed budget of the pretraining's samples
-        train_total = a.student.budget * seen if seen else None
+    else:  # replay: warm-started from the teacher; pseudo share, passes over the selection, budget
+        from cerebro_core.adapt.students import replay_regime
+
+        picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
+        reg = replay_regime(a.student, seen, picked, t.batch_size * nproc * t.accum_steps) if seen else None
+        train_total = reg.steps * reg.global_batch if reg else None
+        if reg:
+            notes.append(f"replay regime per iteration: {reg.steps:,} steps of {reg.global_batch:,}, "
+                         f"pseudo share {100 * reg.pseudo_fraction:.0f} % of every batch, "
+                         f"{reg.passes:.1f} passes over the selection ({_fmt(picked)} images at its cap, "
+                         f"{100 * picked / max(1, pool):.1f} % of the pool), {reg.pretrain_equivalents:.3g} "
+                         f"pretrain-equivalents (set by adapt.student.{'max_passes' if reg.bound == 'passes' else 'budget'})")
     emb = rate(table, "embed", model, device, nproc)  # adapt labels on one node
     per_it = None
     if emb and trainer and train_total:

@@ -16,5 +16,5 @@ class PairsOnly:
     name = "control-pairs-only"
     min_selected = 0  # an empty selection is the point: the student trains on
 
-    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray) -> Selection:
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
         return Selection(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))

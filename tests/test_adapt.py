@@ -16,32 +16,15 @@ import numpy as np
 import pytest
 import torch
 
+from cerebro_core.adapt.models import rank_key
 from cerebro_core.adapt.select import class_entropy, select
 from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
 from cerebro_core.config import load_config
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.storage import Storage
+from helpers import CLASSES, dist, latest_adapt, pool_probs, split, written_labels
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["bird", "cat", "deer", "dog", "frog", "horse"]
-
-
-def split(shared: Path, dst: Path, a: int, b: int, shuffle_labels_seed: int | None = None) -> Path:
-    rows = list(csv.DictReader((shared / "cifar10_animals" / "labels.csv").open()))
-    dst.mkdir(parents=True)
-    chosen = []
-    for c in CLASSES:
-        chosen += sorted((r for r in rows if r["label"] == c), key=lambda r: r["path"])[a:b]
-    labels = [r["label"] for r in chosen]
-    if shuffle_labels_seed is not None:
-        random.Random(shuffle_labels_seed).shuffle(labels)
-    with (dst / "labels.csv").open("w") as f:
-        f.write("path,label\n")
-        for r, lab in zip(chosen, labels):
-            name = r["path"].replace("/", "_")
-            os.link(shared / "cifar10_animals" / r["path"], dst / name)
-            f.write(f"{name},{lab}\n")
-    return dst
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +61,7 @@ def base_run(adapt_env):
     """adapt_env's loop (1 iteration, deterministic kernels) run once: the tests that read its
     result, runs, shards and student share it rather than each running the same loop again."""
     res = run_stage(adapt_env["cfg"], start_version=adapt_env["mv"].version, log=lambda s: None)
-    run, child, student = _latest()
+    run, child, student = latest_adapt()
     return {"res": res, "run": run, "child": child, "student": student}
 
 
@@ -125,9 +108,12 @@ def test_one_iteration_end_to_end(adapt_env, base_run):
     meta = samples[0]["json"]
     assert set(meta) >= {"label", "label_name", "score", "iteration", "source"} and meta["iteration"] == 1
     assert meta["label_name"] in samples[0]["txt"]
-    # the replay student: the pairs plus the selection, budget × the pretraining's samples (6 × 40
-    # pairs, 4 epochs of 6 steps × 40 = 960), i.e. 0.5 × 960 / 40 = 12 steps, and that is what it ran
-    assert it1["student_train_samples"] == 6 * 40 + it1["selected"] and it1["student_steps"] == 12
+    # the replay student: every batch half pairs, half pseudo-captioned images (an epoch: one pass
+    # over the 6 × 40 pairs, 480 samples); the budget (0.5 × the pretraining's 4 epochs of 6 steps ×
+    # 40 = 960 samples: 12 steps) binds before 4 passes over the selection's cap (6 × 20 at 20 per
+    # batch: 24 steps), and that is what it ran
+    assert it1["student_train_samples"] == 2 * 6 * 40 and it1["student_steps"] == 12
+    assert it1["pseudo_share"] == pytest.approx(0.5) and it1["passes"] == pytest.approx(12 * 20 / it1["selected"])
     assert child.data.metrics["compute/train_samples"] == 12 * 40
     assert child.data.metrics["compute/pretrain_equivalents"] == pytest.approx(0.5)
     # warm-started from the teacher: both towers trained, and the student is far nearer the
@@ -142,18 +128,14 @@ def test_one_iteration_end_to_end(adapt_env, base_run):
     assert any(k.startswith("visual.") for k in changed) and any(k.startswith("transformer.") for k in changed)
     torch.manual_seed(adapt_env["cfg"].train.seed + 1000)
     fresh = create(adapt_env["cfg"].train.model).model.state_dict()
-    assert _dist(after, start["model"]) < 0.2 * _dist(after, fresh)
+    assert dist(after, start["model"]) < 0.2 * dist(after, fresh)
     # keep-best: champion is the best iteration by validation
     champion = client.get_model_version_by_alias("cerebro-clip", "champion")
     if res.best_iteration == 0:
         assert str(champion.version) == str(adapt_env["mv"].version)
     else:
         assert champion.tags["stage"] == "adapt" and champion.tags["iteration"] == str(res.best_iteration)
-        assert res.iterations[res.best_iteration]["val/top1"] > res.iterations[0]["val/top1"]
-
-
-def _dist(a: dict, b: dict) -> float:
-    return sum(float((a[k].float() - b[k].float()).norm()) for k in a if a[k].is_floating_point())
+        assert rank_key(res.iterations[res.best_iteration]) > rank_key(res.iterations[0])
 
 
 def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env, base_run):
@@ -191,8 +173,10 @@ def test_logged_metrics_match_open_clips_zero_shot_classifier(adapt_env, base_ru
         feats = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
         return [CLASSES[i] for i in (feats @ clf).argmax(1).tolist()]
 
-    # validation top-1 of the iteration-1 model
-    ck1 = sorted(work.rglob(f"{parent.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+    # validation top-1 of the iteration-1 model: the student, or the WiSE-FT interpolation chosen
+    alpha = res.iterations[1]["wise_ft_alpha"]
+    ck1 = (sorted(work.rglob(f"{parent.info.run_id}/iteration-1/checkpoints/*.pt"))[-1] if alpha == 1.0 else
+           next(work.rglob(f"{parent.info.run_id}/iteration-1/wise-ft-{alpha:g}.pt")))
     val = truth(Path(cfg.adapt.validation_source.path))
     pred = predict(*model_from(str(ck1)), sorted(val))
     top1 = sum(p == val[path] for p, path in zip(pred, sorted(val))) / len(val)
@@ -219,7 +203,7 @@ def test_ground_truth_never_reaches_training(adapt_env, base_run):
         f"adapt.sources=[{{name: pool, path: {adapt_env['pool_shuffled']}}}]"])
     r = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
     a = {"weights": base_run["student"], "row": base_run["res"].iterations[1]}  # the same loop on the true labels
-    b = {"weights": _latest()[2], "row": r.iterations[1]}
+    b = {"weights": latest_adapt()[2], "row": r.iterations[1]}
     assert a["row"]["selected"] == b["row"]["selected"]
     assert a["row"]["pseudo_label_precision"] != b["row"]["pseudo_label_precision"]  # measured against gt...
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])  # ...which training never saw
@@ -232,11 +216,12 @@ def test_keep_best_never_publishes_a_worse_model(adapt_env):
 
     cfg = load_config(REPO / "configs/demo.yaml", adapt_env["base"] + [
         "train.lr=0.1", "adapt.student.lr_scale=10", "adapt.iterations=3", "adapt.early_stop=true"])
+    before = mlflow.MlflowClient().get_model_version_by_alias("cerebro-clip", "champion").version
     res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
     assert res.best_iteration == 0 and len(res.iterations) == 2  # iteration 0, then 1 fell: stop
-    assert res.iterations[1]["val/top1"] < res.iterations[0]["val/top1"]
+    assert rank_key(res.iterations[1]) < rank_key(res.iterations[0])
     champion = mlflow.MlflowClient().get_model_version_by_alias("cerebro-clip", "champion")
-    assert str(champion.version) == str(adapt_env["mv"].version)
+    assert champion.version == before  # the start model or a champion at least as good: never the wreck
 
 
 def test_bad_inputs_fail_before_compute(adapt_env, tmp_path):
@@ -275,56 +260,10 @@ def _registered_weights(version: str) -> dict:
     return torch.load(Path(mlflow.artifacts.download_artifacts(source)) / "model.pt", weights_only=True)["model"]
 
 
-def _pool_probs(cfg, weights: dict) -> dict[str, np.ndarray]:
-    """Class probabilities of one model on the pool, per image sha256, recomputed from its weights."""
-    from cerebro_core.data.vocab import prompts_for
-    from cerebro_core.evaluate import probabilities, prompt_class_embeddings
-    from cerebro_core.embed import embed_items
-    from cerebro_core.model.factory import create
-
-    pool, _, _, classes, _ = gather(cfg)
-    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
-    sha = {p.uri: p.sha256 for p in pool}
-    b = create(cfg.train.model)
-    b.model.load_state_dict(weights)
-    b.model.eval()
-    e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
-    p = probabilities(e.vectors, prompt_class_embeddings(b.model, b.tokenizer, prompts),
-                      float(b.model.logit_scale.detach().exp()))
-    return dict(zip((sha[r["uri"]] for r in e.rows), p))
-
-
-def _written(run_id: str, where: str) -> dict[str, tuple[int, float]]:
-    """(label, score) per image sha256 in the pseudo-labelled shards under ``{run_id}/{where}``."""
-    import tarfile
-
-    written = {}
-    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
-    for shard in sorted(work.rglob(f"{run_id}/{where}/*.tar")):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tf.extractfile(m).read())
-                    written[meta["sha256"]] = (meta["label"], meta["score"])
-    return written
-
-
 def _scratch_cfg(adapt_env, *extra: str):
     base = [x for x in adapt_env["base"] if not x.startswith("adapt.student.")]  # the replay budget
     return load_config(REPO / "configs/demo.yaml", base + [
         "adapt.student.kind=scratch", "adapt.student.folds=0", "train.epochs=2", *extra])
-
-
-def _latest(kind: str = "adapt"):
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], f"tags.stage = '{kind}'",
-                             order_by=["start_time DESC"])[0]
-    ck = sorted((Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt").rglob(
-        f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
-    child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
-    return run, child, ckpt.load(Storage(), str(ck))["model"]
 
 
 def test_the_benchmarks_control_trains_the_same_steps_on_the_pairs_alone(adapt_env, base_run):
@@ -340,7 +279,7 @@ def test_the_benchmarks_control_trains_the_same_steps_on_the_pairs_alone(adapt_e
     cfg = adapt_env["cfg"]
     loop, student = base_run["res"].iterations[1], base_run["student"]
     ctl = run_loop(cfg, PairsOnly(), start_version=adapt_env["mv"].version, log=lambda s: None).iterations[1]
-    run, child, control = _latest()
+    run, child, control = latest_adapt()
     assert run.data.tags["labeller"] == "control-pairs-only" and ctl["selected"] == 0
     assert ctl["student_steps"] == loop["student_steps"] == 12 and ctl["student_train_samples"] == 6 * 40
     assert child.data.metrics["compute/train_samples"] == loop["compute/train_samples"]
@@ -360,7 +299,7 @@ def test_scratch_student_trains_from_random_weights(adapt_env):
     cfg = _scratch_cfg(adapt_env)
     res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
     row = res.iterations[1]
-    run, child, student = _latest()
+    run, child, student = latest_adapt()
     assert run.data.tags["student"] == "scratch" and "train/loss" in child.data.metrics
     n_pairs, cap = 6 * 40, 6 * 20  # 6 classes × per_class_top_k 20 (the pool has 180 images)
     assert row["selected"] > 0 and row["student_train_samples"] == n_pairs + row["selected"]
@@ -370,7 +309,7 @@ def test_scratch_student_trains_from_random_weights(adapt_env):
         "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
     torch.manual_seed(cfg.train.seed + 1000)
     fresh = create(cfg.train.model).model.state_dict()
-    assert _dist(student, fresh) < 0.5 * _dist(student, teacher)
+    assert dist(student, fresh) < 0.5 * dist(student, teacher)
     assert any(not torch.equal(student[k], fresh[k]) for k in student if k.startswith("transformer."))
 
 
@@ -393,22 +332,71 @@ def test_cross_fit_labels_each_fold_with_a_student_that_never_saw_it(adapt_env):
                                 order_by=["start_time DESC"])[0].info.run_id
     work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
     fold = {p.sha256: fold_of(p, 2) for p in gather(cfg)[0]}
-    selected1 = _written(run_id, "iteration-1/shards")
+    selected1 = written_labels(run_id, "iteration-1/shards")
     oof = {}
     for k in (0, 1):
-        trained_on = _written(run_id, f"iteration-2/fold-{k}/shards")
+        trained_on = written_labels(run_id, f"iteration-2/fold-{k}/shards")
         assert trained_on and trained_on.keys() == {h for h in selected1 if fold[h] != k}
         assert all(trained_on[h] == selected1[h] for h in trained_on)  # the same pseudo-labels
         weights = ckpt.load(Storage(), str(sorted(work.rglob(f"{run_id}/iteration-2/fold-{k}/checkpoints/*.pt"))[-1]))
-        oof.update({h: p for h, p in _pool_probs(cfg, weights["model"]).items() if fold[h] == k})
+        oof.update({h: p for h, p in pool_probs(cfg, weights["model"]).items() if fold[h] == k})
     assert oof.keys() == fold.keys()
     keys = sorted(oof)
     idx, labels, scores = select(np.stack([oof[h] for h in keys]), cfg.adapt.labeller.threshold,
                                  cfg.adapt.labeller.per_class_top_k)
-    written2 = _written(run_id, "iteration-2/shards")
+    written2 = written_labels(run_id, "iteration-2/shards")
     assert written2.keys() == {keys[i] for i in idx}
     for i, lab, sc in zip(idx, labels, scores):
         assert written2[keys[i]][0] == lab and abs(written2[keys[i]][1] - sc) < 1e-4
     student1 = ckpt.load(Storage(), str(sorted(work.rglob(f"{run_id}/iteration-1/checkpoints/*.pt"))[-1]))["model"]
-    own = _pool_probs(cfg, student1)
+    own = pool_probs(cfg, student1)
     assert any(abs(float(own[h].max()) - written2[h][1]) > 1e-3 for h in written2)
+
+
+def test_keep_best_ranks_by_species_search_and_weighs_wise_ft(adapt_env, base_run):
+    """Each iteration's model is the student or a WiSE-FT interpolation with its teacher, whichever
+    ranks first on validation by species-query mAP@10 (ties: top-1); each candidate's figures are
+    logged, and the chosen checkpoint is exactly teacher + α·(student − teacher)."""
+    import mlflow
+
+    rows = base_run["res"].iterations
+    it1 = rows[1]
+    assert {"val/search_mAP_at_10", "val/search_P_at_10", "val/knn_top1", "test/search_mAP_at_10"} <= rows[0].keys()
+    cands = {a: (it1[f"wise_ft/{a:g}/val_search"], it1[f"wise_ft/{a:g}/val_top1"]) for a in (1.0, 0.75, 0.5, 0.25)}
+    assert cands[it1["wise_ft_alpha"]] == max(cands.values())
+    assert rank_key(it1) == cands[it1["wise_ft_alpha"]]  # the measured model is the chosen one
+    assert "wise_ft/0.5/val_search" in base_run["child"].data.metrics
+    assert base_run["res"].best_iteration == max(range(len(rows)), key=lambda i: (rank_key(rows[i]), -i))
+    run_id = base_run["run"].info.run_id
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    half = ckpt.load(Storage(), str(next(work.rglob(f"{run_id}/iteration-1/wise-ft-0.5.pt"))))["model"]
+    teacher = torch.load(Path(mlflow.artifacts.download_artifacts(mlflow.MlflowClient().get_model_version(
+        "cerebro-clip", adapt_env["mv"].version).source)) / "model.pt", weights_only=True)["model"]
+    student = base_run["student"]
+    assert all(torch.allclose(half[k], teacher[k] + 0.5 * (student[k] - teacher[k])) for k in half
+               if half[k].is_floating_point())
+
+
+def test_the_champion_moves_only_to_a_model_at_least_as_good_on_validation(adapt_env, tmp_path):
+    """Adapt started from a random-weight version improves on it, but ranks below the current
+    champion on validation: its best model is registered, the champion alias stays where it was."""
+    import mlflow
+
+    from cerebro_core import tracking
+    from cerebro_core.model.factory import create
+    from cerebro_core.model.publish import publish_model
+
+    cfg = adapt_env["cfg"]
+    client = mlflow.MlflowClient()
+    before = client.get_model_version_by_alias("cerebro-clip", "champion").version
+    torch.manual_seed(123)
+    url = str(tmp_path / "random.pt")
+    ckpt.save(Storage(), url, {"model": create(cfg.train.model).model.state_dict(), "model_name": cfg.train.model,
+                               "step": 0})
+    with tracking.stage_run(cfg, "pretrain", run_name="random weights") as run:
+        weak = publish_model(cfg, run.info.run_id, url, "pretrain", {}, {})
+    tracking.set_alias("cerebro-clip", "champion", before)
+    lines: list[str] = []
+    res = run_stage(cfg, start_version=weak.version, log=lines.append)
+    assert client.get_model_version_by_alias("cerebro-clip", "champion").version == before
+    assert res.model.version != before and any("champion unchanged" in x for x in lines), lines[-3:]

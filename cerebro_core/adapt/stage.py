@@ -35,20 +35,16 @@ from pydantic import BaseModel
 from cerebro_core import tracking
 from cerebro_core.adapt.artifacts import confusion_png, sample_grid_png
 from cerebro_core.adapt.folds import out_of_fold
-from cerebro_core.adapt.label import Labeller, TeacherLabeller
+from cerebro_core.adapt.label import Labeller, create_labeller
+from cerebro_core.adapt.models import SEARCH, Models, rank_key
 from cerebro_core.adapt.select import class_entropy
 from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pretraining_samples, replay_job,
-                                         scratch_job, selection_cap, write_pseudo_shards)
+                                         replay_regime, scratch_job, selection_cap, write_pseudo_shards)
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
 from cerebro_core.data.mirror import local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
-from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
-from cerebro_core.embed_job import embed, embedding_dir
-from cerebro_core.evaluate import general_retrieval, labelled_metrics, probabilities, prompt_class_embeddings
 from cerebro_core.home import resolve
-from cerebro_core.model import checkpoint as ckpt
-from cerebro_core.model.factory import create
 from cerebro_core.model.publish import ModelVersion, publish_model
 from cerebro_core.storage import Storage, join
 from cerebro_core.train.data import split_shards
@@ -134,51 +130,40 @@ def _flat(m: dict) -> dict:
     return {f"{part}/{k}": float(v) for part, d in m.items() for k, v in d.items() if isinstance(v, (int, float))}
 
 
-class _Models:
-    """Loading, embedding and measuring the loop's models, in this node's cluster shape."""
-
-    def __init__(self, cfg: CerebroConfig, storage: Storage, model_name: str, prompts: list[list[str]],
-                 classes: list[str], log: Callable[[str], None]) -> None:
-        self.cfg, self.storage, self.model_name, self.prompts, self.classes, self.log = (
-            cfg, storage, model_name, prompts, classes, log)
-        a = cfg.adapt
-        self.general = sorted(storage.glob(a.general_pairs)) if a.general_pairs else []
-
-    def load(self, ck: str):
-        b = create(self.model_name)
-        ckpt.load_model_weights(b.model, ckpt.load(self.storage, ck))
-        b.model.eval()
-        b.weights = ck
-        return b
-
-    def embed(self, b, items: list[Item]):
-        root = resolve(self.cfg).storage_root
-        return embed(one_node(self.cfg.compute), self.cfg.storage, b.name, b.weights, items,
-                     embedding_dir(root, self.cfg.name, "adapt", b.weights, items), log=self.log, bundle=b)
-
-    def probabilities(self, b, items: list[Item]) -> tuple[list[str], np.ndarray]:
-        """(image uris, class probabilities) of one model, with its own text tower and logit scale."""
-        cls = prompt_class_embeddings(b.model, b.tokenizer, self.prompts)
-        e = self.embed(b, items)
-        return [r["uri"] for r in e.rows], probabilities(e.vectors, cls, float(b.model.logit_scale.detach().exp()))
-
-    def measure(self, b, val: list[Item], test: list[Item]) -> dict:
-        cls = prompt_class_embeddings(b.model, b.tokenizer, self.prompts)
-        out: dict = {}
-        for name, items in (("val", val), ("test", test)):
-            if items:
-                e = self.embed(b, items)
-                label_of = {it.uri: it.label for it in items}
-                out[name] = labelled_metrics(e.vectors, [label_of[r["uri"]] for r in e.rows], self.classes, cls)
-        if self.general:
-            out["general"] = general_retrieval(b, self.general, self.storage)
-        return out
-
-
 def run_stage(cfg: CerebroConfig, start_version: Optional[str] = None, log: Callable[[str], None] = print,
               on_iteration: Optional[Callable[[dict], None]] = None) -> AdaptResult:
-    """The adapt stage: the loop with the teacher's labels (``adapt.labeller``)."""
-    return run_loop(cfg, TeacherLabeller(cfg.adapt.labeller), start_version, log, on_iteration)
+    """The adapt stage: the loop with the labeller of ``adapt.labeller.kind``."""
+    return run_loop(cfg, create_labeller(cfg.adapt.labeller), start_version, log, on_iteration)
+
+
+def _fmt(row: dict) -> str:
+    """The iteration's line: figures without labels are left out, not printed as nan."""
+    out = [f"{name} {row[key]:.3f}" for name, key in (
+        ("precision", "pseudo_label_precision"), ("val search mAP@10", f"val/{SEARCH}"), ("val top1", "val/top1"),
+        ("test top1", "test/top1")) if not math.isnan(row.get(key, math.nan))]
+    if "wise_ft_alpha" in row:
+        out.append(f"α {row['wise_ft_alpha']:g}")
+    return ", ".join(out + [f"{row['compute/pretrain_equivalents']:.3f} pretrain-equivalents"])
+
+
+def _choose(models: Models, teacher_ckpt: str, student_ckpt: str, val: list[Item], base: str, row: dict,
+            log: Callable[[str], None]) -> tuple[float, str]:
+    """The iteration's model: the student or a WiSE-FT interpolation with its teacher
+    (``adapt.wise_ft``), whichever validation ranks first (:func:`rank_key`; ties: the larger α)."""
+    alphas = models.cfg.adapt.wise_ft if val else []
+    if not alphas:
+        return 1.0, student_ckpt
+    scored = []
+    for alpha in [1.0] + sorted(alphas, reverse=True):
+        ck = student_ckpt if alpha == 1.0 else models.interpolate(teacher_ckpt, student_ckpt, alpha,
+                                                                   join(base, f"wise-ft-{alpha:g}.pt"))
+        v = _flat(models.measure(models.load(ck), {"val": val}, general=False))
+        row[f"wise_ft/{alpha:g}/val_search"], row[f"wise_ft/{alpha:g}/val_top1"] = rank_key(v)
+        scored.append((rank_key(v), alpha, ck))
+    key, alpha, ck = max(scored, key=lambda x: x[0])  # max keeps the first of equals: the larger α
+    log(f"adapt: WiSE-FT: " + ", ".join(f"α {a:g} {k[0]:.3f}/{k[1]:.3f}" for k, a, _ in scored)
+        + f" (val search mAP@10/top1) → α {alpha:g}")
+    return alpha, ck
 
 
 def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str] = None,
@@ -197,7 +182,7 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
     start_dir = download(mv0)
     current_ckpt = str(start_dir / "model.pt")
     model_name = json.loads((start_dir / "model_config.json").read_text())["model_name"]
-    models = _Models(cfg, storage, model_name, prompts_for(classes, a.templates, a.vocabulary_kind), classes, log)
+    models = Models(cfg, storage, model_name, prompts_for(classes, a.templates, a.vocabulary_kind), classes, log)
     work = join(resolve(cfg).storage_root, cfg.name, "adapt", tracking.client().get_experiment_by_name(
         cfg.tracking.experiment).experiment_id)
     student = a.student
@@ -215,14 +200,18 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
             if src is not None and items:
                 tracking.log_dataset(src.name, src.path, tracking.listing_digest([it.uri for it in items]),
                                      "validation" if src is a.validation_source else "test", len(items))
-        tracking.log_params({"adapt.pool_size": len(pool), "adapt.classes": len(classes),
-                             "adapt.pretrain_samples": unit, **{f"adapt.counts.{k}": v for k, v in counts.items()}})
+        params = {"adapt.pool_size": len(pool), "adapt.classes": len(classes), "adapt.pretrain_samples": unit,
+                  "adapt.selection_cap": cap, **{f"adapt.counts.{k}": v for k, v in counts.items()}}
+        if isinstance(student, ReplayStudent):  # the regime a benchmark must match to speak for this run
+            params.update({f"adapt.regime.{k}": v for k, v in replay_regime(
+                student, unit, cap, cfg.train.batch_size * cfg.train.accum_steps * _world(cfg))._asdict().items()})
+        tracking.log_params(params)
         teacher = models.load(current_ckpt)
-        row0 = {"iteration": 0, **_flat(models.measure(teacher, val, test))}
+        row0 = {"iteration": 0, **_flat(models.measure(teacher, {"val": val, "test": test}))}
         history.append(row0)
         tracking.log_metrics({k: v for k, v in row0.items() if k != "iteration"}, step=0)
-        best = (0, row0.get("val/top1", -1.0), current_ckpt)
-        prev_val = row0.get("val/top1")
+        best = (0, rank_key(row0), current_ckpt)
+        prev = rank_key(row0)
         pending = None  # scratch with folds: the previous iteration's (selection, labels, scores)
         for it in range(1, a.iterations + 1):
             with tracking.stage_run(cfg, "adapt-iteration", run_name=f"iteration {it}",
@@ -234,11 +223,12 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                     oof = out_of_fold(cfg, models, pairs, pool, classes, cap, base, it - 1, *pending, spent=spent)
                     keys = [p.uri for p in pool if p.uri in oof]
                     probs = np.stack([oof[k] for k in keys]) if keys else np.zeros((0, len(classes)))
+                    feats = np.zeros((len(keys), 0), np.float32)  # fold students: no one feature space
                 else:
-                    keys, probs = models.probabilities(teacher, pool)
+                    keys, probs, feats = models.probabilities(teacher, pool)
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[k] for k in keys]
-                idx, labels, scores = labeller(it, keys, probs)
+                idx, labels, scores = labeller(it, keys, probs, feats)
                 sel_items = [items[i] for i in idx]
                 known = [(classes[lab], x.label) for lab, x in zip(labels, sel_items) if x.label is not None]
                 row = {
@@ -256,17 +246,23 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                 shards = write_pseudo_shards(storage, join(base, "shards"), sel_items, list(labels), list(scores),
                                              classes, a.labeller.caption_templates, it) if len(idx) else []
                 if isinstance(student, ReplayStudent):
-                    job = replay_job(cfg, student, model_name, pairs, shards, len(idx), current_ckpt, unit,
+                    job = replay_job(cfg, student, model_name, pairs, shards, cap, current_ckpt, unit,
                                      join(base, "checkpoints"), it, mlflow_run_id=child.info.run_id)
                 else:
                     job = scratch_job(cfg, model_name, pairs, shards, len(idx), cap, join(base, "checkpoints"), it,
                                       mlflow_run_id=child.info.run_id)
                 row.update({"student_train_samples": job.train_samples, "student_steps": job.max_steps})
                 summary = launch(job, log=log)
-                current_ckpt = summary["checkpoint"]
                 spent.append(summary["step"] * summary["global_batch"])
+                share = float(np.mean(summary.get("mixed_share") or [0.0]))
+                if job.mix_shards:  # measured in the student's batches, not computed
+                    row["pseudo_share"] = share
+                    row["passes"] = summary["step"] * summary["global_batch"] * share / max(1, len(idx))
+                alpha, current_ckpt = (_choose(models, current_ckpt, summary["checkpoint"], val, base, row, log)
+                                       if isinstance(student, ReplayStudent) else (1.0, summary["checkpoint"]))
+                row["wise_ft_alpha"] = alpha
                 teacher = models.load(current_ckpt)  # labels the next iteration; measured and selectable
-                m = models.measure(teacher, val, test)
+                m = models.measure(teacher, {"val": val, "test": test})
                 row.update(_flat(m))
                 row["final_loss"] = summary["final_loss"]
                 row["compute/train_samples"] = float(sum(spent))
@@ -282,36 +278,60 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                         tracking.log_artifact(sample_grid_png(sel_items, [classes[x] for x in labels], list(scores),
                                                               Path(td, f"pseudo_labels_{it}.png")))
                 history.append(row)
-                log(f"adapt: iteration {it}: selected {len(idx)}, " + "".join(
-                    f"{name} {row[key]:.3f}, " for name, key in (("precision", "pseudo_label_precision"),
-                                                                  ("val top1", "val/top1"), ("test top1", "test/top1"))
-                    if not math.isnan(row.get(key, math.nan)))  # a figure without labels is left out, not nan
-                    + f"{row['compute/pretrain_equivalents']:.3f} pretrain-equivalents")
+                log(f"adapt: iteration {it}: selected {len(idx)}, " + _fmt(row))
                 if on_iteration is not None:
                     on_iteration(row)
-                v = row.get("val/top1")
-                if v is not None and v > best[1]:
-                    best = (it, v, current_ckpt)
+                k = rank_key(row)
+                if val and k > best[1]:
+                    best = (it, k, current_ckpt)
                 elif not val:
-                    best = (it, -1.0, current_ckpt)  # no labelled validation: the last iteration
-                if a.early_stop and v is not None and prev_val is not None and v < prev_val:
-                    log(f"adapt: validation fell ({prev_val:.3f} → {v:.3f}); stopping early")
+                    best = (it, k, current_ckpt)  # no labelled validation: the last iteration
+                if a.early_stop and val and k < prev:
+                    log(f"adapt: validation fell ({prev[0]:.3f}/{prev[1]:.3f} → {k[0]:.3f}/{k[1]:.3f} "
+                        "search mAP@10/top1); stopping early")
                     break
-                prev_val = v
+                prev = k
                 if getattr(student, "folds", 0) and it < a.iterations and len(idx):
                     pending = (sel_items, list(labels), list(scores))
         tracking.log_json_artifact(history, "iterations.json")
         tracking.set_tags({"best_iteration": best[0]})
         metrics = {k: v for k, v in history[best[0]].items() if isinstance(v, float) and not math.isnan(v)}
-        if best[0] == 0:
-            # The starting model stays the best: keep it (never publish a worse one).
-            tracking.set_alias(cfg.tracking.model_name, "champion", mv0.version)
-            result = ModelVersion(name=mv0.name, version=str(mv0.version), run_id=mv0.run_id or "", model=model_name,
-                                  stage="adapt(kept start)", checkpoint_url=str(start_dir / "model.pt"),
-                                  artifact_uri=mv0.source, metrics=metrics)
-        else:
-            result = publish_model(cfg, parent.info.run_id, best[2], "adapt",
-                                   {"iteration": best[0], "metric": "val/top1", "value": round(best[1], 4),
-                                    "start_version": mv0.version, "student": student.kind}, metrics)
-            tracking.set_alias(cfg.tracking.model_name, "champion", result.version)
+        result = _publish(cfg, models, parent.info.run_id, mv0, start_dir, model_name, best, val, metrics, log)
     return AdaptResult(model=result, best_iteration=best[0], iterations=history)
+
+
+def _world(cfg: CerebroConfig) -> int:
+    from cerebro_core.distributed import one_node, world_size
+
+    return world_size(one_node(cfg.compute))
+
+
+def _publish(cfg: CerebroConfig, models: Models, run_id: str, mv0, start_dir: Path, model_name: str,
+             best: tuple, val: list[Item], metrics: dict, log: Callable[[str], None]) -> ModelVersion:
+    """Register the best iteration (keep-best) and move ``champion`` to it only when it is at least as
+    good on validation as the current champion (measured here when that is not the start model)."""
+    try:
+        champ: Optional[str] = str(tracking.get_version_by_alias(cfg.tracking.model_name, "champion").version)
+    except Exception:  # no champion yet
+        champ = None
+    champ_key = None  # the start model is the champion: keep-best already weighed it (iteration 0)
+    if val and champ is not None and champ != str(mv0.version):
+        from cerebro_core.model.registry import download, resolve_version
+
+        c_dir = download(resolve_version(cfg.tracking.model_name, None, champ))
+        champ_key = rank_key(_flat(models.measure(models.load(str(c_dir / "model.pt")), {"val": val}, False)))
+    if best[0] == 0:  # the starting model stays the best: nothing new to register
+        result = ModelVersion(name=mv0.name, version=str(mv0.version), run_id=mv0.run_id or "", model=model_name,
+                              stage="adapt(kept start)", checkpoint_url=str(start_dir / "model.pt"),
+                              artifact_uri=mv0.source, metrics=metrics)
+    else:
+        result = publish_model(cfg, run_id, best[2], "adapt",
+                               {"iteration": best[0], "metric": f"val/{SEARCH}, val/top1",
+                                "value": "/".join(f"{x:.4f}" for x in best[1]), "start_version": mv0.version,
+                                "student": cfg.adapt.student.kind}, metrics)
+    if champ_key is None or best[1] >= champ_key:
+        tracking.set_alias(cfg.tracking.model_name, "champion", result.version)
+    else:
+        log(f"adapt: v{result.version} ranks below the champion v{champ} on validation "
+            f"({best[1][0]:.3f}/{best[1][1]:.3f} < {champ_key[0]:.3f}/{champ_key[1]:.3f}); champion unchanged")
+    return result

@@ -12,6 +12,10 @@ Built from webdataset's own stages (``tar_file_expander``, ``group_by_keys``, ``
   augmentation (seeded per batch), as the uninterrupted run.
 - Bad data never stops an epoch: a missing or unreadable shard, a sample without image or text,
   a corrupt image are skipped and counted; each batch carries the count since the last batch.
+- A mix (``mix_shards``, ``mix_fraction``): every batch takes an exact, deterministic share of its
+  samples from a second set of shards (adapt's pseudo-captioned images), whatever the two sets'
+  sizes: batch b of a slot holds round((b+1)·f·B) − round(b·f·B) of them. Each set is its own
+  cycling, shuffled stream per slot, so resume skips a known count in each.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
@@ -73,6 +78,8 @@ class PipelineSpec:
     shuffle_buffer: int = 1000
     caption_key: str = "txt"
     return_keys: bool = False  # yield sample keys too (tests and debugging)
+    mix_shards: list[str] = field(default_factory=list)  # a second set of shards mixed into every batch
+    mix_fraction: float = 0.0  # the exact share of every batch taken from ``mix_shards``
     storage: StorageConfig = field(default_factory=StorageConfig)
 
 
@@ -84,14 +91,6 @@ class ShardBatches(IterableDataset):
         super().__init__()
         self.spec, self.transform, self.tokenizer = spec, transform, tokenizer
         self.num_workers = max(1, num_workers)
-
-    def _slot_shards(self, slot: int, n_slots: int, epoch: int) -> list[str]:
-        s = self.spec
-        order = list(s.shards)
-        random.Random(_seed(s.seed, epoch, "shards")).shuffle(order)
-        if len(order) >= n_slots:
-            return order[slot::n_slots]
-        return [order[slot % len(order)]]
 
     def _cycle(self, shards: list[str], rng: random.Random, counter: dict) -> Iterator[dict]:
         storage = Storage(self.spec.storage)
@@ -124,63 +123,83 @@ class ShardBatches(IterableDataset):
             emitted += s.batches_per_epoch
             start = 0
 
-    def _epoch(self, epoch: int, lw: int, start_batch: int):
+    def mixed(self, b: int) -> int:
+        """How many of batch ``b`` (a slot's own batch index) come from ``mix_shards``: exact in
+        aggregate (the first n batches hold round(n·f·B) of them)."""
         s = self.spec
-        W = self.num_workers
-        slot, n_slots = s.rank * W + lw, s.world_size * W
-        total = s.batches_per_epoch // W + (1 if lw < s.batches_per_epoch % W else 0)
-        done = (start_batch - lw + W - 1) // W if start_batch > lw else 0
-        remaining = total - done
-        if remaining <= 0:
-            return
-        counter: dict = {}
-        rng = random.Random(_seed(s.seed, epoch, slot))
-        stream = self._cycle(self._slot_shards(slot, n_slots, epoch), rng, counter)
-        stream = _shuffle(stream, bufsize=s.shuffle_buffer, initial=min(100, s.shuffle_buffer), rng=rng)
-        skipped_bad = 0
-        produced = 0
-        batch_idx = done
-        # Skip, undecoded, what this slot already produced before the checkpoint. Bad samples
-        # were skipped then too, so skip by the same rule: count only valid ones.
-        to_skip = done * s.batch_size
-        imgs, texts, keys = [], [], []
+        if not s.mix_shards or s.mix_fraction <= 0:
+            return 0
+        fb = s.mix_fraction * s.batch_size
+        return int(math.floor((b + 1) * fb + 0.5) - math.floor(b * fb + 0.5))
+
+    def _stream(self, shards: list[str], epoch: int, slot: int, n_slots: int, tag: str, counter: dict):
+        s = self.spec
+        rng = random.Random(_seed(s.seed, epoch, slot) if not tag else _seed(s.seed, epoch, slot, tag))
+        order = list(shards)
+        random.Random(_seed(s.seed, epoch, "shards", tag) if tag else _seed(s.seed, epoch, "shards")).shuffle(order)
+        mine = order[slot::n_slots] if len(order) >= n_slots else [order[slot % len(order)]]
+        stream = self._cycle(mine, rng, counter)
+        return _shuffle(stream, bufsize=s.shuffle_buffer, initial=min(100, s.shuffle_buffer), rng=rng)
+
+    def _valid(self, stream, to_skip: int, bad: list[int]):
+        """(image, text, key) of the stream's valid samples, after skipping ``to_skip`` of them
+        undecoded (resume); invalid ones are counted in ``bad[0]``."""
+        s = self.spec
         for sample in stream:
             img_bytes = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             txt = sample.get(s.caption_key)
             if img_bytes is None or txt is None:
-                skipped_bad += 1
+                bad[0] += 1
                 continue
             try:
                 text = txt.decode("utf-8").strip() if isinstance(txt, bytes) else str(txt).strip()
             except UnicodeDecodeError:
-                skipped_bad += 1
+                bad[0] += 1
                 continue
             if not text:
-                skipped_bad += 1
+                bad[0] += 1
                 continue
-            if to_skip > 0:
+            if to_skip > 0:  # bad samples were skipped then too: count only valid ones
                 if images.check(img_bytes) is None:
                     to_skip -= 1
                 continue
             try:
                 img = images.decode(img_bytes)
             except images.ImageRejected:
-                skipped_bad += 1
+                bad[0] += 1
                 continue
-            if not imgs:
-                torch.manual_seed(_seed(s.seed, epoch, slot, batch_idx) % (2**63))
-            imgs.append(self.transform(img))
-            texts.append(text)
-            keys.append(f"{sample['__url__']}#{sample['__key__']}")
-            if len(imgs) == s.batch_size:
-                yield (torch.stack(imgs), self.tokenizer(texts), skipped_bad + counter.pop("bad_shards", 0),
-                       keys if s.return_keys else None)
-                skipped_bad = 0
-                imgs, texts, keys = [], [], []
-                produced += 1
-                batch_idx += 1
-                if produced >= remaining:
-                    return
+            yield img, text, f"{sample['__url__']}#{sample['__key__']}"
+
+    def _epoch(self, epoch: int, lw: int, start_batch: int):
+        s = self.spec
+        W = self.num_workers
+        slot, n_slots = s.rank * W + lw, s.world_size * W
+        total = s.batches_per_epoch // W + (1 if lw < s.batches_per_epoch % W else 0)
+        done = (start_batch - lw + W - 1) // W if start_batch > lw else 0
+        if total - done <= 0:
+            return
+        counters: tuple[dict, dict] = ({}, {})
+        bad = [0]
+        # Skip, undecoded, what this slot already produced before the checkpoint.
+        n_mixed = sum(self.mixed(b) for b in range(done))
+        main = self._valid(self._stream(s.shards, epoch, slot, n_slots, "", counters[0]),
+                           done * s.batch_size - n_mixed, bad)
+        mix = (self._valid(self._stream(s.mix_shards, epoch, slot, n_slots, "mix", counters[1]), n_mixed, bad)
+               if s.mix_shards and s.mix_fraction > 0 else None)
+        for batch_idx in range(done, total):
+            imgs, texts, keys = [], [], []
+            m = self.mixed(batch_idx)
+            for src, n in ((main, s.batch_size - m), (mix, m)):
+                for _ in range(n):
+                    img, text, key = next(src)
+                    if not imgs:
+                        torch.manual_seed(_seed(s.seed, epoch, slot, batch_idx) % (2**63))
+                    imgs.append(self.transform(img))
+                    texts.append(text)
+                    keys.append(key)
+            skipped = bad[0] + sum(c.pop("bad_shards", 0) for c in counters)
+            bad[0] = 0
+            yield (torch.stack(imgs), self.tokenizer(texts), skipped, keys if s.return_keys else None)
 
 
 def make_loader(spec: PipelineSpec, transform, tokenizer, num_workers: int) -> DataLoader:

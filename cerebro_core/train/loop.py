@@ -43,6 +43,8 @@ class TrainJob(BaseModel):
     compute: ComputeConfig = Field(default_factory=ComputeConfig)
     train_shards: list[str]
     train_samples: int
+    mix_shards: list[str] = Field(default_factory=list)  # mixed into every batch at ``mix_fraction`` (adapt)
+    mix_fraction: float = 0.0
     val_shards: list[str] = Field(default_factory=list)
     val_max_samples: int = 2000
     zero_shot: Optional[ZeroShotSpec] = None
@@ -268,8 +270,10 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-        storage=job.storage, return_keys=True,
+        storage=job.storage, return_keys=True, mix_shards=job.mix_shards, mix_fraction=job.mix_fraction,
     )
+    mixed = set(job.mix_shards)
+    n_mixed = n_seen = 0
     loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
         while micro_in_epoch < steps_per_epoch * micro_per_step and step < total_steps:
@@ -278,7 +282,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
                 g["lr"] = lr
             t0 = time.perf_counter()
             micro = [next(loader) for _ in range(micro_per_step)]
-            shards_read.setdefault(epoch, set()).update(k.split("#", 1)[0] for m in micro for k in m[3])
+            read = [k.split("#", 1)[0] for m in micro for k in m[3]]
+            shards_read.setdefault(epoch, set()).update(read)
+            n_mixed, n_seen = n_mixed + sum(u in mixed for u in read), n_seen + len(read)
             wait_window += time.perf_counter() - t0
             skipped_total += sum(m[2] for m in micro)
             opt.zero_grad(set_to_none=True)
@@ -359,6 +365,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         "checkpoint": last_ckpt,
         "resumed_from": resumed_from,
         "skipped_samples": skipped_total,
+        "mixed_share": d.gather(n_mixed / max(1, n_seen)),  # per rank: the measured share of mix_shards
         "world_size": d.world_size,
         "global_batch": global_batch,
         "history": history,

@@ -1,0 +1,88 @@
+"""Set-up shared by the test modules (no test imports another test module): the adapt tests' CIFAR
+splits, reading what a loop wrote (its latest runs and student, its pseudo-labelled shards), and
+recomputing a model's pool probabilities independently of the stage."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+from cerebro_core.model import checkpoint as ckpt
+from cerebro_core.storage import Storage
+
+CLASSES = ["bird", "cat", "deer", "dog", "frog", "horse"]
+
+
+def split(shared: Path, dst: Path, a: int, b: int, shuffle_labels_seed: int | None = None) -> Path:
+    rows = list(csv.DictReader((shared / "cifar10_animals" / "labels.csv").open()))
+    dst.mkdir(parents=True)
+    chosen = []
+    for c in CLASSES:
+        chosen += sorted((r for r in rows if r["label"] == c), key=lambda r: r["path"])[a:b]
+    labels = [r["label"] for r in chosen]
+    if shuffle_labels_seed is not None:
+        random.Random(shuffle_labels_seed).shuffle(labels)
+    with (dst / "labels.csv").open("w") as f:
+        f.write("path,label\n")
+        for r, lab in zip(chosen, labels):
+            name = r["path"].replace("/", "_")
+            os.link(shared / "cifar10_animals" / r["path"], dst / name)
+            f.write(f"{name},{lab}\n")
+    return dst
+
+
+def dist(a: dict, b: dict) -> float:
+    return sum(float((a[k].float() - b[k].float()).norm()) for k in a if a[k].is_floating_point())
+
+
+def pool_probs(cfg, weights: dict) -> dict[str, np.ndarray]:
+    """Class probabilities of one model on the pool, per image sha256, recomputed from its weights."""
+    from cerebro_core.data.vocab import prompts_for
+    from cerebro_core.evaluate import probabilities, prompt_class_embeddings
+    from cerebro_core.embed import embed_items
+    from cerebro_core.model.factory import create
+
+    from cerebro_core.adapt.stage import gather
+
+    pool, _, _, classes, _ = gather(cfg)
+    prompts = prompts_for(classes, cfg.adapt.templates, cfg.adapt.vocabulary_kind)
+    sha = {p.uri: p.sha256 for p in pool}
+    b = create(cfg.train.model)
+    b.model.load_state_dict(weights)
+    b.model.eval()
+    e = embed_items(b.model, b.preprocess_val, pool, batch_size=256, workers=0)
+    p = probabilities(e.vectors, prompt_class_embeddings(b.model, b.tokenizer, prompts),
+                      float(b.model.logit_scale.detach().exp()))
+    return dict(zip((sha[r["uri"]] for r in e.rows), p))
+
+
+def written_labels(run_id: str, where: str) -> dict[str, tuple[int, float]]:
+    """(label, score) per image sha256 in the pseudo-labelled shards under ``{run_id}/{where}``."""
+    import tarfile
+
+    written = {}
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    for shard in sorted(work.rglob(f"{run_id}/{where}/*.tar")):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    written[meta["sha256"]] = (meta["label"], meta["score"])
+    return written
+
+
+def latest_adapt(kind: str = "adapt"):
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("cerebro").experiment_id], f"tags.stage = '{kind}'",
+                             order_by=["start_time DESC"])[0]
+    ck = sorted((Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt").rglob(
+        f"{run.info.run_id}/iteration-1/checkpoints/*.pt"))[-1]
+    child = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")[0]
+    return run, child, ckpt.load(Storage(), str(ck))["model"]
