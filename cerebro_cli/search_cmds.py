@@ -123,6 +123,9 @@ def serve(
     from cerebro_core.serve.media import Thumbnails
     from cerebro_core.storage import Storage
 
-    thumbs = Thumbnails(Storage(cfg.storage), f"{resolve(cfg).storage_root.rstrip('/')}/thumbnails")
-    app_ = create_app(holder, cfg.serve, thumbs)
+    from cerebro_core.serve.review import Reviews
+
+    root = resolve(cfg).storage_root.rstrip("/")
+    thumbs = Thumbnails(Storage(cfg.storage), f"{root}/thumbnails")
+    app_ = create_app(holder, cfg.serve, thumbs, Reviews(root, Storage(cfg.storage)))
     uvicorn.run(app_, host=host, port=port, log_level="info")
