@@ -73,13 +73,15 @@ def add_review_routes(app: FastAPI, holder, reviews: Reviews, read_only: bool, f
     def current():
         return reviews.sync(holder.searcher)
 
-    @app.post("/verify")
-    def verify(body: Verify, request: Request) -> dict:
+    def writable(request: Request) -> None:  # a dependency: checked before the body is read
         if read_only:
             raise HTTPException(status_code=403, detail="this server is read-only (serve.read_only): "
                                                         "verifications are not taken")
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise HTTPException(status_code=415, detail="send verifications as application/json")
+
+    @app.post("/verify", dependencies=[Depends(writable)])
+    def verify(body: Verify) -> dict:
         s = current()
         try:
             reviewer = check_reviewer(body.reviewer)
