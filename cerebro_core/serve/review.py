@@ -17,6 +17,7 @@ after a write at once, others' writes (another server, `cerebro review import`) 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Callable, Optional
@@ -28,6 +29,8 @@ from cerebro_core.index.filters import Filters, check_query
 from cerebro_core.review.queue import POOL, apply, review_queue
 from cerebro_core.review.store import Log, ReviewError, Verification, check_label, check_reviewer, now
 from cerebro_core.storage import Storage
+
+log = logging.getLogger("cerebro.serve")
 
 
 class Reviews:
@@ -42,8 +45,11 @@ class Reviews:
         with self._lock:
             if time.monotonic() - self._checked >= self.refresh_s:
                 self._checked = time.monotonic()
-                if self.log.refresh():
-                    self.generation += 1
+                try:
+                    if self.log.refresh():
+                        self.generation += 1
+                except Exception as exc:  # storage unreachable, a file edited by hand: serve what we have
+                    log.warning("verifications not refreshed: %s", exc)
             if getattr(searcher, "review_generation", None) != self.generation:
                 apply(searcher, self.log.latest())
                 searcher.review_generation = self.generation
