@@ -58,7 +58,7 @@ def reviewed(shared_data, tmp_path_factory):
     try:
         wait_port(port, timeout=120, proc=proc)
         yield {"url": f"http://127.0.0.1:{port}", "cfg": cfg, "home": home, "env": env, "overrides": overrides,
-               "src": src}
+               "src": src, "proc": proc}
     finally:
         stop(proc)
         mp.undo()
@@ -244,3 +244,42 @@ def test_review_queue_and_refused_writes(reviewed):
     ok = guarded.post("/verify", json={"items": [{"id": 0, "label": "cat"}], "reviewer": "ben"},
                       headers={"Authorization": f"Bearer {token}"})
     assert ok.status_code == 200 and ok.json()["results"][0]["species"] == "cat"
+
+
+def test_a_server_killed_by_sigkill_loses_no_acknowledged_verification(reviewed):
+    """The last test here: it kills the module's server. A client verifies one item per request
+    (each with its own reviewer name); the server gets SIGKILL mid-stream; every request answered
+    200 is in the storage root."""
+    import signal
+    import threading
+
+    import httpx
+
+    from cerebro_core.review.store import read_log
+
+    acked: list[str] = []
+    stop_posting = threading.Event()
+
+    def post() -> None:
+        with httpx.Client(base_url=reviewed["url"], timeout=30) as c:
+            for n in range(10_000):
+                if stop_posting.is_set():
+                    return
+                try:
+                    r = c.post("/verify", json={"items": [{"id": n % 21, "label": VOCAB[n % 4]}], "reviewer": f"k{n}"})
+                except httpx.HTTPError:
+                    return  # the server is gone
+                if r.status_code == 200:
+                    acked.append(f"k{n}")
+
+    t = threading.Thread(target=post)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(acked) < 15 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(reviewed["proc"].pid, signal.SIGKILL)
+    stop_posting.set()
+    t.join(timeout=60)
+    assert reviewed["proc"].wait(timeout=10) == -signal.SIGKILL and len(acked) >= 15
+    stored = {v.reviewer for v in read_log(str(reviewed["home"] / "data")).all()}
+    assert set(acked) <= stored, f"lost {sorted(set(acked) - stored)}"
