@@ -157,6 +157,13 @@ def test_review_page_confirms_corrects_marks_empty_and_it_survives_a_reindex(rev
         assert {int(r["id"]): r["species"] for r in rows} == want and {r["verified"] for r in rows} == {"True"}
         unverified = c.get("/search", params={**q, "verified": "false"}).json()
         assert unverified["matches"] == 15
+        d.find_element(By.ID, "queue").click()  # the review queue: unverified items only, least sure first
+        WebDriverWait(d, 30).until(lambda d: d.execute_script("return reviewing")
+                                   and d.find_element(By.ID, "rvpos").text.startswith("1 /"))
+        queued = [int(x) for x in attrs(d, "id")]
+        assert queued and not set(queued) & set(want) and not any(attrs(d, "verified"))
+        assert queued == [h["id"] for h in c.get("/review", params={"q": "an animal", "k": 24}).json()["results"]]
+        ActionChains(d).send_keys(Keys.ESCAPE).perform()
 
         # a reindex (2 new photos: a new version, new ids) keeps every verification
         scrape = tmp_path / "scrape"
