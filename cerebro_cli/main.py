@@ -328,6 +328,7 @@ def reindex(
 from cerebro_cli import search_cmds  # noqa: E402,F401 — registers `search` and `serve` here, in order
 from cerebro_cli import ui  # noqa: E402,F401 — registers `ui`
 from cerebro_cli import gc_cmd  # noqa: E402,F401 — registers `gc`
+from cerebro_cli import review_cmds  # noqa: E402,F401 — registers `review export|import`
 
 
 @app.command()

@@ -43,6 +43,7 @@ def search(
     sort: Optional[str] = typer.Option(None, help="score (default) | date"),
     collapse: Optional[str] = typer.Option(None, help="none | sequence | duplicates"),
     offset: Optional[int] = typer.Option(None, help="skip this many results (pagination)"),
+    verified: Optional[bool] = typer.Option(None, "--verified/--unverified", help="only items a person verified / not"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
@@ -59,11 +60,17 @@ def search(
         check_query(query, k, media, cfg.serve.max_query_chars)
         f = parse_filters(species=species or [], min_species_score=min_species_score, date_from=date_from,
                           date_to=date_to, bbox=bbox, camera=camera, min_score=min_score, sort=sort,
-                          collapse=collapse, offset=offset)
+                          collapse=collapse, offset=offset, verified=verified)
     except QueryError as exc:
         typer.echo(f"cerebro search: {exc}", err=True)
         raise typer.Exit(2) from None
     version, s = _searcher(cfg, model_uri)
+    from cerebro_core.home import resolve
+    from cerebro_core.review.queue import apply
+    from cerebro_core.review.store import read_log
+    from cerebro_core.storage import Storage
+
+    apply(s, read_log(resolve(cfg).storage_root.rstrip("/"), Storage(cfg.storage)).latest())  # people's labels win
     try:
         hits = (s.search(query, k, source, media, filters=f) if image is None
                 else s.search_image(image.read_bytes(), k, source, media, filters=f))
@@ -75,7 +82,8 @@ def search(
         return
     for i, h in enumerate(hits, 1):
         where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
-        tags = "  ".join(x for x in (h.get("species") and f"{h['species']} {h['species_score']:.2f}",
+        tags = "  ".join(x for x in (h.get("species") and (f"{h['species']} (verified)" if h.get("verified")
+                                                            else f"{h['species']} {h['species_score']:.2f}"),
                                      h.get("taken_at"), h.get("camera"),
                                      h["group_size"] > 1 and f"×{h['group_size']}") if x)
         name = h.get("origin_uri") or h["uri"]  # an S3 or downloaded item by its object or URL, not its copy
@@ -123,6 +131,9 @@ def serve(
     from cerebro_core.serve.media import Thumbnails
     from cerebro_core.storage import Storage
 
-    thumbs = Thumbnails(Storage(cfg.storage), f"{resolve(cfg).storage_root.rstrip('/')}/thumbnails")
-    app_ = create_app(holder, cfg.serve, thumbs)
+    from cerebro_core.serve.review import Reviews
+
+    root = resolve(cfg).storage_root.rstrip("/")
+    thumbs = Thumbnails(Storage(cfg.storage), f"{root}/thumbnails")
+    app_ = create_app(holder, cfg.serve, thumbs, Reviews(root, Storage(cfg.storage)))
     uvicorn.run(app_, host=host, port=port, log_level="info")

@@ -208,6 +208,7 @@ class ServeConfig(_Section):
                                   "decoded; JPEGs are decoded at a reduced scale")
     max_concurrent_images: int = Field(2, ge=1, description="image queries decoded and encoded at once; "
                                        "more get 503 with Retry-After")
+    read_only: bool = Field(False, description="refuse verifications (POST /verify answers 403)")
 
     @field_validator("token")
     @classmethod

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from cerebro_core.index.filters import Filters, QueryError, _instant
+from cerebro_core.review.store import SPECIAL
 
 
 class Categorical:
@@ -36,6 +37,17 @@ class Categorical:
         return self.codes == c if c is not None else np.zeros(len(self.codes), dtype=bool)
 
     __hash__ = None  # type: ignore[assignment]
+
+    def overridden(self, labels: dict[int, str]) -> "Categorical":
+        """A copy in which item ``i`` has the value ``labels[i]``."""
+        out = object.__new__(Categorical)
+        out.codes, out.values, out._code = self.codes.copy(), list(self.values), dict(self._code)
+        for i, v in labels.items():
+            if v not in out._code:
+                out._code[v] = len(out.values)
+                out.values.append(v)
+            out.codes[i] = out._code[v]
+        return out
 
     def isin(self, values) -> np.ndarray:
         return np.isin(self.codes, [self._code[v] for v in values if v in self._code])
@@ -88,11 +100,25 @@ class Columns:
         self.sequence_key = _ints(seq, n, top + 1 + np.arange(n))
         self.duplicate_key = _ints(rows.column("duplicate_of"), n, np.arange(n))
         self.vocabulary = list(species_vocabulary or self.species.present())
+        # the model's guesses; ``species``/``species_score`` are what search uses: a person's
+        # verified label (score 1.0) wins over the guess (:meth:`verify`)
+        self.model_species, self.model_species_score = self.species, self.species_score
+        self.species_margin = _floats(rows.column("species_margin"), n)
+        self.verified = np.zeros(n, dtype=bool)
+
+    def verify(self, labels: dict[int, str]) -> None:
+        """Person-verified labels by item id: they replace the model's guesses in filters and facets."""
+        ids = np.fromiter(labels, dtype=np.int64, count=len(labels))
+        verified = np.zeros(self.n, dtype=bool)
+        verified[ids] = True
+        score = self.model_species_score.copy()
+        score[ids] = 1.0
+        self.species, self.species_score, self.verified = self.model_species.overridden(labels), score, verified
 
     def check(self, f: Filters, sources: list[str]) -> None:
         if f.source is not None and f.source not in sources:
             raise QueryError(f"source: unknown {f.source!r}; known: {', '.join(sources)}")
-        unknown = [s for s in f.species if s not in self.vocabulary]
+        unknown = [s for s in f.species if s not in self.vocabulary and s not in SPECIAL]
         if unknown:
             known = ", ".join(self.vocabulary[:20]) + (" …" if len(self.vocabulary) > 20 else "")
             raise QueryError(f"species: unknown {', '.join(map(repr, unknown))}; known: {known or 'none (no vocabulary)'}")
@@ -120,6 +146,8 @@ class Columns:
                 m &= (self.lon >= a) & (self.lon <= c) & (self.lat >= b) & (self.lat <= d)
         if f.camera:
             m &= self.camera == f.camera
+        if f.verified is not None:
+            m &= self.verified if f.verified else ~self.verified
         return m
 
     def group_key(self, f: Filters) -> Optional[np.ndarray]:
@@ -129,4 +157,5 @@ class Columns:
         t = self.taken[~np.isnan(self.taken)]
         span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
         return {"species": self.species.counts(), "cameras": self.camera.counts(), "taken_at": span,
-                "with_location": int(np.sum(~np.isnan(self.lat)))}
+                "with_location": int(np.sum(~np.isnan(self.lat))),
+                "verified": {"verified": int(self.verified.sum()), "unverified": int(self.n - self.verified.sum())}}

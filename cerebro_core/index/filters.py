@@ -67,6 +67,7 @@ class Filters(BaseModel):
     date_to: Optional[str] = Field(None, description="ISO 8601; a bare date includes that whole day")
     bbox: Optional[str] = Field(None, description="min_lon,min_lat,max_lon,max_lat")
     camera: Optional[str] = None
+    verified: Optional[bool] = Field(None, description="true: only items a person verified; false: only the rest")
     min_score: Optional[float] = Field(None, ge=-1, le=1, description="similarity cut-off")
     sort: Literal["score", "date"] = "score"
     collapse: Literal["none", "sequence", "duplicates"] = "none"
@@ -103,7 +104,7 @@ class Filters(BaseModel):
     @property
     def filtering(self) -> bool:
         return bool(self.species or self.min_species_score is not None or self.source or self.media
-                    or self.date_from or self.date_to or self.bbox or self.camera)
+                    or self.date_from or self.date_to or self.bbox or self.camera or self.verified is not None)
 
 
 def parse_filters(**params) -> Filters:

@@ -7,8 +7,8 @@ which near-duplicate — computed by index and reindex, stored in the bundle's m
 - ``camera``: the ``camera`` (or ``deployment``) column of the source's labels.csv, else EXIF
   Make + Model; for a downloaded scrape, time, place and camera come from the EXIF img2dataset
   read from the original bytes (:mod:`cerebro_core.data.sidecar`);
-- ``species``/``species_score``: zero-shot top-1 over the project's vocabulary with the index's
-  own model, and its probability;
+- ``species``/``species_score``/``species_margin``: zero-shot top-1 over the project's vocabulary
+  with the index's own model, its probability, and its lead over the second class;
 - ``sequence_id``: items of one camera whose times are at most ``index.sequence_gap_s`` apart
   (a burst, an event); an item without camera or time is its own sequence; a video's stills
   share one;
@@ -154,15 +154,18 @@ def duplicate_groups(index, vectors: np.ndarray, threshold: float, neighbours: i
     return [root if root != a else None for a, root in ((a, find(a)) for a in range(n))]
 
 
-def species(vectors: np.ndarray, names: Sequence[str], class_emb, scale: float) -> tuple[list, list]:
-    """Zero-shot top-1 species and its probability per row."""
+def species(vectors: np.ndarray, names: Sequence[str], class_emb, scale: float) -> tuple[list, list, list]:
+    """Zero-shot top-1 species, its probability and its margin over the second class per row (the
+    margin: how unsure the model is, which the review queue reads)."""
     from cerebro_core.evaluate import probabilities
 
     if not len(vectors) or not names:
-        return [None] * len(vectors), [None] * len(vectors)
+        return [None] * len(vectors), [None] * len(vectors), [None] * len(vectors)
     p = probabilities(vectors, class_emb, scale)
     top = p.argmax(1)
-    return [names[j] for j in top], [float(p[i, j]) for i, j in enumerate(top)]
+    two = -np.sort(-p, axis=1)[:, :2] if p.shape[1] > 1 else np.concatenate([p, np.zeros_like(p)], 1)
+    return ([names[j] for j in top], [float(p[i, j]) for i, j in enumerate(top)],
+            [float(a - b) for a, b in two])
 
 
 class Species:
@@ -176,7 +179,7 @@ class Species:
         self.cls = prompt_class_embeddings(clip.model, clip.tokenizer, prompts_for(self.names, list(templates), "names"))
         self.scale = float(clip.model.logit_scale.detach().exp())
 
-    def __call__(self, vectors: np.ndarray) -> tuple[list, list]:
+    def __call__(self, vectors: np.ndarray) -> tuple[list, list, list]:
         return species(vectors, self.names, self.cls, self.scale)
 
 
@@ -191,9 +194,10 @@ def item_fields(rows: list[dict], vectors: np.ndarray, species_of: Optional[Spec
         else:
             f = image_fields(r["uri"])
         r.update({k: r[k] if r.get(k) is not None else v for k, v in f.items()})  # what was given wins
-    names, scores = species_of(vectors) if species_of is not None else ([None] * len(rows), [None] * len(rows))
-    for r, n, s in zip(rows, names, scores):
-        r["species"], r["species_score"] = n, s
+    none = [None] * len(rows)
+    names, scores, margins = species_of(vectors) if species_of is not None else (none, none, none)
+    for r, n, s, m in zip(rows, names, scores, margins):
+        r["species"], r["species_score"], r["species_margin"] = n, s, m
 
 
 def group_fields(rows: list[dict], index, vectors: np.ndarray, gap_s: float, threshold: float) -> None:

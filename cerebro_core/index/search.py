@@ -78,6 +78,7 @@ class Searcher:
         self._text_lock, self._image_lock = threading.Lock(), threading.Lock()
         self.columns = Columns(self.rows, self.info.get("species_vocabulary"))
         self._vectors = None  # vectors.npy, memory-mapped on first "more like this"
+        self.verified: dict[int, dict] = {}  # id → a person's verification (set_verified)
         self.sources = self.columns.source.present()
         self.media_types = self.columns.media.present()
         if threads:
@@ -184,8 +185,20 @@ class Searcher:
             top = self.ranked(v, f.offset + k, f)
         return [self.hit(i, score, size) for i, score, size in top[f.offset:f.offset + k]]
 
+    def set_verified(self, by_id: dict[int, dict]) -> None:
+        """Person-verified labels, ``{id: {"label", "reviewer", "time"}}``: each wins over the model's
+        guess in hits, filters, facets and exports (the guess stays as ``model_species``)."""
+        self.columns.verify({i: v["label"] for i, v in by_id.items()})
+        self.verified = by_id
+
     def hit(self, i: int, score: float, group_size: int = 1) -> dict:
-        return {"id": i, "score": score, "group_size": group_size, **{k: v for k, v in self.rows[i].items() if k != "id"}}
+        h = {"id": i, "score": score, "group_size": group_size, **{k: v for k, v in self.rows[i].items() if k != "id"}}
+        v = self.verified.get(i)
+        h.update(model_species=h.get("species"), model_species_score=h.get("species_score"), verified=v is not None,
+                 verified_by=v and v.get("reviewer"), verified_at=v and v.get("time"))
+        if v is not None:
+            h["species"], h["species_score"] = v["label"], 1.0
+        return h
 
     def search(self, query: str, k: int = 10, source: Optional[str] = None, media: Optional[str] = None,
                max_chars: int = MAX_QUERY_CHARS, filters: Optional[Filters] = None) -> list[dict]:

@@ -8,7 +8,9 @@ GET  /export?q=&format=csv|jsonl|urls&<filters>  every match, streamed (urls: fo
 GET  /facets                  species and camera counts, the time span (for the page's controls)
 GET  /images/{id}             the indexed media, by id only (video stills rendered as JPEG)
 GET  /thumbnails/{id}         a JPEG, longer side ≤ 256 px, made once and kept in storage
-GET  /                        a page that searches as you type
+GET  /                        a page that searches as you type, and reviews
+POST /verify, GET /review     people verify the model's species tags (:mod:`cerebro_core.serve.review`);
+                              a verified label wins over the guess in hits, facets, filters, exports
 
 With ``serve.token`` set, every route but ``/`` needs ``Authorization: Bearer <token>`` (or the
 page's cookie). Hits name an item as its user gave it (its s3:// or http URL, else its path
@@ -41,7 +43,9 @@ from cerebro_core.config import ServeConfig
 from cerebro_core.index.filters import Filters, QueryError, parse_filters
 from cerebro_core.index.search import MAX_K, Searcher, check_query
 from cerebro_core.serve.media import Thumbnails, original
+from cerebro_core.review.csvio import safe_cell
 from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots
+from cerebro_core.serve.review import Reviews, add_review_routes
 from cerebro_core.serve.workers import image_pool, release_large_buffers, trimmed
 
 log = logging.getLogger("cerebro.serve")
@@ -91,7 +95,8 @@ class Holder:
 
 
 PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", "species", "species_score",
-          "taken_at", "lat", "lon", "camera", "sequence_id", "group_size")
+          "taken_at", "lat", "lon", "camera", "sequence_id", "group_size", "verified", "verified_by", "verified_at",
+          "model_species", "model_species_score")
 
 
 def _hit(h: dict) -> dict:
@@ -105,19 +110,23 @@ def _hit(h: dict) -> dict:
 def _filters(species: list[str] = Query([]), min_species_score: Optional[str] = None, source: Optional[str] = None,
              media: Optional[str] = None, date_from: Optional[str] = None, date_to: Optional[str] = None,
              bbox: Optional[str] = None, camera: Optional[str] = None, min_score: Optional[str] = None,
-             sort: Optional[str] = None, collapse: Optional[str] = None, offset: Optional[str] = None) -> Filters:
+             sort: Optional[str] = None, collapse: Optional[str] = None, offset: Optional[str] = None,
+             verified: Optional[str] = None) -> Filters:
     """The query's filters; a bad value is a 400 naming the parameter."""
     check_query(None, 1, media or None)
     return parse_filters(species=species, min_species_score=min_species_score, source=source, media=media,
                          date_from=date_from, date_to=date_to, bbox=bbox, camera=camera, min_score=min_score,
-                         sort=sort, collapse=collapse, offset=offset)
+                         sort=sort, collapse=collapse, offset=offset, verified=verified)
 
 
 EXPORT_COLUMNS = ("id", "score", "uri", "source", "media_type", "video_ts", "species", "species_score", "taken_at",
-                  "lat", "lon", "camera", "sequence_id", "group_size", "image_url")
+                  "lat", "lon", "camera", "sequence_id", "group_size", "verified", "verified_by", "model_species",
+                  "image_url")
 
 
-def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Optional[Thumbnails] = None) -> FastAPI:
+def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Optional[Thumbnails] = None,
+               reviews: Optional[Reviews] = None) -> FastAPI:
+    """``reviews``: the verifications of the storage root (none: no review routes, tags as guessed)."""
     cfg = cfg or ServeConfig()
     thumbnails = thumbnails or Thumbnails()
     app = FastAPI(title="Cerebro search", version="1")
@@ -146,6 +155,12 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
     def _bad_query(request, exc: QueryError):
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
+    def current() -> Searcher:  # with the latest verifications applied
+        return reviews.sync(holder.searcher) if reviews is not None else holder.searcher
+
+    if reviews is not None:
+        add_review_routes(app, holder, reviews, cfg.read_only, _filters, _hit, cfg.max_query_chars)
+
     @app.get("/healthz")
     def healthz() -> dict:
         s = holder.searcher
@@ -159,7 +174,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
     @app.get("/search")
     def search(q: str = Query("", max_length=100_000), k: int = Query(10), like: Optional[str] = None,
                f: Filters = Depends(_filters)) -> dict:
-        s = holder.searcher
+        s = current()
         t0 = time.perf_counter()
         if like is not None:  # "more like this": an indexed item's own vector is the query
             if q:
@@ -177,7 +192,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
             raise HTTPException(status_code=413, detail=f"upload larger than {max_upload_mb:g} MB")
         if not data:
             raise HTTPException(status_code=400, detail="empty upload")
-        s = holder.searcher
+        s = current()
         t0 = time.perf_counter()
         hits = await asyncio.get_running_loop().run_in_executor(  # decoding: off the event loop, niced
             pool, trimmed(partial(s.search_image, filters=f)), data, k, None, None, cfg.max_query_pixels)
@@ -189,7 +204,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
         """Every match of the query and filters, best first (``min_score`` cuts), streamed."""
         if format not in ("csv", "jsonl", "urls"):
             raise QueryError(f"format: must be csv, jsonl or urls, got {format!r}")
-        s = holder.searcher
+        s = current()
         check_query(q, max_chars=cfg.max_query_chars)
         ranked = s.all_matches(s.encode_text(q), f)
         base = str(request.base_url).rstrip("/")
@@ -205,7 +220,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
                     yield json.dumps(h) + "\n"
                 else:
                     buf = io.StringIO()
-                    csv.writer(buf).writerow(["" if h.get(c) is None else h[c] for c in EXPORT_COLUMNS])
+                    csv.writer(buf).writerow(["" if h.get(c) is None else safe_cell(h[c]) for c in EXPORT_COLUMNS])
                     yield buf.getvalue()
 
         media_type = {"csv": "text/csv", "jsonl": "application/x-ndjson", "urls": "text/plain"}[format]
@@ -214,9 +229,10 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
 
     @app.get("/facets")
     def facets() -> dict:
-        s = holder.searcher
+        s = current()
         return {"version": holder.version, "n": s.index.ntotal, "sources": s.sources,
-                "species_vocabulary": s.columns.vocabulary, **s.columns.facets()}
+                "species_vocabulary": s.columns.vocabulary, **s.columns.facets(),
+                "reviews": reviews is not None and not cfg.read_only}
 
     def _record(item_id: str) -> dict:
         try:  # decimal digits only: int() would also read "1_0" as 10, " 7" as 7, "٣" as 3

@@ -1,0 +1,1 @@
+"""Verified labels: people confirm or correct what the model guessed (store, CSV, review queue)."""
