@@ -16,23 +16,17 @@ from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from cerebro_core.config import ComputeConfig, StorageConfig, TrainConfig
 from cerebro_core.distributed import Dist
-from cerebro_core.evaluate import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics, unwrap, zero_shot_scores
+from cerebro_core.evaluate import unwrap
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
 from cerebro_core.storage import Storage
-from cerebro_core.train.data import PipelineSpec, iter_pairs, make_loader
+from cerebro_core.train.data import PipelineSpec, make_loader
+from cerebro_core.train.evaluation import ZeroShotSpec, evaluate
 from cerebro_core.train.loss import create_loss
-
-
-class ZeroShotSpec(BaseModel):
-    folder: str
-    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    max_images: int = 1000
 
 
 class TrainJob(BaseModel):
@@ -92,72 +86,6 @@ def _metric_logger(run_id: Optional[str], is_main: bool) -> Callable[[dict, int]
     from cerebro_core import tracking
 
     return lambda m, s: tracking.log_metrics_to_run(run_id, m, s)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(bundle: ClipBundle, job: TrainJob, device: str) -> dict[str, float]:
-    from cerebro_core.data import images
-    from cerebro_core.data.sources import list_folder
-
-    model = bundle.model
-    was_training = model.training
-    model.eval()
-    out: dict[str, float] = {}
-    storage = Storage(job.storage)
-    if job.val_shards:
-        imgs, txts, caps = [], [], []
-        batch_i, batch_t = [], []
-        for _, img_bytes, text in iter_pairs(job.val_shards, storage, job.val_max_samples):
-            try:
-                batch_i.append(bundle.preprocess_val(images.decode(img_bytes)))
-            except images.ImageRejected:
-                continue
-            batch_t.append(text)
-            caps.append(text)
-            if len(batch_i) == 256:
-                imgs.append(_enc_img(model, batch_i, device))
-                txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
-                batch_i, batch_t = [], []
-        if batch_i:
-            imgs.append(_enc_img(model, batch_i, device))
-            txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
-        if imgs:
-            r = retrieval_metrics(torch.cat(imgs), torch.cat(txts), caps)
-            out.update({f"val/{k}": v for k, v in r.items()})
-    if job.zero_shot is not None:
-        recs = [r for r in list_folder(job.zero_shot.folder) if r.label]
-        if len(recs) > job.zero_shot.max_images:  # an even spread over the (sorted) classes
-            stride = len(recs) / job.zero_shot.max_images
-            recs = [recs[int(i * stride)] for i in range(job.zero_shot.max_images)]
-        classes = sorted({r.label for r in recs})
-        cls = class_embeddings(model, bundle.tokenizer, classes, job.zero_shot.templates, device)
-        feats, labels, batch = [], [], []
-        for r in recs:
-            try:
-                batch.append(bundle.preprocess_val(images.decode(open(r.path, "rb").read())))
-                labels.append(classes.index(r.label))
-            except (images.ImageRejected, OSError):
-                continue
-            if len(batch) == 256:
-                feats.append(_enc_img(model, batch, device))
-                batch = []
-        if batch:
-            feats.append(_enc_img(model, batch, device))
-        z = zero_shot_scores(torch.cat(feats), cls, torch.tensor(labels))
-        out.update({"zeroshot/top1": z["top1"], "zeroshot/mean_per_class": z["mean_per_class"]})
-    model.train(was_training)
-    return out
-
-
-def _enc_img(model, batch, device):
-    return F.normalize(unwrap(model).encode_image(torch.stack(batch).to(device)).float(), dim=-1).cpu()
-
-
-def _enc_txt(model, tokens, device):
-    return F.normalize(unwrap(model).encode_text(tokens.to(device)).float(), dim=-1).cpu()
 
 
 # --------------------------------------------------------------------------- training
