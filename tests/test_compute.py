@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from cerebro_core.config import ComputeConfig
 from cerebro_core.devices import cpu_quota, usable_cpus
@@ -81,3 +82,22 @@ def test_nccl_failures_are_recognised():
     plain = failure(["ValueError: bad"], two, "training", 1)
     assert not isinstance(plain, PeerLostError) and "torchrun exit 1" in str(plain)
 
+
+def test_deterministic_training_is_strict(pair_shards, tmp_path, monkeypatch):
+    """Issue 35 item 8: deterministic mode was warn_only and CUBLAS_WORKSPACE_CONFIG unset, so a
+    GPU run left the bit-exact path with a warning. Now an op without a deterministic kernel fails."""
+    from cerebro_core.config import TrainConfig
+    from cerebro_core.train.loop import TrainJob, train
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    hp = TrainConfig(model="cerebro-tiny-vit-32", batch_size=20, epochs=1, precision="fp32", workers=0,
+                     deterministic=True, val_fraction=0.0, warmup_steps=1)
+    try:
+        train(TrainJob(model=hp.model, hp=hp, train_shards=pair_shards, train_samples=140, max_steps=1,
+                       ckpt_dir=str(tmp_path / "ck")))
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
