@@ -10,6 +10,10 @@
 # 2. Embedding images/s in fp16 with real JPEG decode (ours vs a plain open_clip DataLoader loop),
 #    and one adapt labelling pass over 304 classes projected to 152,982 images.
 # 3. FAISS build time for 152,982 x 512 (IVF on the GPU when faiss has one).
+# 4. The real run's GPU paths end to end (benchmarks/gpu_pretrain_check.py): a short ViT-B-32 bf16
+#    pretraining, 2 epochs, train.accum_steps=2, train.zero_shot_source (evaluated at each epoch end),
+#    deterministic mode, resumed from its epoch-1 checkpoint to the same weights (~1-2 min). Last:
+#    a failure here (its exit status) ends the suite after the measurements above are written.
 # Results: $OUT/gpu_suite.md (the tables, in order) + one JSON per step; stderr in $OUT/stderr.log.
 # Python packages the device image lacks travel as wheels in .whl/ (docs/BENCHMARKS.md, "GPU suite").
 set -euo pipefail
@@ -28,11 +32,13 @@ if [ "${CEREBRO_SUITE_SMOKE:-0}" = 1 ]; then
   B1=8; B2=16
   EMB=(--model cerebro-tiny-vit-32 --images 64 --size 64 --batch 16 --workers 1)
   FAISS=(--n 3000)
+  CHECK=(--model cerebro-tiny-vit-32 --batch 8 --precision fp32 --workers 0 --steps-per-epoch 2)
 else
   TRAIN=(--model ViT-B-32 --precision bf16 --steps 30 --workers 14)
   B1=256; B2=480
   EMB=(--model ViT-B-32 --images 16384 --batch 512 --workers 14)
   FAISS=()
+  CHECK=(--model ViT-B-32 --batch 128 --precision bf16 --workers 8 --steps-per-epoch 4)
 fi
 
 step() {  # step TITLE JSON COMMAND...: the command's table into the results file
@@ -53,4 +59,6 @@ step "Pretraining, batch $B1 per GPU, torch.compile" train_b1_compiled.json \
   "$PY" benchmarks/gpu_throughput.py "${TRAIN[@]}" --batch "$B1" --compile
 step "Embedding and one adapt labelling pass" embed.json "$PY" benchmarks/embed_throughput.py "${EMB[@]}"
 step "FAISS build" faiss.json "$PY" benchmarks/faiss_build.py "${FAISS[@]}"
+step "Pretraining paths: 2 epochs, accum_steps 2, zero-shot, deterministic, resume" pretrain_check.json \
+  "$PY" benchmarks/gpu_pretrain_check.py "${CHECK[@]}"
 echo "suite done: $res"

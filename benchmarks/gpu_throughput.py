@@ -92,10 +92,10 @@ def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warm
     data path is measured against; ``fused``: AdamW's fused CUDA kernel instead of the trainer's
     default (foreach). Returns (samples/s, peak memory MB)."""
     import torch
-    from open_clip.loss import ClipLoss
 
     from cerebro_core.model.factory import create
     from cerebro_core.train.loop import _step, param_groups
+    from cerebro_core.train.loss import create_loss
 
     b = create(model_name, device="cuda")
     model = b.model.train()
@@ -104,21 +104,20 @@ def step_only(model_name: str, batch: int, precision: str, steps: int = 30, warm
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     opt = torch.optim.AdamW(param_groups(model, 0.2), lr=5e-4, betas=(0.9, 0.98), eps=1e-6, fused=fused)
-    clip = ClipLoss()
-    loss_fn = lambda img, txt, scale, labels: clip(img, txt, scale)  # noqa: E731
+    loss_fn = create_loss("clip", 0, 1)
     amp = precision in ("bf16", "fp16")
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
     x = torch.randn(batch, 3, size, size, device="cuda")
     t = b.tokenizer([f"a photo of a red fox number {i}" for i in range(batch)]).cuda()
-    micro = [(x, t, 0, None, None)]
+    micro = [(x, t)]
     torch.cuda.reset_peak_memory_stats()
     times = []
     for i in range(warmup + steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        _step(fwd, model, micro, loss_fn, "cuda", amp, dtype, scaler)
+        _step(fwd, micro, loss_fn, "cuda", amp, dtype, scaler)
         (scaler.step(opt), scaler.update()) if scaler is not None else opt.step()
         torch.cuda.synchronize()
         if i >= warmup:

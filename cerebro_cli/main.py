@@ -138,7 +138,9 @@ def info(
 def plan(
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
-    gpu: Optional[str] = typer.Option(None, help="GPU kind to project for when none is visible here (default: H100)"),
+    device_kind: Optional[str] = typer.Option(
+        None, "--device-kind", "--gpu", help="the device kind to project for: H100, H200, A100, RTX 4090 or cpu "
+        "(default: the GPU visible here; with none visible, H100, said to be assumed)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
 ) -> None:
     """Each stage's work and its projected time on the configured devices, before anything runs."""
@@ -147,7 +149,11 @@ def plan(
 
     from cerebro_core import plan as planner
 
-    stages = planner.plan(cfg, gpu)
+    try:
+        stages = planner.plan(cfg, device_kind)
+    except planner.PlanError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
     if as_json:
         typer.echo(json.dumps([asdict(s) for s in stages], indent=2))
         return

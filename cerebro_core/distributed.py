@@ -30,10 +30,17 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel
 
 from cerebro_core.config import ComputeConfig
+from cerebro_core.devices import usable_cpus
 from cerebro_core.procs import run_supervised
 
+# what NCCL prints when a collective failed or hung: a remote rank died or the network failed
+# (ncclRemoteError), a system call or the hardware failed (ncclSystemError), or the watchdog aborted a
+# collective that waited past compute.collective_timeout_s
+_NCCL_FAILED = ("ncclRemoteError", "ncclSystemError", "ncclInternalError", "ncclUnhandledCudaError",
+                "NCCL communicator was aborted", "Watchdog caught collective operation timeout",
+                "DistBackendError: NCCL error")
 # what torchrun, c10d and gloo print when another node never came or went away
-_PEER_LOST = ("RendezvousTimeoutError", "RendezvousClosedError", "RendezvousConnectionError", "DistNetworkError",
+_PEER_LOST = _NCCL_FAILED + ("RendezvousTimeoutError", "RendezvousClosedError", "RendezvousConnectionError", "DistNetworkError",
               "DistStoreError", "Connection closed by peer", "Connection reset by peer", "Connection was likely closed",
               "connection to the C10d store has failed", "timed out", "Timed out", "TimeoutError", "Socket Timeout",
               "Broken pipe")
@@ -49,18 +56,28 @@ def cuda_devices() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def resolve_device(compute: ComputeConfig) -> str:
-    """'cuda' or 'cpu' for this node."""
-    n = cuda_devices()
+def resolve_device(compute: ComputeConfig, visible: Optional[int] = None) -> str:
+    """'cuda' or 'cpu' for this node (``visible``: the CUDA devices this node sees; default: asked)."""
+    n = cuda_devices() if visible is None else visible
     if compute.device == "cuda" and n == 0:
         raise ValueError("compute.device: cuda, but this machine has no visible CUDA device")
     return "cpu" if compute.device == "cpu" or n == 0 else "cuda"
 
 
-def resolve_nproc(compute: ComputeConfig) -> int:
-    if compute.nproc_per_node != "auto":
-        return int(compute.nproc_per_node)
-    return cuda_devices() if resolve_device(compute) == "cuda" else 1
+def resolve_nproc(compute: ComputeConfig, visible: Optional[int] = None) -> int:
+    """Processes on this node: one per visible GPU (``auto``), or ``compute.nproc_per_node``, which
+    on CUDA may not exceed the visible GPUs (each process takes the GPU of its local rank: more
+    processes than GPUs died in torch with 'invalid device ordinal')."""
+    n = cuda_devices() if visible is None else visible
+    on_cuda = resolve_device(compute, n) == "cuda"
+    if compute.nproc_per_node == "auto":
+        return n if on_cuda else 1
+    nproc = int(compute.nproc_per_node)
+    if on_cuda and nproc > n:
+        raise ValueError(f"compute.nproc_per_node: {nproc}, but this machine has {n} visible CUDA device(s) "
+                         f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): one process per "
+                         "GPU; set it to at most that, or to auto")
+    return nproc
 
 
 def world_size(compute: ComputeConfig) -> int:
@@ -92,7 +109,10 @@ def worker_env(compute: ComputeConfig, nproc: int) -> dict[str, str]:
     env = dict(os.environ)
     if resolve_device(compute) == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # device: cpu hides the GPUs from the workers
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+        env.setdefault("OMP_NUM_THREADS", str(max(1, usable_cpus() // nproc)))
+    else:  # NCCL: a collective blocked past the process group's timeout aborts the process (an error
+        # torchrun reports) instead of hanging the node (torch's watchdog; also one node)
+        env.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")
     root = str(Path(__file__).resolve().parents[1])  # the folder that holds cerebro_core/
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["CEREBRO_COLLECTIVE_TIMEOUT_S"] = str(compute.collective_timeout_s)
@@ -120,17 +140,28 @@ def run_job(module: str, job: BaseModel, compute: ComputeConfig, log: Callable[[
 
         rc, tail = run_supervised(cmd, worker_env(compute, nproc), line)
         if rc != 0:
-            text = "\n".join(tail[-40:])
-            if compute.nnodes > 1 and any(s in line for line in tail for s in _PEER_LOST):
-                raise PeerLostError(
-                    f"{what} failed on node {compute.node_rank} of {compute.nnodes}: a peer node never joined or "
-                    f"was lost (rendezvous at compute.rdzv_endpoint={compute.rdzv_endpoint}, waits up to "
-                    f"compute.rdzv_timeout_s={compute.rdzv_timeout_s} s to join and "
-                    f"compute.collective_timeout_s={compute.collective_timeout_s} s in a collective). Start the "
-                    f"same command on every node.\n{text}")
-            raise RuntimeError(f"{what} failed (torchrun exit {rc}):\n{text}")
+            raise failure(tail, compute, what, rc)
         with open(result_path) as f:
             return json.load(f)
+
+
+def failure(tail: list[str], compute: ComputeConfig, what: str, rc: int) -> Exception:
+    """The error a failed torchrun job raises, from the last lines it printed: a lost peer on more
+    than one node (not retried), a failed or hung NCCL collective on one node, else torchrun's exit."""
+    text = "\n".join(tail[-40:])
+    if compute.nnodes > 1 and any(s in line for line in tail for s in _PEER_LOST):
+        return PeerLostError(
+            f"{what} failed on node {compute.node_rank} of {compute.nnodes}: a peer node never joined or "
+            f"was lost (rendezvous at compute.rdzv_endpoint={compute.rdzv_endpoint}, waits up to "
+            f"compute.rdzv_timeout_s={compute.rdzv_timeout_s} s to join and "
+            f"compute.collective_timeout_s={compute.collective_timeout_s} s in a collective). Start the "
+            f"same command on every node.\n{text}")
+    if any(s in line for line in tail for s in _NCCL_FAILED):
+        return RuntimeError(
+            f"{what} failed: an NCCL collective between this node's GPU processes failed or waited past "
+            f"compute.collective_timeout_s={compute.collective_timeout_s} s (a process or GPU of this node died "
+            f"or hung; the lines below name the rank; resume: auto continues from the last checkpoint)\n{text}")
+    return RuntimeError(f"{what} failed (torchrun exit {rc}):\n{text}")
 
 
 class Dist:

@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from cerebro_core.data import images, sidecar
 from cerebro_core.data.paths import inside
 from cerebro_core.data.sources import IMAGE_SUFFIXES, list_folder
+from cerebro_core.devices import usable_cpus
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v"}
 
@@ -295,7 +296,7 @@ def embed_items(
         return idx, F.normalize(f.float(), dim=-1).cpu().numpy(), info, bad
 
     if decode == "threads" and workers > 0:
-        done_batches: Iterable = _batches_on_threads(ds, batch_size, max(2, os.cpu_count() or 1), work)
+        done_batches: Iterable = _batches_on_threads(ds, batch_size, max(2, usable_cpus()), work)
     else:
         loader = DataLoader(
             ds, batch_size=batch_size, num_workers=workers,
@@ -361,4 +362,4 @@ def read_parts(out_dir: str, parts: int, storage) -> Embedded:
 
 
 def default_workers() -> int:
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    return max(0, min(8, usable_cpus() - 1))

@@ -4,8 +4,9 @@
 # unless BASE is given, and pip reads this machine's own index, mirrors and CA bundle, passed in as
 # build args with their folders mounted read-only (nothing is copied into the image).
 #
-#   scripts/build-image.sh cpu [--target worker|search] [-t localhost/cerebro-cpu:dev]
-#   scripts/build-image.sh gpu [-t localhost/cerebro-gpu:dev]
+#   scripts/build-image.sh cpu [--target worker|search] [-t cerebro-cpu:dev]
+#   scripts/build-image.sh gpu [-t cerebro-gpu:dev]
+#   scripts/build-image.sh gpu --print-tag                 # the default name, nothing built
 #   BASE=python:3.11-slim-bookworm scripts/build-image.sh cpu     # where a registry can be reached
 #
 # Prints the image's name on its last line. With Docker instead: docker build -f docker/Dockerfile.cpu .
@@ -13,18 +14,22 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:?usage: scripts/build-image.sh cpu|gpu [--target T] [-t TAG]}
 shift
-target= tag=
+target= tag= print_tag=
 while [ $# -gt 0 ]; do
   case "$1" in
     --target) target=$2; shift 2 ;;
     -t|--tag) tag=$2; shift 2 ;;
+    --print-tag) print_tag=1; shift ;;
     *) echo "build-image.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
 [ -f "docker/Dockerfile.$kind" ] || { echo "build-image.sh: no docker/Dockerfile.$kind" >&2; exit 2; }
 name=cerebro-$kind
 [ "$target" = search ] && name=cerebro-search  # the names docker/docker-compose.yml uses
-tag=${tag:-localhost/$name:dev}
+# the names docker/docker-compose.yml, prefect.yaml and deployments/*.json use (buildah stores an
+# unqualified name as localhost/NAME; docker as docker.io/library/NAME: both find it by this name)
+tag=${tag:-$name:dev}
+[ -n "$print_tag" ] && { echo "$tag"; exit 0; }
 base=${BASE:-$(scripts/build-base.sh | tail -n 1)}
 
 # This machine's pip settings (pip config and PIP_* variables), as the image's pip will see them.

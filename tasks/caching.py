@@ -1,30 +1,20 @@
 """Cache keys: a stage's result is reused when its config section, the fingerprints of its inputs
-(manifest hash, model version, source listing) and the code version are unchanged.
+(manifest hash, model version, source listing) and the version of the code that stage runs (its
+own modules and the library modules they import, ``tasks/code_graph.py``) are unchanged.
 
 Results are persisted as JSON (never pickle) under Prefect's result storage."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-import cerebro_core
+from tasks import code_graph
 
-CORE = Path(cerebro_core.__file__).parent
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    h = hashlib.sha256()
-    for p in sorted(CORE.rglob("*")):
-        if p.suffix in (".py", ".json", ".html") and p.is_file():
-            h.update(p.relative_to(CORE).as_posix().encode())
-            h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+CODE_ROOT = code_graph.REPO  # the checkout whose files the keys hash
 
 
 def path_fingerprint(path: str | None, storage=None) -> str:
@@ -67,8 +57,9 @@ def _remote_fingerprint(url: str, storage=None) -> str:
     return h.hexdigest()[:16]
 
 
-def _key(*parts: Any) -> str:
-    return hashlib.sha256(json.dumps([code_version(), *parts], sort_keys=True, default=str).encode()).hexdigest()
+def _key(stage: str, *parts: Any) -> str:
+    code = code_graph.stage_code_version(stage, CODE_ROOT)
+    return hashlib.sha256(json.dumps([code, stage, *parts], sort_keys=True, default=str).encode()).hexdigest()
 
 
 def download_key(context, parameters) -> str:

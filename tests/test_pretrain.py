@@ -23,10 +23,9 @@ from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage
 from cerebro_core.train.data import PipelineSpec, ShardBatches
-from cerebro_core.distributed import torchrun_command
-from cerebro_core.train.launch import WORKER
 from cerebro_core.train.loop import TrainJob, train
 from conftest import good_pairs, shardset_for
+from helpers import kill_after_first_checkpoint
 
 MODEL = "cerebro-tiny-vit-32"
 REPO = Path(__file__).resolve().parents[1]
@@ -142,17 +141,7 @@ def test_sigkill_then_resume_is_bit_exact(pair_shards, tmp_path):
     ref = launch(job("ref"), log=lambda line: None)  # uninterrupted
     assert ref["step"] == 21
 
-    j = job("crash").model_copy(update={"result_path": str(tmp_path / "crash.json")})
-    (tmp_path / "job.json").write_text(j.model_dump_json())
-    cmd = torchrun_command(j.compute, WORKER, str(tmp_path / "job.json"), 1)
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=dict(os.environ, OMP_NUM_THREADS="2"))
-    deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "crash").glob("step-*.pt")):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = sorted(p.name for p in (tmp_path / "crash").glob("step-*.pt"))
+    done = kill_after_first_checkpoint(job("crash"), tmp_path)
     assert done and done[-1] != "step-00000021.pt", "the kill must land before the end"
 
     resumed = launch(job("crash"), log=lambda line: None)
@@ -164,6 +153,30 @@ def test_sigkill_then_resume_is_bit_exact(pair_shards, tmp_path):
     b = ckpt.load(Storage(), resumed["checkpoint"])["model"]
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights must equal the uninterrupted run's"
+
+
+def test_resume_finds_its_checkpoints_after_a_loader_or_logging_change(pair_shards, tmp_path, monkeypatch):
+    """Issue 35 item 3: the checkpoint folder was keyed on all of train.*, so a run restarted with
+    another train.workers (or log/checkpoint cadence, compile) started again from step 0."""
+    from cerebro_core.train.launch import launch
+    from cerebro_core.train.pretrain import train_job
+
+    monkeypatch.setenv("CEREBRO_HOME", str(tmp_path / "home"))
+    base = ["train.epochs=2", "train.batch_size=20", "train.val_fraction=0", "train.checkpoint_every_steps=3",
+            "train.log_every_steps=1", "train.precision=fp32", "train.warmup_steps=2"]
+    shards = shardset_for(pair_shards)
+    first = train_job(load_config(REPO / "configs/demo.yaml", base + ["train.workers=1"]), shards)
+    done = kill_after_first_checkpoint(first, tmp_path)
+    assert done and done[-1] != "step-00000014.pt", "the kill must land before the end"
+    changed = load_config(REPO / "configs/demo.yaml", base + [
+        "train.workers=0", "train.log_every_steps=2", "train.checkpoint_every_steps=5", "train.keep_checkpoints=2"])
+    again = train_job(changed, shards)
+    assert again.ckpt_dir == first.ckpt_dir
+    s = launch(again, log=lambda line: None)
+    assert s["resumed_from"].endswith(done[-1]) and s["step"] == 14
+    assert s["history"][0]["step"] > int(done[-1][5:13])  # it continued from the checkpoint
+    # what changes the weights still gets a folder of its own
+    assert train_job(load_config(REPO / "configs/demo.yaml", base + ["train.lr=2e-3"]), shards).ckpt_dir != first.ckpt_dir
 
 
 def _trainers_of(prefix: str) -> list[int]:

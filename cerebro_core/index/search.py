@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from cerebro_core.data import images
 from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
-from cerebro_core.model.text import FastTextEncoder
+from cerebro_core.model.text import query_tower
 from cerebro_core.index.build import load, search_params
 from cerebro_core.index.columns import Columns
 from cerebro_core.index.filters import (MAX_K, MAX_QUERY_CHARS, Filters, QueryError,  # noqa: F401
@@ -69,9 +69,9 @@ class Searcher:
         self.clip = load_clip_from_folder(d / "model")
         if text_int8 is None:
             text_int8 = os.environ.get("CEREBRO_TEXT_INT8", "1") != "0"
-        self.text_int8 = bool(text_int8) and not torch.cuda.is_available()
-        # exact fp32 (GPU or CEREBRO_TEXT_INT8=0) or int8 projections (CPU default, measured)
-        self.text_model = FastTextEncoder(self.clip.model, int8=self.text_int8)
+        # on the GPU when one is visible (exact fp32), else int8 projections on the CPU (default, measured)
+        self.text_model = query_tower(self.clip.model, bool(text_int8), torch.cuda.is_available())
+        self.text_int8 = self.text_model.int8
         self.cache = _LRU(cache_size)
         # one query at a time per tower; the text and image towers are separate modules, so a slow
         # image query never holds a text query back

@@ -10,29 +10,24 @@ storage, and metrics to MLflow from rank 0.
 from __future__ import annotations
 
 import math
+import os
 import resource
 import time
 from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from cerebro_core.config import ComputeConfig, StorageConfig, TrainConfig
 from cerebro_core.distributed import Dist
-from cerebro_core.evaluate import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics, unwrap, zero_shot_scores
+from cerebro_core.evaluate import unwrap
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
 from cerebro_core.storage import Storage
-from cerebro_core.train.data import PipelineSpec, iter_pairs, make_loader
+from cerebro_core.train.data import PipelineSpec, make_loader, uint8_transform
+from cerebro_core.train.evaluation import ZeroShotSpec, evaluate
 from cerebro_core.train.loss import create_loss
-
-
-class ZeroShotSpec(BaseModel):
-    folder: str
-    templates: list[str] = Field(default_factory=lambda: list(DEFAULT_TEMPLATES))
-    max_images: int = 1000
 
 
 class TrainJob(BaseModel):
@@ -96,73 +91,19 @@ def _metric_logger(run_id: Optional[str], is_main: bool) -> Callable[[dict, int]
     return lambda m, s: tracking.log_metrics_to_run(run_id, m, s)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(bundle: ClipBundle, job: TrainJob, device: str) -> dict[str, float]:
-    from cerebro_core.data import images
-    from cerebro_core.data.sources import list_folder
-
-    model = bundle.model
-    was_training = model.training
-    model.eval()
-    out: dict[str, float] = {}
-    storage = Storage(job.storage)
-    if job.val_shards:
-        imgs, txts, caps = [], [], []
-        batch_i, batch_t = [], []
-        for _, img_bytes, text in iter_pairs(job.val_shards, storage, job.val_max_samples):
-            try:
-                batch_i.append(bundle.preprocess_val(images.decode(img_bytes)))
-            except images.ImageRejected:
-                continue
-            batch_t.append(text)
-            caps.append(text)
-            if len(batch_i) == 256:
-                imgs.append(_enc_img(model, batch_i, device))
-                txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
-                batch_i, batch_t = [], []
-        if batch_i:
-            imgs.append(_enc_img(model, batch_i, device))
-            txts.append(_enc_txt(model, bundle.tokenizer(batch_t), device))
-        if imgs:
-            r = retrieval_metrics(torch.cat(imgs), torch.cat(txts), caps)
-            out.update({f"val/{k}": v for k, v in r.items()})
-    if job.zero_shot is not None:
-        recs = [r for r in list_folder(job.zero_shot.folder) if r.label]
-        if len(recs) > job.zero_shot.max_images:  # an even spread over the (sorted) classes
-            stride = len(recs) / job.zero_shot.max_images
-            recs = [recs[int(i * stride)] for i in range(job.zero_shot.max_images)]
-        classes = sorted({r.label for r in recs})
-        cls = class_embeddings(model, bundle.tokenizer, classes, job.zero_shot.templates, device)
-        feats, labels, batch = [], [], []
-        for r in recs:
-            try:
-                batch.append(bundle.preprocess_val(images.decode(open(r.path, "rb").read())))
-                labels.append(classes.index(r.label))
-            except (images.ImageRejected, OSError):
-                continue
-            if len(batch) == 256:
-                feats.append(_enc_img(model, batch, device))
-                batch = []
-        if batch:
-            feats.append(_enc_img(model, batch, device))
-        z = zero_shot_scores(torch.cat(feats), cls, torch.tensor(labels))
-        out.update({"zeroshot/top1": z["top1"], "zeroshot/mean_per_class": z["mean_per_class"]})
-    model.train(was_training)
-    return out
-
-
-def _enc_img(model, batch, device):
-    return F.normalize(unwrap(model).encode_image(torch.stack(batch).to(device)).float(), dim=-1).cpu()
-
-
-def _enc_txt(model, tokens, device):
-    return F.normalize(unwrap(model).encode_text(tokens.to(device)).float(), dim=-1).cpu()
-
-
 # --------------------------------------------------------------------------- training
+
+
+CUBLAS_DETERMINISTIC = ":4096:8"  # cuBLAS's fixed workspaces: deterministic GEMMs (CUDA >= 10.2)
+
+
+def set_deterministic() -> None:
+    """Deterministic kernels or an error naming the op that has none: ``warn_only`` would let a GPU
+    run resume off the bit-exact path with a warning in a log (only the CPU run was exact)."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -174,15 +115,15 @@ def _out_of_memory(exc: BaseException) -> bool:
 def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = None) -> dict[str, Any]:
     """Run (or resume) the training job; returns a summary (rank 0's view)."""
     hp = job.hp
+    if hp.deterministic:  # before the first CUDA matmul creates cuBLAS's handle, which reads it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
     d = Dist()
     # rank 0 logs to the MLflow run of node 0's caller, wherever the rendezvous placed it
     run_id = next((r for r in d.gather(job.mlflow_run_id) if r), None)
     storage = Storage(job.storage)
     torch.manual_seed(hp.seed)
     if hp.deterministic:  # bit-exact reruns/resumes; costs ~4% on CPU (measured), more on GPU
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        if d.cuda:
-            torch.backends.cudnn.benchmark = False
+        set_deterministic()
     amp = d.cuda and hp.precision in ("bf16", "fp16")
     amp_dtype = torch.bfloat16 if hp.precision == "bf16" else torch.float16
 
@@ -274,7 +215,9 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
     )
     mixed = set(job.mix_shards)
     n_mixed = n_seen = 0
-    loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
+    # images cross the loader as uint8 and are normalised on the device (a quarter of the memory)
+    transform, normalise = uint8_transform(bundle.preprocess_train)
+    loader = iter(make_loader(spec, transform, bundle.tokenizer, hp.workers))
     while step < total_steps:
         while micro_in_epoch < steps_per_epoch * micro_per_step and step < total_steps:
             lr = cosine_lr(step, hp.lr, hp.warmup_steps, total_steps)
@@ -289,7 +232,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
             skipped_total += sum(m[2] for m in micro)
             opt.zero_grad(set_to_none=True)
             try:
-                loss_val = _step(ddp_model, micro, loss_fn, d.device, amp, amp_dtype, scaler)
+                loss_val = _step(ddp_model, micro, loss_fn, d.device, amp, amp_dtype, scaler, normalise)
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 if not _out_of_memory(exc):
                     raise
@@ -378,17 +321,24 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
 
 
 def _forward(model, images, texts, amp: bool, amp_dtype):
-    """(image features, text features, logit scale)."""
-    with torch.autocast("cuda", dtype=amp_dtype, enabled=amp):
+    """(image features, text features, logit scale); autocast on the inputs' device type."""
+    with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp):
         out = model(images, texts)
     return out["image_features"], out["text_features"], out["logit_scale"]
 
 
-def _step(ddp_model, micro, loss_fn, device, amp, amp_dtype, scaler) -> float:
-    """One optimizer step's forward/backward. With accumulation, open_clip's exact scheme: features
-    of all micro-batches first (no grad), then each micro-batch again with grad against the rest,
-    so the contrastive loss sees the whole accumulated batch."""
-    moved = [(m[0].to(device, non_blocking=True), m[1].to(device, non_blocking=True)) for m in micro]
+def _step(ddp_model, micro, loss_fn, device, amp, amp_dtype, scaler, normalise=None) -> float:
+    """One optimizer step's forward/backward. With accumulation, open_clip's scheme: features of
+    all micro-batches first (no grad), then each micro-batch again with grad against the rest, so
+    the contrastive loss sees the whole accumulated batch. The gradients equal the whole batch's
+    (tests/test_gpu_paths.py): each pass carries the features of its own micro-batch, the logit
+    scale's gradient is taken in one pass only, and the loss is not divided (it is the same loss in
+    every pass). DDP all-reduces once, in the last pass, the one where every parameter (the logit
+    scale too) gets its gradient."""
+    from contextlib import nullcontext
+
+    prep = normalise or (lambda x: x)  # uint8 images from the loader: normalised here, on the device
+    moved = [(prep(m[0].to(device, non_blocking=True)), m[1].to(device, non_blocking=True)) for m in micro]
     if len(moved) == 1:
         img, txt, scale = _forward(ddp_model, *moved[0], amp, amp_dtype)
         loss = loss_fn(img, txt, scale)
@@ -396,12 +346,12 @@ def _step(ddp_model, micro, loss_fn, device, amp, amp_dtype, scaler) -> float:
         return float(loss.detach())
     with torch.no_grad():
         feats = [_forward(ddp_model, i, t, amp, amp_dtype)[:2] for i, t in moved]
-    total = 0.0
     for j, (i, t) in enumerate(moved):
-        img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype)
-        all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
-        all_txt = torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
-        loss = loss_fn(all_img, all_txt, scale) / len(moved)
-        (scaler.scale(loss) if scaler is not None else loss).backward()
-        total += float(loss.detach())
-    return total
+        last = j == len(moved) - 1
+        with (ddp_model.no_sync() if hasattr(ddp_model, "no_sync") and not last else nullcontext()):
+            img, txt, scale = _forward(ddp_model, i, t, amp, amp_dtype)
+            all_img = torch.cat([f[0] for f in feats[:j]] + [img] + [f[0] for f in feats[j + 1 :]])
+            all_txt = torch.cat([f[1] for f in feats[:j]] + [txt] + [f[1] for f in feats[j + 1 :]])
+            loss = loss_fn(all_img, all_txt, scale if last else scale.detach())
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+    return float(loss.detach())

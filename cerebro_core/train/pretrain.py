@@ -25,9 +25,28 @@ from cerebro_core.train.launch import launch
 from cerebro_core.train.loop import TrainJob, ZeroShotSpec
 
 
+# train.* keys that change how a run goes, not the weights it reaches: the checkpoint folder is
+# keyed without them, so a run resumed after a crash with any of them changed finds its checkpoints
+NOT_IN_WEIGHTS = ("workers", "log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "compile", "resume",
+                  "deterministic", "grad_checkpointing", "zero_shot_source")
+
+
 def run_key(cfg: CerebroConfig, manifest_hash: str, extra: str = "") -> str:
-    blob = json.dumps([cfg.section_hash("train"), manifest_hash, extra])
+    """The checkpoint folder's key: the model, data and optimisation, nothing else of train.*."""
+    weights = cfg.train.model_dump(mode="json", exclude=set(NOT_IN_WEIGHTS))
+    blob = json.dumps([weights, manifest_hash, extra], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def train_job(cfg: CerebroConfig, shards: ShardSet, max_steps: Optional[int] = None) -> TrainJob:
+    """The pretraining job of ``cfg`` on ``shards``, checkpointing under ``run_key``'s folder."""
+    storage_root = resolve(cfg).storage_root
+    train_urls, val_urls, n_train = split_shards(shards, cfg.train.val_fraction)
+    ckpt_dir = join(storage_root, cfg.name, "checkpoints", f"pretrain-{run_key(cfg, shards.manifest_hash)}")
+    zs = ZeroShotSpec(folder=cfg.train.zero_shot_source) if cfg.train.zero_shot_source else None
+    return TrainJob(model=cfg.train.model, hp=cfg.train, compute=cfg.compute, train_shards=train_urls,
+                    train_samples=n_train, val_shards=val_urls, zero_shot=zs, storage=cfg.storage, ckpt_dir=ckpt_dir,
+                    max_steps=max_steps)
 
 
 def run_stage(
@@ -39,13 +58,9 @@ def run_stage(
 ) -> Optional[ModelVersion]:
     """Train and publish. On a node other than ``compute.node_rank`` 0 the node only trains (its
     ranks join node 0's job) and returns None: node 0 owns the MLflow run and the new version."""
-    storage_root = resolve(cfg).storage_root
-    train_urls, val_urls, n_train = split_shards(shards, cfg.train.val_fraction)
-    ckpt_dir = join(storage_root, cfg.name, "checkpoints", f"pretrain-{run_key(cfg, shards.manifest_hash)}")
-    zs = ZeroShotSpec(folder=cfg.train.zero_shot_source) if cfg.train.zero_shot_source else None
-    job = TrainJob(model=cfg.train.model, hp=cfg.train, compute=cfg.compute, train_shards=train_urls,
-                   train_samples=n_train, val_shards=val_urls, zero_shot=zs, storage=cfg.storage, ckpt_dir=ckpt_dir,
-                   max_steps=max_steps)
+    job = train_job(cfg, shards, max_steps)
+    train_urls, val_urls, n_train = job.train_shards, job.val_shards, job.train_samples
+    ckpt_dir = job.ckpt_dir
     if cfg.compute.node_rank != 0:
         summary = launch(job, log=log, on_line=on_line)
         log(f"pretrain: node {cfg.compute.node_rank} of {cfg.compute.nnodes} done at step {summary['step']}; "
