@@ -35,7 +35,8 @@ def test_plan_of_the_real_run(cerebro_home):
     assert abs(stages["pretrain"]["seconds"] - 44_000 * 1_920 / (4 * per_gpu)) < 1e-6
     assert abs(stages["pretrain"]["original_s"] - 6 * 3600) < 1e-6
     assert "152,982 pool" in stages["adapt"]["work"] and "student: replay" in stages["adapt"]["work"]
-    assert "= 0.2 pretrain-equivalents per iteration" in stages["adapt"]["work"]  # the replay budget
+    # the replay regime: 4 passes over 30,400 selected images at half of every batch of 1,920 (127 steps)
+    assert "= 0.00289 pretrain-equivalents per iteration" in stages["adapt"]["work"]
     # the named alternative prints its own cost: a pretraining per student, 2 fold students per re-labelling
     scratch = {s["stage"]: s for s in json.loads(_plan("-c", "configs/cc3m-vitb32.yaml", "--set",
                                                         "adapt.student=scratch", "--json").stdout)}["adapt"]
