@@ -5,6 +5,7 @@ overrides, and validation errors as one line per offending key (the models are i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,31 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def expand_env(node: Any) -> Any:
-    """Expand ``${VAR}`` in YAML string values; ``${CEREBRO_HOME}`` defaults to ./.cerebro."""
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(node: Any, key: str = "") -> Any:
+    """Expand ``${VAR}`` (and ``${VAR:-default}``) in YAML string values; ``${CEREBRO_HOME}``
+    defaults to ./.cerebro. A ``${VAR}`` whose variable is unset (and has no default) is a
+    ConfigError naming the variable and the key: never a literal ``${VAR}`` path."""
     if isinstance(node, dict):
-        return {k: expand_env(v) for k, v in node.items()}
+        return {k: expand_env(v, f"{key}.{k}" if key else str(k)) for k, v in node.items()}
     if isinstance(node, list):
-        return [expand_env(v) for v in node]
+        return [expand_env(v, f"{key}[{i}]") for i, v in enumerate(node)]
     if isinstance(node, str) and "$" in node:
         home = os.environ.get("CEREBRO_HOME") or str(Path(".cerebro").resolve())
-        return os.path.expandvars(node.replace("${CEREBRO_HOME}", home))
+
+        def value(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name == "CEREBRO_HOME":
+                return home
+            got = os.environ.get(name)
+            if got is None:
+                if default is None:
+                    raise ConfigError(f"{key or '<root>'}: ${{{name}}} is not set (export {name}=… or give "
+                                      f"${{{name}:-default}})")
+                return default
+            return got
+
+        return os.path.expandvars(_VAR.sub(value, node))
     return node

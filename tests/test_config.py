@@ -206,7 +206,21 @@ def test_serve_token_comes_from_the_environment_and_never_shows(monkeypatch):
     assert cfg.serve.token.get_secret_value() == "a-token-long-enough-1234"
     assert "a-token-long-enough-1234" not in str(cfg.masked()) and cfg.masked()["serve"]["token"] == "**********"
     monkeypatch.delenv("CEREBRO_TEST_TOKEN")
-    for value, msg in (("${CEREBRO_TEST_TOKEN}", "unexpanded ${VAR}"), ("short", "at least 16 characters")):
+    for value, msg in (("${CEREBRO_TEST_TOKEN}", "${CEREBRO_TEST_TOKEN} is not set"), ("short", "at least 16 characters")):
         with pytest.raises(ConfigError) as ei:
             load_config(REPO / "configs/demo.yaml", [f"serve.token={value}"])
         assert str(ei.value).startswith("serve.token:") and msg in str(ei.value)
+
+
+def test_an_unset_variable_fails_at_load_naming_it_and_the_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOPE", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["storage.root=${NOPE}/x"])
+    assert str(ei.value).startswith("storage.root:") and "${NOPE} is not set" in str(ei.value)
+    (tmp_path / "c.yaml").write_text("index:\n  sources:\n    - {name: a, path: '${NOPE}/a'}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "c.yaml")
+    assert str(ei.value).startswith("index.sources[0].path:") and "${NOPE}" in str(ei.value)
+    assert load_config(None, ["storage.root=${NOPE:-/data}/x"]).storage.root == "/data/x"
+    monkeypatch.setenv("NOPE", "/srv")
+    assert load_config(None, ["storage.root=${NOPE}/x"]).storage.root == "/srv/x"
