@@ -85,7 +85,7 @@ def search(
 @app.command()
 def serve(
     host: Optional[str] = typer.Option(None, help="default: serve.host (127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, help="default: serve.port (8000)"),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="default: serve.port (8000); 1-65535"),
     reload_interval: float = typer.Option(5.0, help="seconds between checks for a new champion"),
     model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
@@ -98,7 +98,7 @@ def serve(
     from cerebro_core import tracking
     from cerebro_core.serve.app import create_app, registry_holder
 
-    host, port = host or cfg.serve.host, port or cfg.serve.port
+    host, port = host or cfg.serve.host, cfg.serve.port if port is None else port
     if host not in LOOPBACK and not host.startswith("127.") and cfg.serve.token is None:
         typer.echo(f"cerebro serve: --host {host} answers beyond this machine: set serve.token (--set "
                    "serve.token=… with at least 16 characters) and add the public name to serve.allowed_hosts; "
