@@ -141,14 +141,19 @@ def plan(
     set_: Optional[list[str]] = SetOption,
     gpu: Optional[str] = typer.Option(None, help="GPU kind to project for when none is visible here (default: H100)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    remote: bool = typer.Option(False, "--remote", help="read a remote (s3://, http) URL list and manifest to "
+                                "count rows; without it nothing remote is touched and the rows are assumed"),
 ) -> None:
     """Each stage's work and its projected time on the configured devices, before anything runs."""
     cfg = load(config, set_)
+    import contextlib
     from dataclasses import asdict
 
     from cerebro_core import plan as planner
+    from cerebro_core.storage import local_only
 
-    stages = planner.plan(cfg, gpu)
+    with contextlib.nullcontext() if remote else local_only():  # no credential lookup unless asked
+        stages = planner.plan(cfg, gpu)
     if as_json:
         typer.echo(json.dumps([asdict(s) for s in stages], indent=2))
         return
