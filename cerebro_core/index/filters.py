@@ -21,6 +21,14 @@ class QueryError(ValueError):
 
 
 MAX_QUERY_CHARS = 1000
+SHOWN_CHARS = 200  # an error quotes at most this much of the input
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, cut to SHOWN_CHARS characters."""
+    r = repr(value)
+    return r if len(r) <= SHOWN_CHARS else f"{r[:SHOWN_CHARS]}… ({len(r)} characters)"
+
 MAX_K = 1000
 MEDIA = ("image", "video")
 
@@ -36,9 +44,9 @@ def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] =
         if len(query) > max_chars:
             raise QueryError(f"query is longer than {max_chars} characters ({len(query)})")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {shown(k)}")
     if media is not None and media not in MEDIA:
-        raise QueryError(f"media must be 'image' or 'video', got {media!r}")
+        raise QueryError(f"media must be 'image' or 'video', got {shown(media)}")
 
 
 def _instant(value: str, end_of_day: bool) -> float:
@@ -52,7 +60,7 @@ def _instant(value: str, end_of_day: bool) -> float:
         else:
             t = datetime.fromisoformat(v)
     except ValueError:
-        raise ValueError(f"not an ISO 8601 date or date-time: {value!r}") from None
+        raise ValueError(f"not an ISO 8601 date or date-time: {shown(value)}") from None
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
