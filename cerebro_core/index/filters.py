@@ -50,11 +50,19 @@ def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] =
 
 
 def _instant(value: str, end_of_day: bool) -> float:
-    """ISO 8601 date or date-time → seconds since the epoch (naive = UTC); a bare date as an upper
-    bound means the end of that day."""
+    """ISO 8601 date or date-time → seconds since the epoch (naive = UTC); a bare date, month
+    (``2009-04``) or year (``2009``) as an upper bound means the end of that day, month or year."""
     v = value.strip()
     try:
-        if len(v) == 10:
+        if len(v) == 4 and v.isdigit():  # a year: from its first instant to its last
+            y = int(v)
+            t = datetime(y, 12, 31, 23, 59, 59, 999999) if end_of_day else datetime(y, 1, 1)
+        elif len(v) == 7 and v[4] == "-" and v[:4].isdigit() and v[5:].isdigit():  # a month
+            y, m = int(v[:4]), int(v[5:])
+            first = date(y, m, 1)
+            last = date(y + m // 12, m % 12 + 1, 1).toordinal() - 1
+            t = datetime.combine(date.fromordinal(last), time.max) if end_of_day else datetime.combine(first, time.min)
+        elif len(v) == 10:
             d = date.fromisoformat(v)
             t = datetime.combine(d, time.max if end_of_day else time.min)
         else:
