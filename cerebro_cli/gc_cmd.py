@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from cerebro_cli.main import ConfigOption, SetOption, app, load
+from cerebro_cli.text import clean
 
 
 def _mb(n: int) -> str:
@@ -31,7 +32,7 @@ def gc(
     r = collect(cfg, delete=delete, min_age_s=min_age_hours * 3600)
     if verbose_list:
         for url in r.garbage:
-            typer.echo(url)
+            typer.echo(clean(url))
     typer.echo(f"{r.versions} registered version(s) of {cfg.tracking.search_model_name} reference {r.referenced} "
                f"of {r.parts} part(s); {r.young} unreferenced part(s) newer than {min_age_hours:g} h kept")
     if r.deleted:

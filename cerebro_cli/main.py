@@ -11,6 +11,7 @@ from typing import Callable, Optional
 import typer
 import yaml
 
+from cerebro_cli.text import clean, clean_lines
 from cerebro_core.config import CerebroConfig, ConfigError, load_config
 
 app = typer.Typer(
@@ -41,7 +42,7 @@ def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
     try:
         cfg = load_config(config, sets or [])
     except ConfigError as exc:
-        typer.echo(f"cerebro: invalid configuration:\n{exc}", err=True)
+        typer.echo(f"cerebro: invalid configuration:\n{clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     from cerebro_core import tracking
     from cerebro_core.home import resolve
@@ -49,7 +50,7 @@ def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
     try:  # a broken tracking database is a one-line error here, not a traceback from deep in MLflow
         tracking.check_store(resolve(cfg))
     except tracking.TrackingStoreError as exc:
-        typer.echo(f"cerebro: {exc}", err=True)
+        typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     return cfg
 
@@ -142,15 +143,20 @@ def plan(
         None, "--device-kind", "--gpu", help="the device kind to project for: H100, H200, A100, RTX 4090 or cpu "
         "(default: the GPU visible here; with none visible, H100, said to be assumed)"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
+    remote: bool = typer.Option(False, "--remote", help="read a remote (s3://, http) URL list and manifest to "
+                                "count rows; without it nothing remote is touched and the rows are assumed"),
 ) -> None:
     """Each stage's work and its projected time on the configured devices, before anything runs."""
     cfg = load(config, set_)
+    import contextlib
     from dataclasses import asdict
 
     from cerebro_core import plan as planner
+    from cerebro_core.storage import local_only
 
     try:
-        stages = planner.plan(cfg, device_kind)
+        with contextlib.nullcontext() if remote else local_only():  # no credential lookup unless asked
+            stages = planner.plan(cfg, device_kind)
     except planner.PlanError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
@@ -185,7 +191,7 @@ def _start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
         try:
             api.wait()
         except PrefectApiError as exc:
-            typer.echo(f"cerebro: {exc}", err=True)
+            typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
             raise typer.Exit(3) from None
 
     return ready
@@ -206,7 +212,7 @@ def download(
         read_url_list(cfg.download, Storage(cfg.storage))
         img2dataset_python()
     except (DownloadInputError, Img2DatasetNotFound) as exc:
-        typer.echo(f"cerebro download: {exc}", err=True)
+        typer.echo(f"cerebro download: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = _start_prefect(cfg)
     from flows.download import download_flow
@@ -218,7 +224,7 @@ def download(
         f"downloaded {s.successes}/{s.total_rows} ({s.success_rate:.1%}) into {len(result.shards)} shards "
         f"at {result.output}; {s.images_per_s:.1f} images/s; failures: {s.failures_by_reason or 'none'}"
     )
-    typer.echo(f"manifest: {result.manifest_url} (hash {result.manifest_hash})")
+    typer.echo(f"manifest: {clean(result.manifest_url)} (hash {result.manifest_hash})")
 
 
 @app.command()
@@ -238,7 +244,7 @@ def pretrain(
         model_config(cfg.train.model)
         load_manifest(Storage(cfg.storage), shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))
     except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"cerebro pretrain: {exc}", err=True)
+        typer.echo(f"cerebro pretrain: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = _start_prefect(cfg)
     from flows.pretrain import pretrain_flow
@@ -265,7 +271,7 @@ def adapt(
     try:
         gather(cfg)
     except AdaptInputError as exc:
-        typer.echo(f"cerebro adapt: {exc}", err=True)
+        typer.echo(f"cerebro adapt: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = _start_prefect(cfg)
     from flows.adapt import adapt_flow
@@ -294,7 +300,7 @@ def index(
     try:
         scan_sources(cfg.index.sources, cfg.index.video_frame_interval, Counter())
     except (IndexInputError, FileNotFoundError) as exc:
-        typer.echo(f"cerebro index: {exc}", err=True)
+        typer.echo(f"cerebro index: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = _start_prefect(cfg)
     from flows.index import index_flow
@@ -318,7 +324,7 @@ def reindex(
     """Add a new wildlife scrape to the published index (only what is new; idempotent)."""
     cfg = load(config, set_)
     if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
-        typer.echo(f"cerebro reindex: --scrape: no such folder or URL list: {scrape}", err=True)
+        typer.echo(f"cerebro reindex: --scrape: no such folder or URL list: {clean(scrape)}", err=True)
         raise typer.Exit(2)
     ready = _start_prefect(cfg)
     from flows.reindex import reindex_flow
@@ -326,7 +332,7 @@ def reindex(
 
     r = reindex_flow(scrape=scrape, config=str(config) if config else None, overrides=list(set_ or []), source=source)
     why = f" ({', '.join(f'{k} {v}' for k, v in sorted(r.failures.items()))})" if r.failures else ""
-    typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed{why}; "
+    typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed{clean(why)}; "
                f"{r.size_before} -> {r.size_after} items ({r.reason})")
     typer.echo(f"published {r.version.name} v{r.version.version} (champion)" if r.version else "nothing published")
 

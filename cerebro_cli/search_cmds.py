@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from cerebro_cli.main import ConfigOption, SetOption, app, load
+from cerebro_cli.text import clean, clean_lines
 from cerebro_core.config import LOOPBACK, CerebroConfig
 
 
@@ -22,8 +23,27 @@ def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
     try:
         return load_searcher(uri, prepare_environment(cfg).tracking_uri)
     except Exception as exc:
-        typer.echo(f"cerebro: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
+        typer.echo(f"cerebro: cannot load {uri}: {clean_lines(exc)}\nrun `cerebro index` first", err=True)
         raise typer.Exit(2) from None
+
+
+def _read_image(path: Path, max_bytes: int) -> bytes:
+    """The query image's bytes, read no further than the API's upload limit (serve.max_upload_mb):
+    ``--image /dev/zero`` is refused after max_bytes + 1 bytes, not read forever."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except OSError as exc:
+        typer.echo(f"cerebro search: --image {clean(path)}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2) from None
+    if len(data) > max_bytes:
+        typer.echo(f"cerebro search: --image {clean(path)}: larger than {max_bytes / 2**20:g} MB (serve.max_upload_mb)",
+                   err=True)
+        raise typer.Exit(2)
+    if not data:
+        typer.echo(f"cerebro search: --image {clean(path)}: empty", err=True)
+        raise typer.Exit(2)
+    return data
 
 
 @app.command()
@@ -62,8 +82,9 @@ def search(
                           date_to=date_to, bbox=bbox, camera=camera, min_score=min_score, sort=sort,
                           collapse=collapse, offset=offset, verified=verified)
     except QueryError as exc:
-        typer.echo(f"cerebro search: {exc}", err=True)
+        typer.echo(f"cerebro search: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
+    data = None if image is None else _read_image(image, int(cfg.serve.max_upload_mb * 2**20))
     version, s = _searcher(cfg, model_uri)
     from cerebro_core.home import resolve
     from cerebro_core.review.queue import apply
@@ -73,27 +94,33 @@ def search(
     apply(s, read_log(resolve(cfg).storage_root.rstrip("/"), Storage(cfg.storage)).latest())  # people's labels win
     try:
         hits = (s.search(query, k, source, media, filters=f) if image is None
-                else s.search_image(image.read_bytes(), k, source, media, filters=f))
+                else s.search_image(data, k, source, media, filters=f, max_pixels=cfg.serve.max_query_pixels))
     except (QueryError, OSError) as exc:
-        typer.echo(f"cerebro search: {exc}", err=True)
+        typer.echo(f"cerebro search: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps({"version": version, "results": hits}, indent=2))
         return
     for i, h in enumerate(hits, 1):
-        where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
-        tags = "  ".join(x for x in (h.get("species") and (f"{h['species']} (verified)" if h.get("verified")
-                                                            else f"{h['species']} {h['species_score']:.2f}"),
-                                     h.get("taken_at"), h.get("camera"),
-                                     h["group_size"] > 1 and f"×{h['group_size']}") if x)
-        name = h.get("origin_uri") or h["uri"]  # an S3 or downloaded item by its object or URL, not its copy
-        typer.echo(f"{i + (f.offset or 0):>3}. {h['score']:.3f}  [{h['source']}] {name}{where}  {tags}".rstrip())
+        typer.echo(hit_line(i + (f.offset or 0), h))
+
+
+def hit_line(n: int, h: dict) -> str:
+    """One result as `cerebro search` prints it; every field from the data (file name or URL, source,
+    species, EXIF time and camera) with its control characters replaced (cerebro_cli.text)."""
+    where = f"@{h['video_ts']:.1f}s" if h["media_type"] == "video_frame" else ""
+    tags = "  ".join(clean(x) for x in (h.get("species") and (f"{h['species']} (verified)" if h.get("verified")
+                                                               else f"{h['species']} {h['species_score']:.2f}"),
+                                        h.get("taken_at"), h.get("camera"),
+                                        h["group_size"] > 1 and f"×{h['group_size']}") if x)
+    name = h.get("origin_uri") or h["uri"]  # an S3 or downloaded item by its object or URL, not its copy
+    return f"{n:>3}. {h['score']:.3f}  [{clean(h['source'])}] {clean(name)}{where}  {tags}".rstrip()
 
 
 @app.command()
 def serve(
     host: Optional[str] = typer.Option(None, help="default: serve.host (127.0.0.1)"),
-    port: Optional[int] = typer.Option(None, help="default: serve.port (8000)"),
+    port: Optional[int] = typer.Option(None, min=1, max=65535, help="default: serve.port (8000); 1-65535"),
     reload_interval: float = typer.Option(5.0, help="seconds between checks for a new champion"),
     model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
@@ -106,7 +133,7 @@ def serve(
     from cerebro_core import tracking
     from cerebro_core.serve.app import create_app, registry_holder
 
-    host, port = host or cfg.serve.host, port or cfg.serve.port
+    host, port = host or cfg.serve.host, cfg.serve.port if port is None else port
     if host not in LOOPBACK and not host.startswith("127.") and cfg.serve.token is None:
         typer.echo(f"cerebro serve: --host {host} answers beyond this machine: set serve.token (--set "
                    "serve.token=… with at least 16 characters) and add the public name to serve.allowed_hosts; "
@@ -125,7 +152,7 @@ def serve(
     try:
         holder = registry_holder(uri, reload_interval)
     except Exception as exc:
-        typer.echo(f"cerebro serve: cannot load {uri}: {exc}\nrun `cerebro index` first", err=True)
+        typer.echo(f"cerebro serve: cannot load {uri}: {clean_lines(exc)}\nrun `cerebro index` first", err=True)
         raise typer.Exit(2) from None
     from cerebro_core.home import resolve
     from cerebro_core.serve.media import Thumbnails

@@ -116,8 +116,8 @@ def _interrupt(*_) -> None:
 
 @app.command()
 def ui(
-    prefect_port: int = typer.Option(4200, help="Prefect UI and API port (0: any free port)"),
-    mlflow_port: int = typer.Option(5000, help="MLflow UI port (0: any free port)"),
+    prefect_port: int = typer.Option(4200, min=0, max=65535, help="Prefect UI and API port (0: any free port)"),
+    mlflow_port: int = typer.Option(5000, min=0, max=65535, help="MLflow UI port (0: any free port)"),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
 ) -> None:

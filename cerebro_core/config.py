@@ -10,16 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from cerebro_core.config_adapt import (AdaptConfig, KnnLabeller, LabellerConfig, ReplayStudent, ScratchStudent,  # noqa: F401
                                       Student, TopKLabeller)
 from cerebro_core.config_base import AugmentConfig, SourceConfig, _Section  # noqa: F401
-from cerebro_core.config_yaml import ConfigError, expand_env, format_errors, apply_overrides
+from cerebro_core.config_yaml import ConfigError, expand_env, format_errors, apply_overrides, read_yaml
 
 
 class StorageConfig(_Section):
@@ -265,18 +263,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Load a YAML config (or the defaults when path is None) and apply ``--set`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: invalid YAML: {exc}") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: top level must be a mapping of sections")
-        data = loaded
+        data = read_yaml(path)  # one line for a directory, a binary file, an alias bomb, …
     data = expand_env(apply_overrides(data, list(overrides or [])))  # --set values may use ${VAR} too
     try:
         return CerebroConfig.model_validate(data)

@@ -7,6 +7,8 @@ a complete object (S3 never exposes a partial object).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import os
 import posixpath
@@ -25,6 +27,24 @@ def is_remote(url: str) -> bool:
     return proto not in ("file", "local")
 
 
+class RemoteDisabled(OSError):
+    """A remote URL read inside :func:`local_only` (e.g. `cerebro plan` without --remote)."""
+
+
+_LOCAL_ONLY = contextvars.ContextVar("cerebro_local_only", default=False)
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """Within this block no Storage touches a remote URL: it raises RemoteDisabled before any
+    client is made (so no credential lookup, no cloud metadata query, no connection)."""
+    token = _LOCAL_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _LOCAL_ONLY.reset(token)
+
+
 def join(base: str, *parts: str) -> str:
     if "://" in base:
         proto, rest = base.split("://", 1)
@@ -41,6 +61,8 @@ class Storage:
     # ---- options ---------------------------------------------------------------
     def options(self, url: str) -> dict[str, Any]:
         """Storage options for fsspec/s3fs (also what img2dataset and webdataset get)."""
+        if _LOCAL_ONLY.get() and is_remote(url):
+            raise RemoteDisabled(f"{url}: remote, not read here (local only)")
         if not url.startswith(("s3://", "s3a://")):
             return {}
         opts: dict[str, Any] = {}

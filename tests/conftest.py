@@ -21,6 +21,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# botocore never asks the cloud's metadata service (169.254.169.254) for credentials: not in any
+# test, nor in the servers and commands they start (they inherit this environment)
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 SHARED = Path(os.environ.get("CEREBRO_SHARED_DATA", REPO.parent / "shared" / "data"))
 VENV_BIN = Path(sys.executable).parent
 

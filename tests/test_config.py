@@ -206,7 +206,66 @@ def test_serve_token_comes_from_the_environment_and_never_shows(monkeypatch):
     assert cfg.serve.token.get_secret_value() == "a-token-long-enough-1234"
     assert "a-token-long-enough-1234" not in str(cfg.masked()) and cfg.masked()["serve"]["token"] == "**********"
     monkeypatch.delenv("CEREBRO_TEST_TOKEN")
-    for value, msg in (("${CEREBRO_TEST_TOKEN}", "unexpanded ${VAR}"), ("short", "at least 16 characters")):
+    for value, msg in (("${CEREBRO_TEST_TOKEN}", "${CEREBRO_TEST_TOKEN} is not set"), ("short", "at least 16 characters")):
         with pytest.raises(ConfigError) as ei:
             load_config(REPO / "configs/demo.yaml", [f"serve.token={value}"])
         assert str(ei.value).startswith("serve.token:") and msg in str(ei.value)
+
+
+def test_an_unset_variable_fails_at_load_naming_it_and_the_key(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOPE", raising=False)
+    with pytest.raises(ConfigError) as ei:
+        load_config(None, ["storage.root=${NOPE}/x"])
+    assert str(ei.value).startswith("storage.root:") and "${NOPE} is not set" in str(ei.value)
+    (tmp_path / "c.yaml").write_text("index:\n  sources:\n    - {name: a, path: '${NOPE}/a'}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(tmp_path / "c.yaml")
+    assert str(ei.value).startswith("index.sources[0].path:") and "${NOPE}" in str(ei.value)
+    assert load_config(None, ["storage.root=${NOPE:-/data}/x"]).storage.root == "/data/x"
+    monkeypatch.setenv("NOPE", "/srv")
+    assert load_config(None, ["storage.root=${NOPE}/x"]).storage.root == "/srv/x"
+
+
+BOMB = """a: &a [x, x, x, x, x, x, x, x, x, x]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+"""
+
+
+def test_config_files_that_are_not_configs_fail_in_one_line(tmp_path):
+    """An alias bomb (10^8 values once expanded), a recursive alias, a directory, a binary file and
+    a device are refused at once, one line each, never built or read to the end."""
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    (tmp_path / "loop.yaml").write_text("train: &t\n  self: *t\n")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)) * 4)
+    (tmp_path / "dir.yaml").mkdir()
+    for name, msg in (("bomb.yaml", "once its aliases are expanded"), ("loop.yaml", "a recursive alias"),
+                      ("binary.yaml", "not UTF-8 text"), ("dir.yaml", "not a regular file"),
+                      ("/dev/zero", "not a regular file")):
+        with pytest.raises(ConfigError) as ei:
+            load_config(tmp_path / name)
+        assert msg in str(ei.value) and "\n" not in str(ei.value), (name, str(ei.value))
+    (tmp_path / "bad.yaml").write_text("train: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: invalid YAML \(line \d+, column \d+\)") as ei:
+        load_config(tmp_path / "bad.yaml")
+    assert "\n" not in str(ei.value)
+    r = subprocess.run(CEREBRO + ["plan", "-c", str(tmp_path / "loop.yaml")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "a recursive alias" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]
+
+
+def test_numbers_must_be_finite_and_ports_in_range():
+    for item in ("train.lr=inf", "train.lr=.inf", "train.weight_decay=nan", "index.recall_target=.nan"):
+        with pytest.raises(ConfigError, match=item.split("=")[0]):
+            load_config(REPO / "configs/demo.yaml", [item])
+    for item in ("serve.port=0", "serve.port=80000"):
+        with pytest.raises(ConfigError, match="serve.port"):
+            load_config(None, [item])
+    for port in ("80000", "0", "-1"):  # refused by the option itself, before any config or model loads
+        r = subprocess.run(CEREBRO + ["serve", "--port", port], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "Invalid value for '--port'" in r.stderr and "Traceback" not in r.stderr, r.stderr[-500:]

@@ -110,3 +110,35 @@ def test_every_row_says_where_its_figure_came_from_and_the_missing_passes_are_pr
     assert "over loopback with 32-px" in stages["download"]["rates"][0]
     bad = _plan("-c", "configs/cc3m-vitb32.yaml", "--device-kind", "H1000")
     assert bad.returncode == 2 and "known kinds: H100, H200, A100, RTX 4090, cpu" in bad.stderr
+
+
+def test_plan_reads_nothing_remote_unless_asked(cerebro_home, moto_server, tmp_path):
+    """Without --remote, `cerebro plan` of the real run (an s3:// URL list and storage root) makes no
+    S3 client: botocore's credential chain is never run (a credential_process would leave a mark).
+    With --remote it is, against moto on loopback."""
+    import os
+
+    from conftest import free_port
+
+    mark = tmp_path / "credentials-were-looked-up"
+    helper = tmp_path / "credentials.sh"
+    helper.write_text(f"#!/bin/sh\ntouch {mark}\n"
+                      """echo '{"Version": 1, "AccessKeyId": "testing", "SecretAccessKey": "testing"}'\n""")
+    helper.chmod(0o755)
+    (tmp_path / "aws-config").write_text(f"[default]\ncredential_process = {helper}\nregion = us-east-1\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_CONFIG_FILE=str(tmp_path / "aws-config"), AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+               AWS_EC2_METADATA_DISABLED="true", AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}")
+
+    def plan(*extra: str) -> list[dict]:
+        r = subprocess.run([CEREBRO, "plan", "-c", "configs/cc3m-vitb32.yaml", "--json", *extra], capture_output=True,
+                           text=True, timeout=300, cwd=REPO, env=env)
+        assert r.returncode == 0, r.stderr[-800:]
+        return json.loads(r.stdout)
+
+    download = next(s for s in plan() if s["stage"] == "download")
+    assert not mark.exists()
+    assert any("URL list not readable here (RemoteDisabled)" in n for n in download["notes"]), download["notes"]
+    env["AWS_ENDPOINT_URL"] = moto_server  # asked: the list is looked for (moto has no such bucket)
+    download = next(s for s in plan("--remote") if s["stage"] == "download")
+    assert mark.exists() and not any("RemoteDisabled" in n for n in download["notes"]), download["notes"]

@@ -440,3 +440,23 @@ def test_each_version_records_how_well_it_searches(shared_data, tmp_path, monkey
         assert tags[f"{prefix}mAP_at_10"] == str(round(metrics[f"{prefix}mAP_at_10"], 4))
     assert metrics["search/pretrained_version"] == 1.0
     assert metrics["search/mAP_at_10"] != metrics["search/pretrained_mAP_at_10"]  # two models, two figures
+
+
+def test_years_and_months_are_ranges():
+    from datetime import datetime, timezone
+
+    from cerebro_core.index.filters import Filters, _instant
+
+    def at(*a) -> float:
+        return datetime(*a, tzinfo=timezone.utc).timestamp()
+
+    assert _instant("2009", False) == at(2009, 1, 1) and _instant("2009", True) == at(2009, 12, 31, 23, 59, 59, 999999)
+    assert _instant("2009-04", False) == at(2009, 4, 1)
+    assert _instant("2009-04", True) == at(2009, 4, 30, 23, 59, 59, 999999)
+    assert _instant("2008-02", True) == at(2008, 2, 29, 23, 59, 59, 999999)
+    assert _instant("2009-12", True) == at(2009, 12, 31, 23, 59, 59, 999999)
+    f = Filters(date_from="2009", date_to="2009-04")
+    assert f.date_from == "2009" and f.date_to == "2009-04"
+    for bad in ("2009-13", "2009-00", "20O9"):
+        with pytest.raises(ValueError, match="not an ISO 8601 date"):
+            _instant(bad, False)

@@ -5,6 +5,7 @@ gone behind an indexed still, and the CLI refusing before it loads a model."""
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
@@ -50,13 +51,15 @@ def served(shared_data, tmp_path_factory):
     args = [CEREBRO, "serve", "--port", str(port), "-c", str(REPO / "configs/demo.yaml")]
     for o in overrides:
         args += ["--set", o]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(home / "serve.log", "w")  # a file, not an unread pipe: a full pipe would stall the server
+    proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         wait_port(port, timeout=120, proc=proc)
         yield {"url": f"http://127.0.0.1:{port}", "port": port, "src": src, "env": env, "overrides": overrides,
                "sv": sv, "outside": outside}
     finally:
         stop(proc)
+        log.close()
         mp.undo()
 
 
@@ -286,6 +289,29 @@ def test_image_queries_are_bounded_in_pixels_and_in_concurrency(served):
     assert health == [200] * 5 and set(codes) == {200, 503} and len(codes) == 8, codes
 
 
+def _page_uses_the_token(url: str, token: str) -> None:
+    """Chromium: another app's cookie on this host that SimpleCookie cannot parse, set first (so
+    sent first), then the token typed into the page's form: the page searches and its images load."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from conftest import chromium
+
+    with chromium() as d:
+        d.get(url + "/")
+        d.execute_script("""document.cookie = 'prefs={"theme":"dark"}; path=/';""")
+        WebDriverWait(d, 60).until(lambda d: d.find_element(By.ID, "auth").is_displayed())
+        d.find_element(By.ID, "token").send_keys(token)
+        d.find_element(By.CSS_SELECTOR, "#auth button").click()
+        d.find_element(By.ID, "q").send_keys("a deer")
+        WebDriverWait(d, 60).until(lambda d: "results in" in d.find_element(By.ID, "status").text)
+        WebDriverWait(d, 60).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "img.result")) >= 3)
+        WebDriverWait(d, 60).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('img.result')].every(i => i.complete && i.naturalWidth > 0)"))
+        assert not d.find_element(By.ID, "auth").is_displayed()
+        assert d.get_cookie("prefs") and "%2B" in d.get_cookie("cerebro_token")["value"]  # encoded as the page does
+
+
 def test_token_guards_everything_but_the_page(served, tmp_path):
     import httpx
 
@@ -297,7 +323,7 @@ def test_token_guards_everything_but_the_page(served, tmp_path):
     p = serve("--host", "0.0.0.0", "--port", str(free_port()))  # beyond loopback without a token: refused
     out, _ = p.communicate(timeout=120)
     assert p.returncode == 2 and "serve.token" in out and "Traceback" not in out, out[-400:]
-    token = "s3cret-token-for-the-test"
+    token = "s3cret+token/for=the-test=="  # base64's characters: the page URL-encodes them in its cookie
     port = free_port()
     p = serve("--port", str(port), "--set", f"serve.token={token}")
     try:
@@ -311,5 +337,72 @@ def test_token_guards_everything_but_the_page(served, tmp_path):
         assert ok.status_code == 200 and ok.json()["results"]
         as_page = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, cookies={"cerebro_token": token})
         assert as_page.get("/images/0").status_code == 200  # as the page's <img> sends it
+        _page_uses_the_token(f"http://127.0.0.1:{port}", token)
     finally:
         stop(p)
+
+
+def test_ipv6_loopback_host_head_and_options_are_answered(served):
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    assert c.get("/healthz", headers={"Host": f"[::1]:{served['port']}"}).status_code == 200  # --host ::1
+    assert c.get("/healthz", headers={"Host": "[::2]:80"}).status_code == 400
+    head = c.head("/healthz")
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "application/json"
+    assert c.head("/").status_code == 200
+    opts = c.options("/healthz")
+    assert opts.status_code == 204 and opts.headers["allow"] == "GET, HEAD, OPTIONS"
+
+
+def test_cli_image_query_is_read_no_further_than_the_api_limit(served):
+    extra = [x for o in served["overrides"] for x in ("--set", o)]  # serve.max_upload_mb=1
+    r = subprocess.run([CEREBRO, "search", "--image", "/dev/zero", "-c", str(REPO / "configs/demo.yaml"), *extra],
+                       env=served["env"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "larger than 1 MB (serve.max_upload_mb)" in r.stderr, r.stderr[-500:]
+    assert "Traceback" not in r.stderr
+
+
+def test_one_error_shape_400_naming_the_parameter_with_the_input_cut(served):
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    cases = [("get", "/search", {"params": {"q": "a deer", "k": "abc"}}, "k: "),
+             ("post", "/search/image", {}, "file: "),
+             ("get", "/search", {"params": {"like": "abc"}}, "like: "),
+             ("get", "/search", {"params": {"q": "a deer", "date_from": "y" * 60_000}}, "date_from: ")]
+    for method, path, kw, name in cases:
+        r = getattr(c, method)(path, **kw)
+        assert r.status_code == 400, (path, name, r.status_code, r.text[:300])
+        detail = r.json()["detail"]
+        assert isinstance(detail, str) and detail.startswith(name) and len(r.content) < 600, (name, r.text[:600])
+    assert c.get("/search", params={"like": "999999"}).status_code == 404  # digits, but no such item: 404
+    for path in ("/search", "/export"):  # a query over 100,000 characters (past httpx's URL limit: raw)
+        reply, _ = _raw(served["port"], f"GET {path}?q={'x' * 100_001} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                        "Connection: close\r\n\r\n".encode())
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400") and json.loads(body)["detail"].startswith("q: "), reply[:300]
+        assert len(body) < 600, body[:600]
+
+
+def test_export_lines_offset_and_no_query(served):
+    import csv
+    import io
+
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    full = c.get("/export", params={"q": "a deer"})
+    assert full.status_code == 200
+    lines = full.content.split(b"\n")[:-1]
+    assert len(lines) > 3 and all(ln.endswith(b"\r") for ln in lines)  # the header as the rows: CRLF
+    rows = list(csv.DictReader(io.StringIO(full.text)))
+    later = list(csv.DictReader(io.StringIO(c.get("/export", params={"q": "a deer", "offset": 3}).text)))
+    assert [r["id"] for r in later] == [r["id"] for r in rows[3:]]
+    n = c.get("/healthz").json()["n"]
+    everything = list(csv.DictReader(io.StringIO(c.get("/export").text)))  # no query: every item
+    assert sorted(int(r["id"]) for r in everything) == list(range(n)) and all(r["score"] == "" for r in everything)
+    videos = c.get("/export", params={"media": "video", "format": "jsonl"}).text.splitlines()
+    assert len(videos) == 2 and {json.loads(v)["media_type"] for v in videos} == {"video_frame"}
+    r = c.get("/export", params={"min_score": "0.1"})
+    assert r.status_code == 400 and r.json()["detail"] == "min_score: needs a query (q)"

@@ -21,6 +21,14 @@ class QueryError(ValueError):
 
 
 MAX_QUERY_CHARS = 1000
+SHOWN_CHARS = 200  # an error quotes at most this much of the input
+
+
+def shown(value: object) -> str:
+    """``value`` as an error message quotes it: its repr, cut to SHOWN_CHARS characters."""
+    r = repr(value)
+    return r if len(r) <= SHOWN_CHARS else f"{r[:SHOWN_CHARS]}… ({len(r)} characters)"
+
 MAX_K = 1000
 MEDIA = ("image", "video")
 
@@ -36,23 +44,31 @@ def check_query(query: Optional[str] = None, k: int = 10, media: Optional[str] =
         if len(query) > max_chars:
             raise QueryError(f"query is longer than {max_chars} characters ({len(query)})")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+        raise QueryError(f"k must be an integer in 1..{MAX_K}, got {shown(k)}")
     if media is not None and media not in MEDIA:
-        raise QueryError(f"media must be 'image' or 'video', got {media!r}")
+        raise QueryError(f"media must be 'image' or 'video', got {shown(media)}")
 
 
 def _instant(value: str, end_of_day: bool) -> float:
-    """ISO 8601 date or date-time → seconds since the epoch (naive = UTC); a bare date as an upper
-    bound means the end of that day."""
+    """ISO 8601 date or date-time → seconds since the epoch (naive = UTC); a bare date, month
+    (``2009-04``) or year (``2009``) as an upper bound means the end of that day, month or year."""
     v = value.strip()
     try:
-        if len(v) == 10:
+        if len(v) == 4 and v.isdigit():  # a year: from its first instant to its last
+            y = int(v)
+            t = datetime(y, 12, 31, 23, 59, 59, 999999) if end_of_day else datetime(y, 1, 1)
+        elif len(v) == 7 and v[4] == "-" and v[:4].isdigit() and v[5:].isdigit():  # a month
+            y, m = int(v[:4]), int(v[5:])
+            first = date(y, m, 1)
+            last = date(y + m // 12, m % 12 + 1, 1).toordinal() - 1
+            t = datetime.combine(date.fromordinal(last), time.max) if end_of_day else datetime.combine(first, time.min)
+        elif len(v) == 10:
             d = date.fromisoformat(v)
             t = datetime.combine(d, time.max if end_of_day else time.min)
         else:
             t = datetime.fromisoformat(v)
     except ValueError:
-        raise ValueError(f"not an ISO 8601 date or date-time: {value!r}") from None
+        raise ValueError(f"not an ISO 8601 date or date-time: {shown(value)}") from None
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 

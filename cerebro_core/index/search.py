@@ -167,6 +167,17 @@ class Searcher:
         out = self.ranked(v, self.matches(f), f)
         return self._by_date(out) if f.sort == "date" else out
 
+    def all_filtered(self, filters: Filters) -> list[tuple[int, None, int]]:
+        """Every item passing ``filters`` with no query (an export of a filter): in index order, or
+        in time order with ``sort=date``; ``min_score`` and collapsing need a query."""
+        f = self._check(1, None, None, filters)
+        if f.min_score is not None or f.collapse != "none":
+            raise QueryError(f"{'min_score' if f.min_score is not None else 'collapse'}: needs a query (q)")
+        mask = self.columns.mask(f)
+        ids = np.flatnonzero(mask) if mask is not None else np.arange(self.index.ntotal)
+        out = [(int(i), None, 1) for i in ids]
+        return self._by_date(out) if f.sort == "date" else out
+
     def _by_date(self, hits: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
         """In time order; items without a time last (stable: best first among them)."""
         t = self.columns.taken

@@ -1,10 +1,11 @@
 """The search API and page.
 
-GET  /healthz                 status, serving version, collection size
+GET  /healthz                 status, serving version, collection size (HEAD and OPTIONS too)
 GET  /search?q=&k=&<filters>  text search; ?like=<id>: items like an indexed one (filters: species (repeatable), min_species_score, source,
                               media, date_from, date_to, bbox, camera, min_score, sort, collapse, offset)
 POST /search/image?k=&<filters>  multipart ``file``: image search (≤ serve.max_upload_mb)
-GET  /export?q=&format=csv|jsonl|urls&<filters>  every match, streamed (urls: for img2dataset)
+GET  /export?q=&format=csv|jsonl|urls&<filters>  every match from offset on, streamed (urls: for img2dataset);
+                              no q: every item the filters keep
 GET  /facets                  species and camera counts, the time span (for the page's controls)
 GET  /images/{id}             the indexed media, by id only (video stills rendered as JPEG)
 GET  /thumbnails/{id}         a JPEG, longer side ≤ 256 px, made once and kept in storage
@@ -35,12 +36,13 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cerebro_core.config import ServeConfig
-from cerebro_core.index.filters import Filters, QueryError, parse_filters
+from cerebro_core.index.filters import Filters, QueryError, parse_filters, shown
 from cerebro_core.index.search import MAX_K, Searcher, check_query
 from cerebro_core.serve.media import Thumbnails, original
 from cerebro_core.review.csvio import safe_cell
@@ -124,6 +126,23 @@ EXPORT_COLUMNS = ("id", "score", "uri", "source", "media_type", "video_ts", "spe
                   "image_url")
 
 
+def validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's validation errors as ours: the parameter named, the input cut to 200 characters."""
+    msgs = []
+    for e in exc.errors():
+        name = ".".join(str(p) for p in e.get("loc", ())[1:]) or "request"
+        given = e.get("input")
+        msgs.append(f"{name}: {e.get('msg', 'invalid')}" + ("" if given is None or isinstance(given, dict)
+                                                             else f", got {shown(given)}"))
+    return "; ".join(msgs)
+
+
+def host_patterns(allowed: list[str]) -> list[str]:
+    """``allowed_hosts`` as Starlette matches them: the Host header of an IPv6 literal keeps its
+    brackets (``[::1]:8000``), so ``::1`` is matched as ``[::1]`` too."""
+    return [*allowed, *(f"[{h}]" for h in allowed if ":" in h and not h.startswith("["))]
+
+
 def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Optional[Thumbnails] = None,
                reviews: Optional[Reviews] = None) -> FastAPI:
     """``reviews``: the verifications of the storage root (none: no review routes, tags as guessed)."""
@@ -140,7 +159,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
         app.add_middleware(BearerToken, token=cfg.token.get_secret_value())
     if cfg.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=cfg.cors_origins, allow_methods=["GET", "POST"])
-    app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.allowed_hosts)  # outermost: checked first
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=host_patterns(cfg.allowed_hosts))  # outermost: first
 
     @app.on_event("startup")
     def _start() -> None:  # pragma: no cover - exercised by the server tests
@@ -161,7 +180,15 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
     if reviews is not None:
         add_review_routes(app, holder, reviews, cfg.read_only, _filters, _hit, cfg.max_query_chars)
 
-    @app.get("/healthz")
+    @app.exception_handler(RequestValidationError)
+    def _bad_request(request, exc: RequestValidationError):  # FastAPI's own checks: the same 400 shape
+        return JSONResponse(status_code=400, content={"detail": validation_message(exc)})
+
+    @app.options("/healthz")
+    def healthz_options() -> Response:
+        return Response(status_code=204, headers={"Allow": "GET, HEAD, OPTIONS"})
+
+    @app.api_route("/healthz", methods=["GET", "HEAD"])  # load balancers and probes send HEAD
     def healthz() -> dict:
         s = holder.searcher
         return {"status": "ok", "version": holder.version, "n": s.index.ntotal, "kind": s.kind,
@@ -179,7 +206,9 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
         if like is not None:  # "more like this": an indexed item's own vector is the query
             if q:
                 raise QueryError("like: give q or like, not both")
-            _record(like)  # digits only, an indexed id, else 404
+            if not (like.isascii() and like.isdigit() and len(like) < 13):
+                raise QueryError(f"like: must be an item id (decimal digits), got {shown(like)}")
+            _record(like)  # an indexed id, else 404
             hits = s.search_like(int(like), k, f)
             return {"like": int(like), **_page(s, hits, f, k, t0)}
         hits = s.search(q, k=k, max_chars=cfg.max_query_chars, filters=f)
@@ -201,17 +230,24 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
     @app.get("/export")
     def export(request: Request, q: str = Query("", max_length=100_000), format: str = Query("csv"),
                f: Filters = Depends(_filters)):
-        """Every match of the query and filters, best first (``min_score`` cuts), streamed."""
+        """Every match of the query and filters, best first (``min_score`` cuts), from ``offset`` on,
+        streamed; with no query, every item the filters keep (index order, or ``sort=date``)."""
         if format not in ("csv", "jsonl", "urls"):
-            raise QueryError(f"format: must be csv, jsonl or urls, got {format!r}")
+            raise QueryError(f"format: must be csv, jsonl or urls, got {shown(format)}")
         s = current()
-        check_query(q, max_chars=cfg.max_query_chars)
-        ranked = s.all_matches(s.encode_text(q), f)
+        if q:
+            check_query(q, max_chars=cfg.max_query_chars)
+            ranked = s.all_matches(s.encode_text(q), f)
+        else:  # no query: everything the filters keep
+            ranked = s.all_filtered(f)
+        ranked = ranked[f.offset:]
         base = str(request.base_url).rstrip("/")
 
         def lines():
-            if format == "csv":
-                yield ",".join(EXPORT_COLUMNS) + "\n"
+            if format == "csv":  # every line ends in CRLF (RFC 4180), the header as the rows
+                buf = io.StringIO()
+                csv.writer(buf).writerow(EXPORT_COLUMNS)
+                yield buf.getvalue()
             for i, score, size in ranked:
                 h = _hit(s.hit(i, score, size))
                 if format == "urls":  # img2dataset --input_format txt: the original URL, else this server's
@@ -250,7 +286,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
         return Response(thumbnails.get(_record(item_id), item_id), media_type="image/jpeg",
                         headers={"Cache-Control": "max-age=86400"})
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
     def page() -> str:
         return PAGE.read_text().replace("{{MAX_K}}", str(MAX_K))
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from http.cookies import CookieError, SimpleCookie
+from urllib.parse import unquote
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -46,15 +46,27 @@ class BodyLimit:
         return await self.app(scope, limited, send)
 
 
-def _presented(headers: dict[bytes, bytes]) -> str:
+def _cookie_values(header: str, name: str) -> list[bytes]:
+    """Every value of cookie ``name`` in a Cookie header, each as sent and URL-decoded (the page
+    stores the token with encodeURIComponent). Split by hand: one cookie of another app on this
+    host that SimpleCookie cannot parse (``prefs={"theme":"dark"}``) must not hide ours."""
+    out = []
+    for pair in header.split(";"):
+        key, sep, value = pair.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            out += [value.encode("latin-1"), unquote(value).encode("utf-8", "replace")]  # the bytes sent; decoded
+    return out
+
+
+def _presented(headers: dict[bytes, bytes]) -> list[bytes]:
+    """The tokens a request presents: its bearer header, else its token cookie (as sent and decoded)."""
     auth = headers.get(b"authorization", b"").decode("latin-1")
     if auth[:7].lower() == "bearer ":
-        return auth[7:].strip()
-    try:
-        morsel = SimpleCookie(headers.get(b"cookie", b"").decode("latin-1")).get(TOKEN_COOKIE)
-    except CookieError:
-        return ""
-    return morsel.value if morsel else ""
+        return [auth[7:].strip().encode("latin-1")]
+    return _cookie_values(headers.get(b"cookie", b"").decode("latin-1"), TOKEN_COOKIE)
 
 
 class BearerToken:
@@ -68,8 +80,8 @@ class BearerToken:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        given = _presented(dict(scope["headers"])).encode("latin-1", "replace")
-        if not hmac.compare_digest(given, self.token):
+        given = _presented(dict(scope["headers"]))
+        if not any([hmac.compare_digest(t, self.token) for t in given]):  # every one compared
             resp = JSONResponse({"detail": "missing or wrong access token (serve.token)"}, status_code=401,
                                 headers={"WWW-Authenticate": "Bearer"})
             return await resp(scope, receive, send)
