@@ -35,6 +35,8 @@ class StorageConfig(_Section):
     region: str | None = None
     anon: bool = False
     part_size: int = Field(4 * 2**20, ge=4096, le=2**30, description="bytes per part of a published search version")
+    lock_wait_s: float = Field(3600, ge=0, description="how long a publish or gc waits for another's lock (cerebro_core/lease.py)")
+    lock_ttl_s: float = Field(120, ge=3, description="an S3 lock not renewed for this long is taken over")
 
 
 class TrackingConfig(_Section):
