@@ -28,7 +28,7 @@ def gc(
     from cerebro_core.index.gc import collect
 
     prepare_environment(cfg)
-    r = collect(cfg, delete=delete, min_age_s=min_age_hours * 3600)
+    r = collect(cfg, delete=delete, min_age_s=min_age_hours * 3600, log=typer.echo)
     if verbose_list:
         for url in r.garbage:
             typer.echo(url)

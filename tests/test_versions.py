@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -136,3 +137,88 @@ def test_a_missing_part_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"part {first} of vectors.npy is not in"):
         parts.assemble(m, tmp_path / "out2", tmp_path / "home")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing half-built left
+
+
+REINDEX_SCRIPT = """
+import sys
+from cerebro_core.config import load_config
+from cerebro_core.index.reindex import run_reindex
+
+if __name__ == "__main__":  # decode workers are spawned: the script must be importable
+    run_reindex(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2], log=print)
+"""
+
+
+def _metric_rows(home: Path, key: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(home / "mlflow.db") as db:
+        return db.execute("select count(*) from metrics where key = ?", (key,)).fetchone()[0]
+
+
+def test_gc_during_a_paused_publish_that_reuses_old_parts(versions_home, shared_data, tmp_path):
+    """A reindex whose publish reuses parts orphaned hours ago is paused (SIGSTOP) right after it
+    stored its parts; `cerebro gc --delete --min-age-hours 0` runs meanwhile. The publish then
+    completes and its version loads: gc waited for the publish lock, and kept what it references."""
+    import signal
+
+    import mlflow
+
+    from cerebro_core import parts, tracking
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+    home, cfg = versions_home["home"], versions_home["cfg"]
+    champ = tracking.client().get_model_version_by_alias("cerebro-search", "champion").version
+    n0 = len(load_searcher("models:/cerebro-search@champion")[1].rows)
+    make_scrape(shared_data, tmp_path / "scrape", n_new=6, n_copies=0, offset=400)
+    # a version with the scrape's photos is published, then leaves the registry: its own parts are orphans
+    r = run_reindex(cfg, str(tmp_path / "scrape"), log=lambda x: None)
+    m_gone = _manifest(home, r.version.version)
+    mlflow.MlflowClient().delete_model_version("cerebro-search", r.version.version)
+    tracking.set_alias("cerebro-search", "champion", champ)
+    orphans = parts.referenced(m_gone) - parts.referenced(_manifest(home, champ))
+    old = time.time() - 2 * 3600
+    for p in _part_files(home).values():
+        os.utime(p, (old, old))
+    assert orphans <= set(_part_files(home))
+
+    script = tmp_path / "run.py"
+    script.write_text(REINDEX_SCRIPT)
+    src = f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"
+    env = dict(os.environ, CEREBRO_HOME=str(home))
+    stored = _metric_rows(home, "version/parts_reused")
+    pub = subprocess.Popen([sys.executable, str(script), str(REPO / "configs/demo.yaml"), str(tmp_path / "scrape"),
+                            src, f"storage.part_size={PART}"],
+                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    gc = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and _metric_rows(home, "version/parts_reused") == stored and pub.poll() is None:
+            time.sleep(0.02)
+        os.killpg(pub.pid, signal.SIGSTOP)  # parts stored, not yet registered
+        assert pub.poll() is None, pub.stdout.read()[-3000:]
+        gc = subprocess.Popen([str(Path(sys.executable).parent / "cerebro"), "gc", "-c", str(REPO / "configs/demo.yaml"),
+                               "--delete", "--min-age-hours", "0"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        first = gc.stdout.readline()  # waits for the publish lock (before the fix: collected at once)
+        os.killpg(pub.pid, signal.SIGCONT)
+        out = pub.communicate(timeout=300)[0]
+        gc_out = first + gc.communicate(timeout=300)[0]
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(pub.pid, signal.SIGCONT)
+        for p in (pub, gc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    print(gc_out)
+    assert pub.returncode == 0, out[-3000:]
+    assert gc.returncode == 0 and "waiting for process" in first, gc_out
+    new = tracking.client().get_model_version_by_alias("cerebro-search", "champion").version
+    assert int(new) > int(r.version.version)
+    m_new = _manifest(home, new)
+    assert parts.referenced(m_new) & orphans, "the publish did not reuse the orphaned parts"
+    assert parts.referenced(m_new) <= set(_part_files(home))
+    shutil.rmtree(home / "cache" / "search" / "bundles", ignore_errors=True)  # load from the parts alone
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert len(s.rows) == n0 + 6 and s.search("a horse", k=3)

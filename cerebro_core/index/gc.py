@@ -3,7 +3,7 @@
 Every registered version of ``tracking.search_model_name`` (aliased or not, abandoned ones too) is
 read for its manifest; a part under that model's parts root that none of them names, and that is
 older than ``min_age_s`` (a publish in progress has written parts it has not registered yet), is
-garbage. A dry run (the default) only reports; ``delete=True`` removes them. A version whose
+garbage. Deleting waits for the publish lock: a publish in progress may reuse old unreferenced parts. A dry run (the default) only reports; ``delete=True`` removes them. A version whose
 manifest cannot be read stops the collection before anything is deleted. With them go the bundles
 assembled in this machine's cache for versions that hold no alias (a full copy each; any version is
 assembled again from its parts when asked for).
@@ -16,12 +16,14 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from cerebro_core import parts, tracking
 from cerebro_core.config import CerebroConfig
 from cerebro_core.home import cerebro_home, resolve
 from cerebro_core.index.local_copy import version_manifest
 from cerebro_core.index.publish import parts_root
+from cerebro_core.lease import publish_lease
 from cerebro_core.storage import Storage
 
 
@@ -42,7 +44,18 @@ def _mtime(info: dict) -> float:
     return t.timestamp() if hasattr(t, "timestamp") else float(t or 0)
 
 
-def collect(cfg: CerebroConfig, delete: bool = False, min_age_s: float = 3600) -> GcReport:
+def collect(cfg: CerebroConfig, delete: bool = False, min_age_s: float = 3600,
+            log: Callable[[str], None] = lambda s: None) -> GcReport:
+    """A deleting collection holds the publish lock (cerebro_core/lease.py) from reading the
+    registry to its last deletion: a publish in progress (which may be reusing parts no registered
+    version names yet) finishes first, and none starts until it is done."""
+    if not delete:
+        return _collect(cfg, False, min_age_s)
+    with publish_lease(cfg, log=lambda m: log(f"gc: {m}")):
+        return _collect(cfg, True, min_age_s)
+
+
+def _collect(cfg: CerebroConfig, delete: bool, min_age_s: float) -> GcReport:
     import mlflow
 
     ep = resolve(cfg)
