@@ -313,3 +313,27 @@ def test_token_guards_everything_but_the_page(served, tmp_path):
         assert as_page.get("/images/0").status_code == 200  # as the page's <img> sends it
     finally:
         stop(p)
+
+
+def test_thumbnails_follow_their_original(served):
+    """A cached thumbnail is served only while its original is there and unchanged: 410 when the
+    photo is replaced or deleted (as /images/ID), 200 again once it is back."""
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    src = served["src"]
+    photo = src / "deer_005.jpg"
+    hit = next(h for h in _hits_for(c, photo.read_bytes()) if h["uri"] == "deer_005.jpg")
+    original = photo.read_bytes()
+    assert c.get(hit["thumbnail_url"]).status_code == 200  # made and cached
+    assert c.get(hit["thumbnail_url"]).status_code == 200  # from the cache
+    try:
+        photo.write_bytes((src / "deer_006.jpg").read_bytes())  # replaced
+        r = c.get(hit["thumbnail_url"])
+        assert r.status_code == 410 and "its bytes changed" in r.json()["detail"], r.text
+        photo.unlink()  # deleted
+        r = c.get(hit["thumbnail_url"])
+        assert r.status_code == 410 and c.get(hit["image_url"]).status_code == 410, r.text
+    finally:
+        photo.write_bytes(original)
+    assert c.get(hit["thumbnail_url"]).status_code == 200
