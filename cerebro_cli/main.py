@@ -47,7 +47,7 @@ def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
     from cerebro_core.home import resolve
 
     try:  # a broken tracking database is a one-line error here, not a traceback from deep in MLflow
-        tracking.check_store(resolve(cfg))
+        tracking.check_store(resolve(cfg), cfg.tracking.lock_wait_s)
     except tracking.TrackingStoreError as exc:
         typer.echo(f"cerebro: {exc}", err=True)
         raise typer.Exit(2) from None

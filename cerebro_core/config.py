@@ -47,6 +47,7 @@ class TrackingConfig(_Section):
     experiment: str = "cerebro"
     model_name: str = Field("cerebro-clip", description="registered model name of the CLIP versions")
     search_model_name: str = Field("cerebro-search", description="registered pyfunc search model")
+    lock_wait_s: float = Field(120, ge=0, description="how long to wait for another process's lock on the sqlite store")
 
 
 class DownloadConfig(_Section):

@@ -156,3 +156,46 @@ def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, shared
     assert last == f"cerebro: the temporary Prefect API exited with 3 at start-up; see {log}", r.stderr
     assert "Traceback" not in r.stderr
     assert "Application startup failed" in log.read_text()
+
+
+HOLD_DB = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("begin exclusive")  # what a long MLflow write holds
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_locked_tracking_database_is_waited_for_not_called_broken(home_a, tmp_path):
+    """Another process holding a write lock on mlflow.db is waited for (tracking.lock_wait_s), then
+    named in one line that says the file is not damaged; a lock let go while waiting is no error."""
+    from cerebro_core import tracking
+    from cerebro_core.home import Endpoints
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(home_a / "mlflow.db", home / "mlflow.db")
+    db = home / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DB, str(db), "120"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _cli(home, "search", "a deer", "--set", "tracking.lock_wait_s=1", timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert "stayed locked by another process for more than 1 s" in last and "not damaged" in last, last
+        assert f"(pid {holder.pid})" in last and "not a readable" not in r.stderr and "move it aside" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DB, str(db), "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        ep = Endpoints(home=home, tracking_uri=f"sqlite:///{db}", tracking_source="embedded",
+                       artifact_root=str(home / "mlartifacts"), prefect_home=home / "prefect", prefect_api="ephemeral",
+                       storage_root=str(home / "data"))
+        tracking.check_store(ep, lock_wait_s=60)  # returns once the holder lets go
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
