@@ -171,16 +171,19 @@ def _start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
     from cerebro_core.home import prepare_environment
 
     ep = prepare_environment(cfg)
-    if ep.prefect_api != "ephemeral":
-        return lambda: None
-    api = start_temporary_api(ep.prefect_home)
+    api = start_temporary_api(ep.prefect_home) if ep.prefect_api == "ephemeral" else None
 
     def ready() -> None:
         try:
-            api.wait()
+            if api is not None:
+                api.wait()
         except PrefectApiError as exc:
             typer.echo(f"cerebro: {exc}", err=True)
             raise typer.Exit(3) from None
+        from cerebro_cli import prefect_reap  # runs of a killed command: Crashed, as MLflow's are FAILED
+
+        prefect_reap.mark_runs()
+        prefect_reap.reap(lambda m: typer.echo(f"cerebro: {m}", err=True))
 
     return ready
 

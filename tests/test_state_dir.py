@@ -128,6 +128,17 @@ def test_sigkill_of_reindex_leaves_no_server_and_the_next_run_cleans_up(home_a, 
         why = db.execute("select value from tags where run_uuid = ? and key = 'cerebro.cleanup'",
                          (stale[0],)).fetchone()[0]
     assert status == "FAILED" and "ended without closing it" in why
+    # and in Prefect: the killed command's flow run and its task runs are Crashed, none left running
+    with sqlite3.connect(home / "prefect" / "prefect.db") as db:
+        flows = db.execute("select id, state_type, tags from flow_run").fetchall()
+        killed = [(i, st) for i, st, tags in flows if f"cerebro.pid:{proc.pid}" in (tags or "")]
+        unfinished = db.execute("select count(*) from task_run where state_type in ('RUNNING', 'PENDING')").fetchone()
+        message = db.execute("select s.message from flow_run f join flow_run_state s on s.id = f.state_id "
+                             "where f.state_type = 'CRASHED'").fetchall()
+    assert not [f for f in flows if f[1] in ("RUNNING", "PENDING")], flows
+    assert len(killed) == 1 and killed[0][1] == "CRASHED" and unfinished == (0,), (flows, unfinished)
+    assert any(f"its process {proc.pid}" in (m or "") for (m,) in message), message
+    assert "marked the Prefect flow run" in r.stderr
 
 
 def test_a_broken_tracking_database_is_one_line_not_a_traceback(tmp_path):
