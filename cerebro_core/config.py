@@ -145,6 +145,8 @@ _MOVED_TO_COMPUTE = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "r
 class TrainConfig(_Section):
     model: str = Field("ViT-B-32", description="open_clip architecture name (random init, always)")
     batch_size: int = Field(480, ge=1, description="per-GPU (per-process) batch size")
+    shard_read_retries: int = Field(4, ge=0, description="a failed shard read is retried this often, with backoff")
+    max_lost_share: float = Field(0.05, ge=0, le=1, description="the run fails past this share of shards lost")
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)

@@ -222,7 +222,7 @@ def test_bad_shards_are_skipped_and_counted(pair_shards, tmp_path):
             tf.addfile(ti, io.BytesIO(data))
     (bad / "empty.tar").write_bytes(b"")
     shards = [*pair_shards, str(bad / "holes.tar"), str(bad / "empty.tar"), str(bad / "missing.tar")]
-    job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=20), train_shards=shards, train_samples=140,
+    job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=20, shard_read_retries=0), train_shards=shards, train_samples=140,
                    ckpt_dir=str(tmp_path / "ck"))
     s = train(job)
     assert s["step"] == 7

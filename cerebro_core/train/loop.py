@@ -268,7 +268,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         shards=job.train_shards, batch_size=hp.batch_size, batches_per_epoch=steps_per_epoch * micro_per_step,
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
-        storage=job.storage, return_keys=True,
+        storage=job.storage, return_keys=True, read_retries=hp.shard_read_retries, max_lost_share=hp.max_lost_share,
     )
     loader = iter(make_loader(spec, bundle.preprocess_train, bundle.tokenizer, hp.workers))
     while step < total_steps:
