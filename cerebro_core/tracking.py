@@ -45,8 +45,7 @@ _checked: set[str] = set()
 
 
 def _holders(db: Path) -> str:
-    """Which processes have ``db`` open (for the message when it stays locked)."""
-    import psutil
+    import psutil  # which processes have ``db`` open (for the message when it stays locked)
 
     found = []
     for p in psutil.process_iter(["pid", "name"]):
@@ -60,9 +59,8 @@ def _holders(db: Path) -> str:
 
 def check_store(ep: Endpoints, lock_wait_s: float = 120) -> list[str]:
     """Check the embedded store once per process; returns what was adopted (messages, also printed
-    to stderr). Raises :class:`TrackingStoreError` for a file that is not a usable MLflow database.
-    A database another process holds a write lock on is waited for (up to ``lock_wait_s``), then
-    reported as locked, naming who has it open: a lock is not damage."""
+    to stderr). Raises :class:`TrackingStoreError` for a file that is not a usable MLflow database;
+    a write lock held by another process is waited for (``lock_wait_s``), then said to be one."""
     import time
 
     deadline = time.monotonic() + lock_wait_s
@@ -386,3 +384,17 @@ def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int | None 
     items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
     for i in range(0, len(items), 500):
         client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def log_metric_points(run_id: str, points: list[tuple[str, float, int, int]]) -> None:
+    """(key, value, timestamp ms, step) points, as measured (:mod:`cerebro_core.metric_buffer`)."""
+    from mlflow.entities import Metric
+
+    items = [Metric(k, v, ts, step) for k, v, ts, step in points]
+    for i in range(0, len(items), 500):
+        client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def version_numbers(tracking_uri: str, name: str) -> list[str]:  # every registered version, aliased or not
+    c = _mlflow().MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return [str(mv.version) for mv in c.search_model_versions(f"name = '{name}'")]

@@ -298,3 +298,51 @@ def test_batch_that_exceeds_memory_is_a_clear_error(pair_shards, tmp_path):
     big = run(140)
     assert big.startswith("ERROR train.batch_size=140 does not fit in cpu memory"), big
     assert "train.accum_steps" in big and "train.grad_checkpointing" in big
+
+
+def _mlflow_server(port: int, tmp_path: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                             "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                            env=env, stdout=open(tmp_path / "mlflow.log", "a"), stderr=subprocess.STDOUT)
+
+
+def test_training_survives_a_tracking_outage(pair_shards, tmp_path, monkeypatch):
+    """A real `mlflow server` is stopped at step 3 and started again at step 9: training goes on
+    without waiting for it, and every step's metrics reach the run once it is back."""
+    import mlflow
+
+    from conftest import free_port, stop, wait_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    server = _mlflow_server(port, tmp_path, env)
+    try:
+        wait_port(port, timeout=120, proc=server)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+        # MLflow's own retries would hide the outage (and, inline, stall the loop for minutes)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        seen = []
+
+        def on_step(step, total, m):
+            nonlocal server
+            seen.append(step)
+            if step == 3:
+                stop(server)
+            if step == 9:
+                server = _mlflow_server(port, tmp_path, env)
+                wait_port(port, timeout=120, proc=server)
+
+        job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=10, log_every_steps=1), train_shards=pair_shards,
+                       train_samples=140, ckpt_dir=str(tmp_path / "ck"), mlflow_run_id=run_id)
+        s = train(job, on_step=on_step)
+        assert s["step"] == 14 and seen == list(range(1, 15))
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+        assert steps == list(range(1, 15)), steps  # the steps logged while the server was down too
+        assert not list((tmp_path / "ck").glob("unsent-metrics-*.jsonl"))
+    finally:
+        stop(server)

@@ -147,22 +147,18 @@ def verify(cfg: CerebroConfig, log: Callable[[str], None] = lambda s: None) -> V
     reused) and restored from an intact cached copy where one holds its bytes. Every cached bundle
     is hashed whole; one that does not match its manifest is removed (assembled again when next
     opened). Holds the publish lock: it writes parts."""
-    import mlflow
-
     t0 = time.perf_counter()
     rep = VerifyReport()
     ep = resolve(cfg)
     name = cfg.tracking.search_model_name
-    client = mlflow.MlflowClient(tracking_uri=ep.tracking_uri, registry_uri=ep.tracking_uri)
     users: dict[str, list[str]] = {}
     with publish_lease(cfg, log=lambda m: log(f"gc: {m}")):
-        for mv in client.search_model_versions(f"name = '{name}'"):
-            path = version_manifest(tracking.version_ref(ep.tracking_uri, name, version=str(mv.version)),
-                                    ep.tracking_uri)
+        for v in tracking.version_numbers(ep.tracking_uri, name):
+            path = version_manifest(tracking.version_ref(ep.tracking_uri, name, version=v), ep.tracking_uri)
             if path is not None:
                 for rel, f in json.loads(Path(path).read_text())["files"].items():
                     for b in f["blocks"]:
-                        users.setdefault(b, []).append(f"v{mv.version} {rel}")
+                        users.setdefault(b, []).append(f"v{v} {rel}")
         storage = Storage(cfg.storage)
         root = parts_root(cfg)
         cache = cerebro_home() / "cache" / "search" / "bundles"

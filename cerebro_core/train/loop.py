@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from cerebro_core.config import ComputeConfig, StorageConfig, TrainConfig
 from cerebro_core.distributed import Dist
 from cerebro_core.evaluate import DEFAULT_TEMPLATES, class_embeddings, retrieval_metrics, unwrap, zero_shot_scores
+from cerebro_core.metric_buffer import MetricBuffer
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
 from cerebro_core.storage import Storage
@@ -86,12 +87,8 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _metric_logger(run_id: Optional[str], is_main: bool) -> Callable[[dict, int], None]:
-    if not (is_main and run_id):
-        return lambda m, s: None
-    from cerebro_core import tracking
-
-    return lambda m, s: tracking.log_metrics_to_run(run_id, m, s)
+def _metric_logger(run_id: Optional[str], is_main: bool):
+    return MetricBuffer(run_id if is_main else None)  # a tracking outage never stalls or kills training
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -351,6 +348,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         if final_eval:
             eval_history.append({"step": step, **final_eval})
             log_metrics(final_eval, step)
+    log_metrics.close(spill_dir=job.ckpt_dir)  # what the tracking server has not taken yet: waited for
     summary = {
         "step": step,
         "total_steps": total_steps,
