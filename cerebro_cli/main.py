@@ -48,7 +48,7 @@ def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
     from cerebro_core.home import resolve
 
     try:  # a broken tracking database is a one-line error here, not a traceback from deep in MLflow
-        tracking.check_store(resolve(cfg))
+        tracking.check_store(resolve(cfg), cfg.tracking.lock_wait_s)
     except tracking.TrackingStoreError as exc:
         typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
@@ -183,16 +183,19 @@ def _start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
     from cerebro_core.home import prepare_environment
 
     ep = prepare_environment(cfg)
-    if ep.prefect_api != "ephemeral":
-        return lambda: None
-    api = start_temporary_api(ep.prefect_home)
+    api = start_temporary_api(ep.prefect_home) if ep.prefect_api == "ephemeral" else None
 
     def ready() -> None:
         try:
-            api.wait()
+            if api is not None:
+                api.wait()
         except PrefectApiError as exc:
             typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
             raise typer.Exit(3) from None
+        from cerebro_cli import prefect_reap  # runs of a killed command: Crashed, as MLflow's are FAILED
+
+        prefect_reap.mark_runs()
+        prefect_reap.reap(lambda m: typer.echo(f"cerebro: {m}", err=True))
 
     return ready
 

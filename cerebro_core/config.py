@@ -32,6 +32,8 @@ class StorageConfig(_Section):
     region: str | None = None
     anon: bool = False
     part_size: int = Field(4 * 2**20, ge=4096, le=2**30, description="bytes per part of a published search version")
+    lock_wait_s: float = Field(3600, ge=0, description="how long a publish or gc waits for another's lock (cerebro_core/lease.py)")
+    lock_ttl_s: float = Field(120, ge=3, description="an S3 lock not renewed for this long is taken over")
 
 
 class TrackingConfig(_Section):
@@ -42,6 +44,7 @@ class TrackingConfig(_Section):
     experiment: str = "cerebro"
     model_name: str = Field("cerebro-clip", description="registered model name of the CLIP versions")
     search_model_name: str = Field("cerebro-search", description="registered pyfunc search model")
+    lock_wait_s: float = Field(120, ge=0, description="how long to wait for another process's lock on the sqlite store")
 
 
 class DownloadConfig(_Section):
@@ -102,6 +105,8 @@ _MOVED_TO_COMPUTE = ("nproc_per_node", "nnodes", "node_rank", "rdzv_backend", "r
 class TrainConfig(_Section):
     model: str = Field("ViT-B-32", description="open_clip architecture name (random init, always)")
     batch_size: int = Field(480, ge=1, description="per-GPU (per-process) batch size")
+    shard_read_retries: int = Field(4, ge=0, description="a failed shard read is retried this often, with backoff")
+    max_lost_share: float = Field(0.05, ge=0, le=1, description="the run fails past this share of shards lost")
     lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.2, ge=0)
     beta1: float = Field(0.9, ge=0, lt=1)

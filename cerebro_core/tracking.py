@@ -44,16 +44,48 @@ ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri
 _checked: set[str] = set()
 
 
-def check_store(ep: Endpoints) -> list[str]:
+def _holders(db: Path) -> str:
+    import psutil  # which processes have ``db`` open (for the message when it stays locked)
+
+    found = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.pid != os.getpid() and any(f.path == str(db) for f in p.open_files()):
+                found.append(f"{p.info['name']} (pid {p.pid})")
+        except (psutil.Error, OSError):
+            continue
+    return f": {', '.join(found[:5])}" if found else ""
+
+
+def check_store(ep: Endpoints, lock_wait_s: float = 120) -> list[str]:
     """Check the embedded store once per process; returns what was adopted (messages, also printed
-    to stderr). Raises :class:`TrackingStoreError` for a file that is not a usable MLflow database."""
+    to stderr). Raises :class:`TrackingStoreError` for a file that is not a usable MLflow database;
+    a write lock held by another process is waited for (``lock_wait_s``), then said to be one."""
+    import time
+
+    deadline = time.monotonic() + lock_wait_s
+    while True:
+        try:
+            return _check_store(ep, min(30.0, max(lock_wait_s, 0.1)))
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                db = ep.home / "mlflow.db"
+                raise TrackingStoreError(
+                    f"{db} stayed locked by another process for more than {lock_wait_s:g} s ({exc}); the file is "
+                    f"not damaged: wait for that process to finish, or stop it, and run again{_holders(db)}") from None
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _check_store(ep: Endpoints, timeout_s: float) -> list[str]:
     db = ep.home / "mlflow.db"
     if ep.tracking_source != "embedded" or not db.exists() or str(db) in _checked:
         return []
     hint = (f"move it aside (mv {db} {db}.broken) to start with an empty tracking store, "
             "or restore it from a backup")
     try:
-        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        with contextlib.closing(sqlite3.connect(db, timeout=timeout_s)) as con:
             (ok,) = con.execute("pragma quick_check").fetchone()
             tables = {r[0] for r in con.execute("select name from sqlite_master where type = 'table'")}
             if ok != "ok":
@@ -61,6 +93,10 @@ def check_store(ep: Endpoints) -> list[str]:
             if tables and "experiments" not in tables:
                 raise TrackingStoreError(f"{db} is an sqlite file but not an MLflow database: {hint}")
             messages = _adopt(con, Path(ep.artifact_root).as_uri(), tables) if tables else []
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise  # held by another process: check_store waits, then says so
+        raise TrackingStoreError(f"{db} is not a readable MLflow database ({exc}): {hint}") from None
     except sqlite3.DatabaseError as exc:
         raise TrackingStoreError(f"{db} is not a readable MLflow database ({exc}): {hint}") from None
     _checked.add(str(db))
@@ -95,7 +131,7 @@ def configure(cfg: CerebroConfig) -> Endpoints:
     """Point MLflow at the configured (or embedded) tracking store and make sure the experiment
     exists, with its artifacts under the state dir when the store is the embedded sqlite."""
     ep = prepare_environment(cfg)
-    check_store(ep)
+    check_store(ep, cfg.tracking.lock_wait_s)
     mlflow = _mlflow()
     mlflow.set_tracking_uri(ep.tracking_uri)
     mlflow.set_registry_uri(ep.tracking_uri)
@@ -348,3 +384,17 @@ def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int | None 
     items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if v is not None]
     for i in range(0, len(items), 500):
         client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def log_metric_points(run_id: str, points: list[tuple[str, float, int, int]]) -> None:
+    """(key, value, timestamp ms, step) points, as measured (:mod:`cerebro_core.metric_buffer`)."""
+    from mlflow.entities import Metric
+
+    items = [Metric(k, v, ts, step) for k, v, ts, step in points]
+    for i in range(0, len(items), 500):
+        client().log_batch(run_id, metrics=items[i : i + 500])
+
+
+def version_numbers(tracking_uri: str, name: str) -> list[str]:  # every registered version, aliased or not
+    c = _mlflow().MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return [str(mv.version) for mv in c.search_model_versions(f"name = '{name}'")]

@@ -235,7 +235,7 @@ def test_bad_shards_are_skipped_and_counted(pair_shards, tmp_path):
             tf.addfile(ti, io.BytesIO(data))
     (bad / "empty.tar").write_bytes(b"")
     shards = [*pair_shards, str(bad / "holes.tar"), str(bad / "empty.tar"), str(bad / "missing.tar")]
-    job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=20), train_shards=shards, train_samples=140,
+    job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=20, shard_read_retries=0), train_shards=shards, train_samples=140,
                    ckpt_dir=str(tmp_path / "ck"))
     s = train(job)
     assert s["step"] == 7
@@ -311,3 +311,51 @@ def test_batch_that_exceeds_memory_is_a_clear_error(pair_shards, tmp_path):
     big = run(140)
     assert big.startswith("ERROR train.batch_size=140 does not fit in cpu memory"), big
     assert "train.accum_steps" in big and "train.grad_checkpointing" in big
+
+
+def _mlflow_server(port: int, tmp_path: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port",
+                             str(port), "--backend-store-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                             "--default-artifact-root", str(tmp_path / "artifacts"), "--workers", "1"],
+                            env=env, stdout=open(tmp_path / "mlflow.log", "a"), stderr=subprocess.STDOUT)
+
+
+def test_training_survives_a_tracking_outage(pair_shards, tmp_path, monkeypatch):
+    """A real `mlflow server` is stopped at step 2 and started again (in the background) at step 4:
+    training goes on without waiting for it, and every step's metrics reach the run once it is back."""
+    import mlflow
+
+    from conftest import free_port, stop, wait_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    server = _mlflow_server(port, tmp_path, env)
+    try:
+        wait_port(port, timeout=120, proc=server)
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run_id = client.create_run(client.create_experiment("outage")).info.run_id
+        # MLflow's own retries would hide the outage (and, inline, stall the loop for minutes)
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+        seen, servers = [], [server]
+
+        def on_step(step, total, m):
+            seen.append(step)
+            if step == 2:
+                stop(servers[-1])
+            if step == 4:  # starts while training goes on (the buffer waits for it at the end)
+                servers.append(_mlflow_server(port, tmp_path, env))
+
+        job = TrainJob(model=MODEL, hp=hp(epochs=1, batch_size=20, log_every_steps=1), train_shards=pair_shards,
+                       train_samples=140, ckpt_dir=str(tmp_path / "ck"), mlflow_run_id=run_id)
+        s = train(job, on_step=on_step)
+        assert s["step"] == 7 and seen == list(range(1, 8))
+        server = servers[-1]
+        wait_port(port, timeout=120, proc=server)
+        steps = sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
+        assert steps == list(range(1, 8)), steps  # the steps logged while the server was down too
+        assert not list((tmp_path / "ck").glob("unsent-metrics-*.jsonl"))
+    finally:
+        stop(server)

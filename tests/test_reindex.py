@@ -189,3 +189,32 @@ def test_ivf_adds_until_drift_then_rebuilds():
     index2, add2 = add_or_rebuild(index, "ivf", np.concatenate([x, same]), far, baseline,
                                   lambda v: rebuilt.append(len(v)) or "REBUILT")
     assert add2.rebuilt and "drift" in add2.reason and rebuilt == [22000] and index2 == "REBUILT"
+
+
+def test_two_reindexes_at_once_keep_both_scrapes(caltech_index, shared_data, tmp_path):
+    """Two `reindex` processes started together on one state dir (a cron run and a scrape event):
+    both succeed and the champion holds both scrapes' photos, each once (the later one waited for
+    the publish lock and added to the version the earlier one published)."""
+    from cerebro_core.index.local_copy import load_searcher
+
+    home = caltech_index["home"]
+    _, s0 = load_searcher("models:/cerebro-search@champion")
+    n0 = len(s0.rows)
+    scrapes = {"a": make_scrape(shared_data, tmp_path / "a", n_new=4, n_copies=0, offset=150),
+               "b": make_scrape(shared_data, tmp_path / "b", n_new=5, n_copies=0, offset=160)}
+    script = tmp_path / "run.py"
+    script.write_text(REINDEX_SCRIPT)
+    src = f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"
+    procs = [subprocess.Popen([sys.executable, str(script), str(REPO / "configs/demo.yaml"), src, str(tmp_path / k)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=dict(os.environ, CEREBRO_HOME=str(home))) for k in scrapes]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[-3000:] for o in outs)
+    _, s = load_searcher("models:/cerebro-search@champion")
+    shas = [row["sha256"] for row in s.rows]
+    import hashlib
+
+    for k, sc in scrapes.items():
+        want = {hashlib.sha256(p.read_bytes()).hexdigest() for p in sc["new"]}
+        assert len(want) == len(sc["new"]) > 3 and want <= set(shas), f"scrape {k}'s photos are not in the champion"
+    assert len(shas) == len(set(shas)) == n0 + 9

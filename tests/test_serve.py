@@ -406,3 +406,27 @@ def test_export_lines_offset_and_no_query(served):
     assert len(videos) == 2 and {json.loads(v)["media_type"] for v in videos} == {"video_frame"}
     r = c.get("/export", params={"min_score": "0.1"})
     assert r.status_code == 400 and r.json()["detail"] == "min_score: needs a query (q)"
+
+
+def test_thumbnails_follow_their_original(served):
+    """A cached thumbnail is served only while its original is there and unchanged: 410 when the
+    photo is replaced or deleted (as /images/ID), 200 again once it is back."""
+    import httpx
+
+    c = httpx.Client(base_url=served["url"], timeout=60)
+    src = served["src"]
+    photo = src / "deer_005.jpg"
+    hit = next(h for h in _hits_for(c, photo.read_bytes()) if h["uri"] == "deer_005.jpg")
+    original = photo.read_bytes()
+    assert c.get(hit["thumbnail_url"]).status_code == 200  # made and cached
+    assert c.get(hit["thumbnail_url"]).status_code == 200  # from the cache
+    try:
+        photo.write_bytes((src / "deer_006.jpg").read_bytes())  # replaced
+        r = c.get(hit["thumbnail_url"])
+        assert r.status_code == 410 and "its bytes changed" in r.json()["detail"], r.text
+        photo.unlink()  # deleted
+        r = c.get(hit["thumbnail_url"])
+        assert r.status_code == 410 and c.get(hit["image_url"]).status_code == 410, r.text
+    finally:
+        photo.write_bytes(original)
+    assert c.get(hit["thumbnail_url"]).status_code == 200

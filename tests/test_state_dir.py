@@ -128,6 +128,17 @@ def test_sigkill_of_reindex_leaves_no_server_and_the_next_run_cleans_up(home_a, 
         why = db.execute("select value from tags where run_uuid = ? and key = 'cerebro.cleanup'",
                          (stale[0],)).fetchone()[0]
     assert status == "FAILED" and "ended without closing it" in why
+    # and in Prefect: the killed command's flow run and its task runs are Crashed, none left running
+    with sqlite3.connect(home / "prefect" / "prefect.db") as db:
+        flows = db.execute("select id, state_type, tags from flow_run").fetchall()
+        killed = [(i, st) for i, st, tags in flows if f"cerebro.pid:{proc.pid}" in (tags or "")]
+        unfinished = db.execute("select count(*) from task_run where state_type in ('RUNNING', 'PENDING')").fetchone()
+        message = db.execute("select s.message from flow_run f join flow_run_state s on s.id = f.state_id "
+                             "where f.state_type = 'CRASHED'").fetchall()
+    assert not [f for f in flows if f[1] in ("RUNNING", "PENDING")], flows
+    assert len(killed) == 1 and killed[0][1] == "CRASHED" and unfinished == (0,), (flows, unfinished)
+    assert any(f"its process {proc.pid}" in (m or "") for (m,) in message), message
+    assert "marked the Prefect flow run" in r.stderr
 
 
 def test_a_broken_tracking_database_is_one_line_not_a_traceback(tmp_path):
@@ -156,3 +167,46 @@ def test_a_temporary_api_that_cannot_start_is_one_line_and_exit_3(home_a, shared
     assert last == f"cerebro: the temporary Prefect API exited with 3 at start-up; see {log}", r.stderr
     assert "Traceback" not in r.stderr
     assert "Application startup failed" in log.read_text()
+
+
+HOLD_DB = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("begin exclusive")  # what a long MLflow write holds
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+def test_a_locked_tracking_database_is_waited_for_not_called_broken(home_a, tmp_path):
+    """Another process holding a write lock on mlflow.db is waited for (tracking.lock_wait_s), then
+    named in one line that says the file is not damaged; a lock let go while waiting is no error."""
+    from cerebro_core import tracking
+    from cerebro_core.home import Endpoints
+
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copyfile(home_a / "mlflow.db", home / "mlflow.db")
+    db = home / "mlflow.db"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DB, str(db), "120"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        r = _cli(home, "search", "a deer", "--set", "tracking.lock_wait_s=1", timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        last = r.stderr.strip().splitlines()[-1]
+        assert "stayed locked by another process for more than 1 s" in last and "not damaged" in last, last
+        assert f"(pid {holder.pid})" in last and "not a readable" not in r.stderr and "move it aside" not in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_DB, str(db), "2"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        ep = Endpoints(home=home, tracking_uri=f"sqlite:///{db}", tracking_source="embedded",
+                       artifact_root=str(home / "mlartifacts"), prefect_home=home / "prefect", prefect_api="ephemeral",
+                       storage_root=str(home / "data"))
+        tracking.check_store(ep, lock_wait_s=60)  # returns once the holder lets go
+        assert holder.wait(timeout=30) == 0
+    finally:
+        holder.kill()
+        holder.wait()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,9 +131,186 @@ def test_a_missing_part_is_named(tmp_path):
     first = m["files"]["vectors.npy"]["blocks"][0]
     url = Path(parts.block_url(str(tmp_path / "p"), first))
     url.write_bytes(b"not the block")
-    with pytest.raises(ValueError, match=f"part {first} of vectors.npy does not match its name"):
+    with pytest.raises(parts.CorruptPart, match=f"part {first} of vectors.npy does not match its name: moved to"):
         parts.assemble(m, tmp_path / "out1", tmp_path / "home")
-    url.unlink()
+    # moved aside, named, kept for inspection
+    assert not url.exists() and (tmp_path / "p" / "corrupt" / first).read_bytes() == b"not the block"
     with pytest.raises(FileNotFoundError, match=f"part {first} of vectors.npy is not in"):
         parts.assemble(m, tmp_path / "out2", tmp_path / "home")
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing half-built left
+    # never reused: the next pack of that content writes the part again (a short part too)
+    _, st = parts.pack(tmp_path / "b", Storage(), str(tmp_path / "p"), 65536, tmp_path / "home")
+    assert st.blocks_written == 1 and parts.assemble(m, tmp_path / "out3", tmp_path / "home").is_dir()
+    last = m["files"]["vectors.npy"]["blocks"][-1]
+    Path(parts.block_url(str(tmp_path / "p"), last)).write_bytes(b"short")
+    _, st = parts.pack(tmp_path / "b", Storage(), str(tmp_path / "p"), 65536, tmp_path / "home")
+    assert st.blocks_written == 1
+
+
+REINDEX_SCRIPT = """
+import sys
+from cerebro_core.config import load_config
+from cerebro_core.index.reindex import run_reindex
+
+if __name__ == "__main__":  # decode workers are spawned: the script must be importable
+    run_reindex(load_config(sys.argv[1], sys.argv[3:]), sys.argv[2], log=print)
+"""
+
+
+def _metric_rows(home: Path, key: str) -> int:
+    import sqlite3
+
+    with sqlite3.connect(home / "mlflow.db") as db:
+        return db.execute("select count(*) from metrics where key = ?", (key,)).fetchone()[0]
+
+
+def test_gc_during_a_paused_publish_that_reuses_old_parts(versions_home, shared_data, tmp_path):
+    """A reindex whose publish reuses parts orphaned hours ago is paused (SIGSTOP) right after it
+    stored its parts; `cerebro gc --delete --min-age-hours 0` runs meanwhile. The publish then
+    completes and its version loads: gc waited for the publish lock, and kept what it references."""
+    import signal
+
+    import mlflow
+
+    from cerebro_core import parts, tracking
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+    home, cfg = versions_home["home"], versions_home["cfg"]
+    champ = tracking.client().get_model_version_by_alias("cerebro-search", "champion").version
+    n0 = len(load_searcher("models:/cerebro-search@champion")[1].rows)
+    make_scrape(shared_data, tmp_path / "scrape", n_new=6, n_copies=0, offset=400)
+    # a version with the scrape's photos is published, then leaves the registry: its own parts are orphans
+    r = run_reindex(cfg, str(tmp_path / "scrape"), log=lambda x: None)
+    m_gone = _manifest(home, r.version.version)
+    mlflow.MlflowClient().delete_model_version("cerebro-search", r.version.version)
+    tracking.set_alias("cerebro-search", "champion", champ)
+    orphans = parts.referenced(m_gone) - parts.referenced(_manifest(home, champ))
+    old = time.time() - 2 * 3600
+    for p in _part_files(home).values():
+        os.utime(p, (old, old))
+    assert orphans <= set(_part_files(home))
+
+    script = tmp_path / "run.py"
+    script.write_text(REINDEX_SCRIPT)
+    src = f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]"
+    env = dict(os.environ, CEREBRO_HOME=str(home))
+    stored = _metric_rows(home, "version/parts_reused")
+    pub = subprocess.Popen([sys.executable, str(script), str(REPO / "configs/demo.yaml"), str(tmp_path / "scrape"),
+                            src, f"storage.part_size={PART}"],
+                           start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    gc = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and _metric_rows(home, "version/parts_reused") == stored and pub.poll() is None:
+            time.sleep(0.02)
+        os.killpg(pub.pid, signal.SIGSTOP)  # parts stored, not yet registered
+        assert pub.poll() is None, pub.stdout.read()[-3000:]
+        gc = subprocess.Popen([str(Path(sys.executable).parent / "cerebro"), "gc", "-c", str(REPO / "configs/demo.yaml"),
+                               "--delete", "--min-age-hours", "0"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+        first = gc.stdout.readline()  # waits for the publish lock (before the fix: collected at once)
+        os.killpg(pub.pid, signal.SIGCONT)
+        out = pub.communicate(timeout=300)[0]
+        gc_out = first + gc.communicate(timeout=300)[0]
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(pub.pid, signal.SIGCONT)
+        for p in (pub, gc):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    print(gc_out)
+    assert pub.returncode == 0, out[-3000:]
+    assert gc.returncode == 0 and "waiting for process" in first, gc_out
+    new = tracking.client().get_model_version_by_alias("cerebro-search", "champion").version
+    assert int(new) > int(r.version.version)
+    m_new = _manifest(home, new)
+    assert parts.referenced(m_new) & orphans, "the publish did not reuse the orphaned parts"
+    assert parts.referenced(m_new) <= set(_part_files(home))
+    shutil.rmtree(home / "cache" / "search" / "bundles", ignore_errors=True)  # load from the parts alone
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert len(s.rows) == n0 + 6 and s.search("a horse", k=3)
+
+
+def _disk_usage(root: Path) -> dict[str, int]:
+    """Bytes on disk under each top-level entry of ``root``, each inode counted once (as du does)."""
+    seen: set[tuple[int, int]] = set()
+    out: dict[str, int] = {}
+    for dirpath, _, files in os.walk(root):
+        for f in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, f))
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            top = Path(dirpath, f).relative_to(root).parts[0]
+            out[top] = out.get(top, 0) + st.st_blocks * 512
+    return out
+
+
+def test_a_small_reindex_grows_the_state_dir_by_what_is_new(versions_home, shared_data, tmp_path):
+    """A reindex of 3 photos adds O(new) bytes to the state dir, its local cache included: the new
+    version's cached bundle shares every unchanged file with the previous one (hard links)."""
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+
+    home, cfg = versions_home["home"], versions_home["cfg"]
+    load_searcher("models:/cerebro-search@champion")  # the champion is in the cache, as when serving
+    make_scrape(shared_data, tmp_path / "scrape", n_new=3, n_copies=0, offset=440)
+    before = _disk_usage(home)
+    r = run_reindex(cfg, str(tmp_path / "scrape"), log=lambda x: None)
+    assert r.published and r.new == 3
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert len(s.rows) == r.size_after and s.search("a horse", k=3)
+    after = _disk_usage(home)
+    grown = {k: after.get(k, 0) - before.get(k, 0) for k in after if after.get(k, 0) != before.get(k, 0)}
+    print(f"state dir grew by {sum(grown.values()) / 2**20:.2f} MB: "
+          + ", ".join(f"{k} {v / 2**20:.2f} MB" for k, v in sorted(grown.items())))
+    assert sum(grown.values()) <= 2 * 2**20, grown
+
+
+def test_a_corrupt_cache_is_assembled_again_and_gc_verify_finds_corrupt_parts(versions_home, capfd):
+    """Zeroing 100 KB of the champion's cached index.faiss: the next open notices (its stat no
+    longer matches what was stamped when it was assembled), says so, and assembles it again: same
+    answers. A zeroed part: `cerebro gc --verify` names it and the version and file that use it,
+    moves it aside and restores it from the intact cached copy; with no cached copy it exits 1."""
+    from cerebro_core import parts, tracking
+    from cerebro_core.index.local_copy import bundle_for, load_searcher
+
+    home = versions_home["home"]
+    uri = f"sqlite:///{home / 'mlflow.db'}"
+    queries = ["a photo of a cat", "an animal in the grass", "a bird", "a horse"]
+    _, s = load_searcher("models:/cerebro-search@champion")
+    before = _top(s, queries)
+    ref = tracking.version_ref(uri, "cerebro-search", alias="champion")
+    cached = bundle_for(ref, uri) / "index.faiss"
+    with open(cached, "r+b") as f:
+        f.seek(4096)
+        f.write(bytes(100 * 1024))
+    capfd.readouterr()
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert _top(s, queries) == before
+    assert "index.faiss does not match its sha256" in capfd.readouterr().err
+
+    m = _manifest(home, ref.version)
+    digest = m["files"]["index.faiss"]["blocks"][1]
+    part = _part_files(home)[digest]
+    good = part.read_bytes()
+    part.write_bytes(bytes(len(good)))
+    cli = [str(Path(sys.executable).parent / "cerebro"), "gc", "-c", str(REPO / "configs/demo.yaml"), "--verify"]
+    env = dict(os.environ, CEREBRO_HOME=str(home))
+    p = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert f"corrupt part {part}" in p.stdout and f"v{ref.version} index.faiss" in p.stdout
+    assert "restored" in p.stdout and part.read_bytes() == good
+    # no intact copy anywhere: named, moved aside (never reused), exit 1
+    shutil.rmtree(home / "cache" / "search", ignore_errors=True)
+    part.write_bytes(bytes(len(good)))
+    p = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and f"{part} is corrupt and no intact copy is cached" in p.stderr, p.stderr[-2000:]
+    assert not part.exists()
+    part.write_bytes(good)  # put back, as a publish of that content would
+    _, s = load_searcher("models:/cerebro-search@champion")
+    assert _top(s, queries) == before

@@ -14,8 +14,10 @@ store is a local folder, and otherwise downloaded once into
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -30,10 +32,26 @@ COMPLETE = "index.json"  # written last by write_bundle; a copy without it is in
 
 
 def bundle_from_manifest(manifest_path: str | Path, cache_root: Optional[Path] = None) -> Path:
-    """The bundle a manifest describes, assembled from its parts into the cache (once)."""
+    """The bundle a manifest describes, assembled from its parts into the cache (once). Its files
+    are hard links into ``cache/search/files/<sha256>``, so versions share what they have in common
+    (the CLIP weights, unchanged rows): a reindex adds O(new) bytes to the cache too. A cached copy
+    is checked on every open (:func:`cerebro_core.parts.check`: each file's size and stat against
+    what was stamped when it was assembled; hashed where they differ) and assembled again from
+    its parts when anything does not match."""
     manifest = json.loads(Path(manifest_path).read_text())
     root = cache_root or cerebro_home() / "cache" / "search"
-    return parts.assemble(manifest, root / "bundles" / parts.manifest_digest(manifest)[:32], cerebro_home())
+    dest = root / "bundles" / parts.manifest_digest(manifest)[:32]
+    if dest.is_dir():
+        bad = parts.check(manifest, dest)
+        if not bad:
+            return dest
+        print(f"cerebro: the cached copy {dest} was changed since it was assembled ({'; '.join(bad.values())}): "
+              "assembling it again from its parts", file=sys.stderr)
+        for rel in bad:  # the shared copy of that content is the same (hard-linked) file
+            with contextlib.suppress(OSError):
+                os.unlink(root / "files" / manifest["files"][rel]["sha256"])
+        parts.discard(dest)
+    return parts.assemble(manifest, dest, cerebro_home(), files=root / "files")
 
 
 def bundle_from_artifacts(artifacts: dict) -> Path:

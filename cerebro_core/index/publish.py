@@ -17,6 +17,7 @@ from cerebro_core import parts, tracking
 from cerebro_core.home import cerebro_home, resolve
 from cerebro_core.index.build import IndexReport, save
 from cerebro_core.index.rows import write_rows
+from cerebro_core.lease import publish_lease
 from cerebro_core.storage import Storage, join
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
@@ -93,6 +94,12 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
             tags: Optional[dict] = None) -> SearchVersion:
     """Inside an active MLflow run: store the parts, log the pyfunc (its artifact: the manifest),
     register, smoke-test, move ``champion``."""
+    with publish_lease(cfg) as held:  # a caller (reindex) may hold it already: then it is ours
+        return _publish(cfg, bundle_dir, clip_version, report, expect_hits, tags, held)
+
+
+def _publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool,
+             tags: Optional[dict], held) -> SearchVersion:
     import mlflow
     import pandas as pd
 
@@ -117,6 +124,7 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
     hits = smoke_query(version_uri)  # loads from the registry, as a user would
     if expect_hits and hits == 0:
         raise RuntimeError(f"{version_uri} answered no hits to the smoke query; champion not moved")
+    held.check()  # never move the alias on a lease we lost (S3: not renewed in time, taken over)
     tracking.set_alias(name, "champion", mv.version)
     return SearchVersion(name=name, version=str(mv.version), run_id=run_id, model_uri=f"models:/{name}@champion",
                          clip_version=str(clip_version), n=report.n, kind=report.kind,

@@ -44,6 +44,7 @@ from cerebro_core.index.incremental import add_or_rebuild
 from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.index.rows import read_rows
+from cerebro_core.lease import publish_lease
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.storage import Storage, join
 
@@ -148,6 +149,14 @@ def run_reindex(cfg: CerebroConfig, scrape: str, source: str = "scrape",
     tracking.configure(cfg)
     names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
     folder = materialise(cfg, scrape, log)
+    # one publish at a time, from reading the champion to moving its alias: a reindex started
+    # while another runs waits, then adds to the version that one published (cerebro_core/lease.py)
+    with publish_lease(cfg, log=lambda m: log(f"reindex: {m}")):
+        return _reindex(cfg, scrape, source, folder, names, t0, log)
+
+
+def _reindex(cfg: CerebroConfig, scrape: str, source: str, folder: Path, names, t0: float,
+             log: Callable[[str], None]) -> ReindexResult:
     mv, bundle = _champion_bundle(cfg)
     info = json.loads((bundle / "index.json").read_text())
     rows = read_rows(bundle, resolve(cfg).home)

@@ -12,6 +12,7 @@ import io
 import logging
 import os
 import re
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
@@ -75,17 +76,42 @@ def original(r: dict, item_id: str) -> Response:
 
 
 class Thumbnails:
-    """Made once, then read from ``root`` (``<root>/<hash[:2]>/<hash>.jpg``); no root: made each time."""
+    """Made once, then read from ``root`` (``<root>/<hash[:2]>/<hash>.jpg``); no root: made each time.
+
+    A thumbnail follows its original: a cached one is served only while the original is still
+    there and still the file that was indexed, as ``/images/ID`` requires (410 otherwise). Checking
+    costs a stat per request; the original is read and hashed again only when its stat (size,
+    mtime, inode) differs from when it was last checked in this process (bounded memory: LRU)."""
+
+    CHECKED_MAX = 100_000
 
     def __init__(self, storage=None, root: Optional[str] = None):
         self.storage, self.root = storage, root.rstrip("/") if root else None
         self.made = 0
+        self._checked: OrderedDict[str, tuple] = OrderedDict()
+
+    def _original_unchanged(self, r: dict, item_id: str) -> None:
+        uri = _contained(r, item_id)
+        try:
+            st = os.stat(uri)
+        except OSError:
+            raise gone(item_id, "readable") from None
+        sig = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._checked.get(uri) != sig:
+            if r["media_type"] == "video_frame":
+                _still(r, item_id)
+            else:
+                _image_bytes(r, item_id)  # 410 when its bytes changed
+        self._checked[uri] = sig
+        self._checked.move_to_end(uri)
+        while len(self._checked) > self.CHECKED_MAX:
+            self._checked.popitem(last=False)
 
     def get(self, r: dict, item_id: str) -> bytes:
         key = re.sub(r"[^0-9a-f]", "_", (r.get("sha256") or f"item-{item_id}").lower())
         url = f"{self.root}/{key[:2]}/{key}.jpg" if self.root else None
         if url and self.storage.exists(url):
-            _contained(r, item_id)  # a cached thumbnail is still not served for an item that left its folder
+            self._original_unchanged(r, item_id)  # gone, moved out of its folder or changed: 410
             return self.storage.read_bytes(url)
         if r["media_type"] == "video_frame":
             img = _still(r, item_id)

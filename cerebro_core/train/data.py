@@ -25,6 +25,7 @@ import io
 import logging
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
@@ -47,20 +48,64 @@ def _seed(*parts) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little")
 
 
-def open_shards(urls: list[str], storage: Storage, counter: dict) -> Iterator[dict]:
-    for url in urls:
+class ShardLossError(RuntimeError):
+    """More of the data was lost (shards unreadable after their retries) than the run allows."""
+
+
+@dataclass
+class ReadPolicy:
+    """How shard reads fail: a read error is retried ``retries`` times with exponential backoff
+    from ``backoff_s`` (capped at 30 s); a shard still unreadable is
+    skipped and counted as lost. Past ``max_lost_share`` of the shards a reader has tried (each
+    holding about as many samples: the download stage writes them full; judged once it has tried
+    at least ``1 / max_lost_share`` of them), the run fails."""
+
+    retries: int = 4
+    backoff_s: float = 1.0
+    max_lost_share: float = 0.05
+    tried: int = 0
+    lost: int = 0
+
+
+def _read(url: str, storage: Storage, policy: ReadPolicy) -> bytes:
+    for attempt in range(policy.retries + 1):
         try:
             with storage.open(url, "rb") as f:
-                data = f.read()
-        except Exception as exc:  # missing / unreadable shard: skip it, count it
+                return f.read()
+        except Exception as exc:  # not found too: fsspec's HTTP reports a failed HEAD as not found
+            if attempt == policy.retries:
+                raise
+            wait = min(30.0, policy.backoff_s * 2 ** attempt)
+            log.warning("reading shard %s failed (%s); retry %d/%d in %.1f s", url, exc, attempt + 1,
+                        policy.retries, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
+def open_shards(urls: list[str], storage: Storage, counter: dict,
+                policy: Optional[ReadPolicy] = None) -> Iterator[dict]:
+    policy = policy or ReadPolicy()
+    for url in urls:
+        policy.tried += 1
+        try:
+            data = _read(url, storage, policy)
+        except Exception as exc:  # missing / unreadable after its retries: skip it, count it
             counter["bad_shards"] = counter.get("bad_shards", 0) + 1
+            policy.lost += 1
             log.warning("skipping shard %s: %s", url, exc)
+            # judged once enough shards were tried for the share to mean something (1 / share)
+            if policy.tried * policy.max_lost_share >= 1 and policy.lost > policy.max_lost_share * policy.tried:
+                raise ShardLossError(
+                    f"lost {policy.lost} of the {policy.tried} shards read so far (more than "
+                    f"train.max_lost_share={policy.max_lost_share:g}), each after {policy.retries} retries; "
+                    f"last: {url}: {exc}") from None
             continue
         yield {"url": url, "stream": io.BytesIO(data)}
 
 
-def raw_samples(urls: list[str], storage: Storage, counter: dict) -> Iterator[dict]:
-    files = tar_file_expander(open_shards(urls, storage, counter), handler=warn_and_continue)
+def raw_samples(urls: list[str], storage: Storage, counter: dict,
+                policy: Optional[ReadPolicy] = None) -> Iterator[dict]:
+    files = tar_file_expander(open_shards(urls, storage, counter, policy), handler=warn_and_continue)
     yield from group_by_keys(files, handler=warn_and_continue)
 
 
@@ -81,6 +126,9 @@ class PipelineSpec:
     mix_shards: list[str] = field(default_factory=list)  # a second set of shards mixed into every batch
     mix_fraction: float = 0.0  # the exact share of every batch taken from ``mix_shards``
     storage: StorageConfig = field(default_factory=StorageConfig)
+    read_retries: int = 4  # ReadPolicy
+    read_backoff_s: float = 1.0
+    max_lost_share: float = 0.05
 
 
 class ShardBatches(IterableDataset):
@@ -94,11 +142,12 @@ class ShardBatches(IterableDataset):
 
     def _cycle(self, shards: list[str], rng: random.Random, counter: dict) -> Iterator[dict]:
         storage = Storage(self.spec.storage)
+        policy = ReadPolicy(self.spec.read_retries, self.spec.read_backoff_s, self.spec.max_lost_share)
         while True:
             got = 0
             order = list(shards)
             rng.shuffle(order)
-            for sample in raw_samples(order, storage, counter):
+            for sample in raw_samples(order, storage, counter, policy):
                 got += 1
                 yield sample
             if got == 0:

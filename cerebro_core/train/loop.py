@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from cerebro_core.config import ComputeConfig, StorageConfig, TrainConfig
 from cerebro_core.distributed import Dist
 from cerebro_core.evaluate import unwrap
+from cerebro_core.metric_buffer import MetricBuffer
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.model.factory import ClipBundle, create
 from cerebro_core.storage import Storage
@@ -83,12 +84,8 @@ def _peak_mem_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _metric_logger(run_id: Optional[str], is_main: bool) -> Callable[[dict, int], None]:
-    if not (is_main and run_id):
-        return lambda m, s: None
-    from cerebro_core import tracking
-
-    return lambda m, s: tracking.log_metrics_to_run(run_id, m, s)
+def _metric_logger(run_id: Optional[str], is_main: bool):
+    return MetricBuffer(run_id if is_main else None)  # a tracking outage never stalls or kills training
 
 
 # --------------------------------------------------------------------------- training
@@ -212,6 +209,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         epoch=epoch, epochs=max(1, math.ceil((total_steps - step + micro_in_epoch // micro_per_step) / steps_per_epoch)),
         seed=hp.seed, rank=d.rank, world_size=d.world_size, start_batch=micro_in_epoch,
         storage=job.storage, return_keys=True, mix_shards=job.mix_shards, mix_fraction=job.mix_fraction,
+        read_retries=hp.shard_read_retries, max_lost_share=hp.max_lost_share,
     )
     mixed = set(job.mix_shards)
     n_mixed = n_seen = 0
@@ -300,6 +298,7 @@ def train(job: TrainJob, on_step: Optional[Callable[[int, int, dict], None]] = N
         if final_eval:
             eval_history.append({"step": step, **final_eval})
             log_metrics(final_eval, step)
+    log_metrics.close(spill_dir=job.ckpt_dir)  # what the tracking server has not taken yet: waited for
     summary = {
         "step": step,
         "total_steps": total_steps,
