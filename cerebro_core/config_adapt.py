@@ -3,7 +3,8 @@ chosen by its ``kind`` (discriminated unions, as ``cerebro_core.adapt`` looks th
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Optional, Union
+import math
+from typing import Annotated, Any, Literal, NamedTuple, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
@@ -38,6 +39,17 @@ class KnnLabeller(_LabellerBase):
 LabellerConfig = Annotated[Union[TopKLabeller, KnnLabeller], Field(discriminator="kind")]
 
 
+class ReplayRegime(NamedTuple):
+    """What one replay iteration trains: the regime a benchmark must match to speak for a real run."""
+
+    steps: int
+    global_batch: int
+    pseudo_fraction: float  # of every batch
+    passes: float  # over the selection at its cap
+    pretrain_equivalents: float  # samples ÷ the pretraining run's samples
+    bound: str  # "passes" or "budget": which limit set the steps
+
+
 class ReplayStudent(_Section):
     """The default student: starts from the teacher's weights and trains on with the pretraining
     objective (contrastive, both towers), every batch an exact ``pseudo_fraction`` of pseudo-captioned
@@ -53,6 +65,19 @@ class ReplayStudent(_Section):
     lr_scale: float = Field(0.5, gt=0, le=10, description="peak learning rate = lr_scale × train.lr (cosine)")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of the student's steps spent warming up")
     augment: Optional[AugmentConfig] = Field(None, description="the student's training view; None: train.augment")
+
+    def regime(self, unit_samples: int, n_cap: int, global_batch: int) -> ReplayRegime:
+        """Steps of one iteration: ``max_passes`` over a selection of ``n_cap`` images when every
+        batch holds ``pseudo_fraction`` of them, unless ``budget`` pretrain-equivalents (of a
+        pretraining of ``unit_samples``) come first. The steps follow the selection's cap, not how
+        many images the labeller kept, so a control that selects nothing trains the same steps."""
+        per_step = self.pseudo_fraction * global_batch
+        budget_steps = max(1, round(self.budget * unit_samples / global_batch))
+        pass_steps = max(1, math.ceil(self.max_passes * n_cap / per_step)) if n_cap else budget_steps
+        steps = min(budget_steps, pass_steps)
+        return ReplayRegime(steps, global_batch, self.pseudo_fraction, steps * per_step / max(1, n_cap),
+                            steps * global_batch / max(1, unit_samples),
+                            "passes" if pass_steps < budget_steps else "budget")
 
 
 class ScratchStudent(_Section):
@@ -98,6 +123,10 @@ class AdaptConfig(_Section):
         default_factory=lambda: [0.25, 0.5, 0.75],
         description="weight-space interpolations teacher + α·(student − teacher) that compete with the student "
                     "on validation each iteration (WiSE-FT); [] = the student alone")
+    verified_to_validation: int = Field(
+        3, ge=0, le=1000, description="reviewer-verified pool images (cerebro review): one in N (by content hash) "
+                                      "joins validation, the rest train every student at their verified label; "
+                                      "0: all train")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
 

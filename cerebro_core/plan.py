@@ -250,10 +250,8 @@ def plan(cfg: CerebroConfig, device_kind_name: Optional[str] = None) -> list[Sta
         folds = a.student.folds * (a.iterations - 1) / a.iterations
         train_total = student + folds * t.epochs * (train_samples + picked * (a.student.folds - 1) / max(1, a.student.folds))
     else:  # replay: warm-started from the teacher; pseudo share, passes over the selection, budget
-        from cerebro_core.adapt.students import replay_regime
-
         picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
-        reg = replay_regime(a.student, seen, picked, t.batch_size * nproc * t.accum_steps) if seen else None
+        reg = a.student.regime(seen, picked, t.batch_size * nproc * t.accum_steps) if seen else None
         train_total = reg.steps * reg.global_batch if reg else None
         if reg:
             notes.append(f"replay regime per iteration: {reg.steps:,} steps of {reg.global_batch:,}, "

@@ -400,3 +400,39 @@ def test_the_champion_moves_only_to_a_model_at_least_as_good_on_validation(adapt
     res = run_stage(cfg, start_version=weak.version, log=lines.append)
     assert client.get_model_version_by_alias("cerebro-clip", "champion").version == before
     assert res.model.version != before and any("champion unchanged" in x for x in lines), lines[-3:]
+
+
+def test_verified_labels_train_every_student_and_join_validation(adapt_env, tmp_path):
+    """Reviewers' verifications (cerebro_core.review.store) reach adapt: pool images verified as a
+    species leave the labeller's hands — one in 3 by hash joins validation, the rest enter the
+    student's shards at their verified label with score 1.0 — and images verified as empty are
+    never pseudo-labelled."""
+    import shutil
+
+    import webdataset as wds
+
+    from cerebro_core.home import resolve
+    from cerebro_core.review.store import Verification, append, folder, now
+
+    cfg = adapt_env["cfg"]
+    pool = gather(cfg)[0]
+    species = {p.sha256: CLASSES[(CLASSES.index(p.label) + 1) % 6] for p in pool[:12]}  # deliberately not the truth
+    empty = {p.sha256 for p in pool[12:15]}
+    root = resolve(cfg).storage_root
+    append(root, [Verification(h, lab, now(), "tester") for h, lab in species.items()]
+           + [Verification(h, "empty", now(), "tester") for h in empty])
+    try:
+        res = run_stage(cfg, start_version=adapt_env["mv"].version, log=lambda s: None)
+    finally:
+        shutil.rmtree(folder(root))
+    to_val = {h for h in species if int(h[:12], 16) % 3 == 0}
+    assert 0 < len(to_val) < len(species)
+    assert res.iterations[0]["val/n"] == 60 + len(to_val)  # validation: its 60 images + the verified third
+    run_id = latest_adapt()[0].info.run_id
+    work = Path(os.environ["CEREBRO_HOME"]) / "data" / "demo" / "adapt"
+    tars = sorted(work.rglob(f"{run_id}/iteration-1/shards/*.tar"))
+    written = {s["json"]["sha256"]: s["json"] for s in wds.WebDataset([str(t) for t in tars], shardshuffle=False).decode()}
+    for h in set(species) - to_val:
+        assert written[h]["label_name"] == species[h] and written[h]["score"] == 1.0
+    assert not (to_val | empty) & written.keys()
+    assert res.iterations[1]["verified_training"] == len(species) - len(to_val)

@@ -13,7 +13,7 @@ import pytest
 
 from cerebro_core.adapt.label import KnnSmoothed, TeacherLabeller, create_labeller, knn_smooth
 from cerebro_core.adapt.models import rank_key
-from cerebro_core.adapt.students import replay_job, replay_regime
+from cerebro_core.adapt.students import replay_job
 from cerebro_core.config import ConfigError, ReplayStudent, load_config
 from cerebro_core.train.data import PipelineSpec, ShardBatches
 from cerebro_core.train.loop import train
@@ -81,12 +81,12 @@ def test_mixed_batches_resume_exactly(mix_data):
 
 def test_replay_regime_steps_come_from_passes_or_budget():
     st = ReplayStudent(pseudo_fraction=0.5, max_passes=4, budget=0.2)
-    cc3m = replay_regime(st, 32 * (2_641_392 // 1920) * 1920, 30_400, 1920)  # configs/cc3m-vitb32.yaml
+    cc3m = st.regime(32 * (2_641_392 // 1920) * 1920, 30_400, 1920)  # configs/cc3m-vitb32.yaml
     assert cc3m.bound == "passes" and cc3m.steps == 127 and cc3m.passes == pytest.approx(4.0, abs=0.02)
     assert cc3m.pretrain_equivalents == pytest.approx(127 * 1920 / (32 * 1375 * 1920))
-    cifar = replay_regime(st, 25_600, 600, 64)  # the CIFAR protocol's teacher of sessions 1-15
+    cifar = st.regime(25_600, 600, 64)  # the CIFAR protocol's teacher of sessions 1-15
     assert cifar.bound == "passes" and cifar.steps == 75 and cifar.pseudo_fraction == 0.5
-    small = replay_regime(st, 12_800, 600, 64)  # a shorter pretraining: the budget binds
+    small = st.regime(12_800, 600, 64)  # a shorter pretraining: the budget binds
     assert small.bound == "budget" and small.steps == 40 and small.pretrain_equivalents == pytest.approx(0.2)
 
 

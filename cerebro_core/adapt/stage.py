@@ -39,13 +39,15 @@ from cerebro_core.adapt.label import Labeller, create_labeller
 from cerebro_core.adapt.models import SEARCH, Models, rank_key
 from cerebro_core.adapt.select import class_entropy
 from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pretraining_samples, replay_job,
-                                         replay_regime, scratch_job, selection_cap, write_pseudo_shards)
+                                         scratch_job, selection_cap, write_pseudo_shards)
+from cerebro_core.adapt.verified import split_verified
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
 from cerebro_core.data.mirror import local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.home import resolve
 from cerebro_core.model.publish import ModelVersion, publish_model
+from cerebro_core.review.store import verified_labels
 from cerebro_core.storage import Storage, join
 from cerebro_core.train.data import split_shards
 from cerebro_core.train.launch import launch
@@ -176,6 +178,11 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
     tracking.configure(cfg)
     a = cfg.adapt
     storage = Storage(cfg.storage)
+    # what reviewers verified: out of the labeller's hands, into validation or every student's training
+    vf = split_verified(pool, classes, verified_labels(resolve(cfg).storage_root, storage), a.verified_to_validation)
+    pool, val = vf.pool, val + vf.val
+    counts.update({"verified_validation": len(vf.val), "verified_training": len(vf.train),
+                   "verified_excluded": vf.excluded})
     pairs = pretraining_pairs(cfg, storage)
     n_pairs = split_shards(pairs, cfg.train.val_fraction)[2]
     mv0 = resolve_version(cfg.tracking.model_name, "champion", start_version)
@@ -203,8 +210,8 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
         params = {"adapt.pool_size": len(pool), "adapt.classes": len(classes), "adapt.pretrain_samples": unit,
                   "adapt.selection_cap": cap, **{f"adapt.counts.{k}": v for k, v in counts.items()}}
         if isinstance(student, ReplayStudent):  # the regime a benchmark must match to speak for this run
-            params.update({f"adapt.regime.{k}": v for k, v in replay_regime(
-                student, unit, cap, cfg.train.batch_size * cfg.train.accum_steps * _world(cfg))._asdict().items()})
+            params.update({f"adapt.regime.{k}": v for k, v in student.regime(
+                unit, cap, cfg.train.batch_size * cfg.train.accum_steps * _world(cfg))._asdict().items()})
         tracking.log_params(params)
         teacher = models.load(current_ckpt)
         row0 = {"iteration": 0, **_flat(models.measure(teacher, {"val": val, "test": test}))}
@@ -243,6 +250,11 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                     tracking.log_metrics({k: v for k, v in row.items() if k != "iteration"}, step=it)
                     history.append(row)
                     break
+                if vf.train and len(idx):  # verified labels beside the pseudo-labels, at precision 1.0
+                    sel_items += vf.train
+                    labels = np.concatenate([labels, np.asarray(vf.train_labels, labels.dtype)])
+                    scores = np.concatenate([scores, np.ones(len(vf.train), scores.dtype)])
+                    row["verified_training"] = len(vf.train)
                 shards = write_pseudo_shards(storage, join(base, "shards"), sel_items, list(labels), list(scores),
                                              classes, a.labeller.caption_templates, it) if len(idx) else []
                 if isinstance(student, ReplayStudent):

@@ -3,7 +3,7 @@ node), and the pseudo-captioned shards they read.
 
 - ``replay`` (default): warm-started from the teacher; every batch an exact ``pseudo_fraction`` of
   pseudo-captioned images, the rest pretraining pairs; ``max_passes`` over the selection (at its
-  cap) or ``budget`` pretrain-equivalents per iteration, whichever is less (:func:`replay_regime`).
+  cap) or ``budget`` pretrain-equivalents per iteration, whichever is less (``ReplayStudent.regime``).
 - ``scratch`` (noisy student): a new model from random weights, ``train.*`` on the pairs plus the
   pseudo-captioned images, ``train.epochs`` passes over both (the selection counted at its cap).
 """
@@ -15,7 +15,7 @@ import json
 import math
 import tempfile
 from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig, ReplayStudent, ScratchStudent
@@ -85,39 +85,15 @@ def _global_batch(cfg: CerebroConfig) -> int:
     return cfg.train.batch_size * world_size(one_node(cfg.compute)) * cfg.train.accum_steps
 
 
-class ReplayRegime(NamedTuple):
-    """What one replay iteration trains: the regime a benchmark must match to speak for a real run."""
-
-    steps: int
-    global_batch: int
-    pseudo_fraction: float  # of every batch
-    passes: float  # over the selection at its cap
-    pretrain_equivalents: float  # samples ÷ the pretraining run's samples
-    bound: str  # "passes" or "budget": which limit set the steps
-
-
-def replay_regime(student: ReplayStudent, unit_samples: int, n_cap: int, global_batch: int) -> ReplayRegime:
-    """Steps of one replay iteration: ``max_passes`` over a selection of ``n_cap`` images when every
-    batch holds ``pseudo_fraction`` of them, unless ``budget`` pretrain-equivalents come first. The
-    steps depend on the selection's cap, not on how many images the labeller kept, so a control
-    that selects nothing trains the same steps."""
-    per_step = student.pseudo_fraction * global_batch
-    budget_steps = max(1, round(student.budget * unit_samples / global_batch))
-    pass_steps = max(1, math.ceil(student.max_passes * n_cap / per_step)) if n_cap else budget_steps
-    steps = min(budget_steps, pass_steps)
-    return ReplayRegime(steps, global_batch, student.pseudo_fraction, steps * per_step / max(1, n_cap),
-                        steps * global_batch / max(1, unit_samples), "passes" if pass_steps < budget_steps else "budget")
-
-
 def replay_job(cfg: CerebroConfig, student: ReplayStudent, model_name: str, pairs, pseudo_shards: list[str],
                n_cap: int, init_from: str, unit_samples: int, ckpt_dir: str, iteration: int,
                mlflow_run_id: Optional[str] = None) -> TrainJob:
-    """The teacher's weights trained on, with the pretraining objective, for :func:`replay_regime`'s
+    """The teacher's weights trained on, with the pretraining objective, for ``student.regime``'s
     steps (cosine from ``lr_scale × train.lr`` after ``warmup_fraction`` of them), every batch an
     exact ``pseudo_fraction`` of the pseudo-captioned images (none when nothing was selected)."""
     train_urls, val_urls, n_pairs = split_shards(pairs, cfg.train.val_fraction)
     gb = _global_batch(cfg)
-    steps = replay_regime(student, unit_samples, n_cap, gb).steps
+    steps = student.regime(unit_samples, n_cap, gb).steps
     f = student.pseudo_fraction if pseudo_shards else 0.0
     n_train = round(n_pairs / (1 - f))  # an epoch: one pass over the pairs
     hp = cfg.train.model_copy(update={
@@ -162,5 +138,5 @@ def fold_of(item: Item, folds: int) -> int:
     return int((item.sha256 or hashlib.sha256(item.uri.encode()).hexdigest())[:12], 16) % folds
 
 
-__all__ = ["AdaptInputError", "ReplayRegime", "ReplayStudent", "ScratchStudent", "fold_of", "pretraining_pairs",
-           "pretraining_samples", "replay_job", "replay_regime", "scratch_job", "selection_cap", "write_pseudo_shards"]
+__all__ = ["AdaptInputError", "ReplayStudent", "ScratchStudent", "fold_of", "pretraining_pairs",
+           "pretraining_samples", "replay_job", "scratch_job", "selection_cap", "write_pseudo_shards"]
