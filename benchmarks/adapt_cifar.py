@@ -107,22 +107,11 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
         pool, _, _, classes, _ = gather(cfg)
         labeller = OracleLabels(cfg.adapt.labeller, {p.uri: classes.index(p.label) for p in pool})
         loop = run_loop(cfg, labeller, start_version=mv.version, log=quiet)
-    else:  # the stage's labeller, with the other kinds asked what they would select (a diagnostic)
-        from cerebro_core.adapt.label import create_labeller
-        from cerebro_core.adapt.stage import gather
-        from cerebro_core.config import KnnLabeller
-        from experiments.adapt_shadow import Shadowed
-
-        pool, _, _, classes, _ = gather(cfg)
-        lab_cfg = cfg.adapt.labeller.model_dump(exclude={"kind", "neighbours", "knn_weight"})
-        shadow = Shadowed(create_labeller(cfg.adapt.labeller),
-                          {"knn": create_labeller(KnnLabeller(**lab_cfg))} if cfg.adapt.labeller.kind != "knn" else {},
-                          {p.uri: classes.index(p.label) for p in pool})
-        loop = run_loop(cfg, shadow, start_version=mv.version, log=quiet)
+    else:
+        loop = run_stage(cfg, start_version=mv.version, log=quiet)
     ctl = run_loop(cfg, PairsOnly(), start_version=mv.version, log=lambda s: quiet("control: " + s))
     return {"seed": seed, "student": cfg.adapt.student.model_dump(), "loop": loop.iterations,
-            "control": ctl.iterations, "best": loop.best_iteration, "control_best": ctl.best_iteration,
-            "labellers": getattr(locals().get("shadow"), "records", [])}
+            "control": ctl.iterations, "best": loop.best_iteration, "control_best": ctl.best_iteration}
 
 
 def mean_se(xs: list[float], points: bool = True) -> str:
@@ -184,11 +173,6 @@ def report(results: list[dict]) -> None:
                   f"{x.get('selected', 0)} | {x.get('pseudo_label_precision', math.nan):.3f} | "
                   f"{x.get('wise_ft_alpha', math.nan):g} | {x.get('val/search_mAP_at_10', math.nan):.3f} | {zs:.3f} | "
                   f"{knn:.3f} | {'yes' if knn > zs else 'no'} |")
-    print("\n### labeller kinds on the same probabilities and features (precision of the selection)\n")
-    for r in results:
-        for rec in r.get("labellers", []):
-            print(f"seed {r['seed']} it {rec['iteration']}: " + ", ".join(
-                f"{k} {v:.3f} ({rec[k + '_n']})" for k, v in rec.items() if k != "iteration" and not k.endswith("_n")))
     print(f"\nkeep-best published a trained model on {sum(r['best'] > 0 for r in results)} of {len(results)} seeds; "
           f"the control on {sum(r['control_best'] > 0 for r in results)}")
 

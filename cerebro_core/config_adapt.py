@@ -26,17 +26,9 @@ class TopKLabeller(_LabellerBase):
     kind: Literal["top_k"] = "top_k"
 
 
-class KnnLabeller(_LabellerBase):
-    """The zero-shot probabilities smoothed over each pool image's ``neighbours`` nearest pool images
-    in the model's image-feature space (weight ``knn_weight``), then selected as ``top_k``: pays only
-    where the features beat the zero-shot (the ``val/knn_top1`` vs ``val/top1`` diagnostic)."""
-
-    kind: Literal["knn"] = "knn"
-    neighbours: int = Field(10, ge=1, le=1000)
-    knn_weight: float = Field(0.75, ge=0, le=1, description="p = (1 − w)·zero-shot + w·mean over the neighbours")
-
-
-LabellerConfig = Annotated[Union[TopKLabeller, KnnLabeller], Field(discriminator="kind")]
+# The labeller kinds: one small class each, looked up by ``kind`` (cerebro_core.adapt.label.LABELLERS). A kind
+# that measured no gain was removed with its numbers kept (docs/BENCHMARKS.md: ``knn``, session 16).
+LabellerConfig = TopKLabeller
 
 
 class ReplayRegime(NamedTuple):
@@ -129,13 +121,6 @@ class AdaptConfig(_Section):
                                       "0: all train")
     early_stop: bool = Field(True, description="stop when the validation metric falls")
     seed: int = 0
-
-    @model_validator(mode="after")
-    def _knn_needs_one_feature_space(self) -> "AdaptConfig":
-        if self.labeller.kind == "knn" and getattr(self.student, "folds", 0):
-            raise ValueError("labeller: knn needs one model's features, but student.folds labels each fold with "
-                             "another model: set student.folds=0 or labeller.kind=top_k")
-        return self
 
     @field_validator("wise_ft")
     @classmethod
