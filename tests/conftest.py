@@ -38,6 +38,35 @@ def require_shared(*parts: str) -> Path:
     return p
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_uris_stay_in_their_test():
+    """MLflow keeps the URIs a test set (``mlflow.set_tracking_uri``, as ``tracking.configure``
+    does) in module globals, which win over ``MLFLOW_TRACKING_URI``, and copies them into the
+    environment: the next test in the process would talk to this one's server. Put both back."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    before = _mlflow_uris()
+    yield
+    after = _mlflow_uris()
+    if after is not None and after != before:
+        from mlflow.tracking._model_registry import utils as registry
+        from mlflow.tracking._tracking_service import utils as tracking
+
+        tracking._tracking_uri, registry._registry_uri = before or (None, None)
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
+def _mlflow_uris():
+    if "mlflow" not in sys.modules:
+        return None
+    from mlflow.tracking._model_registry import utils as registry
+    from mlflow.tracking._tracking_service import utils as tracking
+
+    return tracking._tracking_uri, registry._registry_uri
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     return require_shared()

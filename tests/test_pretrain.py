@@ -330,7 +330,9 @@ def test_training_survives_a_tracking_outage(pair_shards, tmp_path, monkeypatch)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     port = free_port()
     uri = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    # as tracking.configure points the trainer (a URI an earlier test set in this process would win
+    # over MLFLOW_TRACKING_URI, and the metrics would go to its server: it failed so in the full suite)
+    mlflow.set_tracking_uri(uri)
     server = _mlflow_server(port, tmp_path, env)
     try:
         wait_port(port, timeout=120, proc=server)

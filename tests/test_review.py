@@ -231,12 +231,13 @@ def test_review_queue_and_refused_writes(reviewed):
 
     for payload, kind, code, msg in (
             ({"items": [{"id": 99999, "label": "deer"}]}, "application/json", 404, "items[0].id: no indexed item 99999"),
-            ({"items": [{"id": 0, "label": "deer"}, {"id": 1, "label": "unicorn"}]}, "application/json", 422,
+            ({"items": [{"id": 0, "label": "deer"}, {"id": 1, "label": "unicorn"}]}, "application/json", 400,
              "items[1].label: unknown 'unicorn'"),
             ({"items": [{"id": 0, "label": "deer"}]}, "text/plain", 415, "application/json")):
         r = c.post("/verify", content=__import__("json").dumps(payload), headers={"Content-Type": kind})
         assert r.status_code == code and msg in r.json()["detail"], r.text
-    assert c.post("/verify", json={"items": []}).status_code == 422
+    r = c.post("/verify", json={"items": []})  # FastAPI's own check, in the API's one 400 shape
+    assert r.status_code == 400 and "items" in r.json()["detail"], r.text
     # read-only, and a token, on the same searcher in process
     reviews = Reviews(str(reviewed["home"] / "data"))
     ro = TestClient(create_app(Holder(lambda: (version, s)), ServeConfig(read_only=True), reviews=reviews),

@@ -5,7 +5,7 @@ POST /verify   JSON ``{"items": [{"id": 3, "label": "deer"}, …], "reviewer": "
                with the items as hits now show them. A label is a species of the vocabulary or
                ``empty`` / ``person`` / ``unknown``. Refused: 403 on a server started with
                ``serve.read_only``, 415 unless the body is JSON (a cross-site form cannot post
-               here), 404 for an id not indexed, 422 for an unknown label (each naming the item);
+               here), 404 for an id not indexed, 400 for an unknown label or an empty batch (each naming the item);
                with ``serve.token`` set the token is needed, as for every route.
 GET  /review?q=&k=&<filters>  the unverified items whose verification teaches the model most
                (:mod:`cerebro_core.review.queue`), among a query's matches when ``q`` is given.
@@ -92,7 +92,7 @@ def add_review_routes(app: FastAPI, holder, reviews: Reviews, read_only: bool, f
         try:
             reviewer = check_reviewer(body.reviewer)
         except ReviewError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from None
+            raise HTTPException(status_code=400, detail=str(exc)) from None
         batch = []
         for n, it in enumerate(body.items):
             if not 0 <= it.id < len(s.rows):
@@ -101,9 +101,9 @@ def add_review_routes(app: FastAPI, holder, reviews: Reviews, read_only: bool, f
             try:
                 label = check_label(it.label, s.columns.vocabulary)
             except ReviewError as exc:
-                raise HTTPException(status_code=422, detail=f"items[{n}].{exc}") from None
+                raise HTTPException(status_code=400, detail=f"items[{n}].{exc}") from None
             if not row.get("sha256"):
-                raise HTTPException(status_code=422, detail=f"items[{n}]: item {it.id} was indexed without a "
+                raise HTTPException(status_code=400, detail=f"items[{n}]: item {it.id} was indexed without a "
                                                             "content hash; reindex it to verify it")
             batch.append(Verification(sha256=row["sha256"], label=label, time=now(), reviewer=reviewer,
                                       uri=hit(s.hit(it.id, 0.0))["uri"]))
