@@ -73,7 +73,8 @@ def pretrain_pairs(split: Path) -> list[tuple[str, Path]]:
     return pairs
 
 
-def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str], oracle: bool = False) -> dict:
+def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra: list[str], oracle: bool = False,
+             verified: int = 0, pick: str = "queue", control: bool = True, teacher: str = "") -> dict:
     os.environ["CEREBRO_HOME"] = str(work / f"home-{seed}")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     from conftest import shardset_for, write_pair_shards
@@ -99,7 +100,23 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
         f"  seed {seed}: {s}", file=sys.stderr, flush=True)
     progress = lambda s: print(f"  seed {seed}: pretrain {s[:60]}", file=sys.stderr, flush=True) if (  # noqa: E731
         s.startswith("step ") and int(s.split()[1].split("/")[0]) % 400 == 0) else None
-    mv = pretrain(cfg, shardset, log=progress)
+    if teacher:  # --teacher-version: a teacher this work dir's registry holds already (a paired rerun)
+        from cerebro_core import tracking
+        from cerebro_core.model.registry import resolve_version
+
+        tracking.configure(cfg)
+        mv = resolve_version(cfg.tracking.model_name, None, teacher)
+    else:
+        mv = pretrain(cfg, shardset, log=progress)
+    review = None
+    if verified:  # a reviewer verified some pool images first (experiments/simulated_review.py)
+        from cerebro_core.home import resolve
+        from cerebro_core.review.store import verified_labels
+        from experiments.simulated_review import simulate_review
+
+        if verified_labels(resolve(cfg).storage_root):
+            raise SystemExit(f"seed {seed}: {work} holds verifications already: copy the work dir afresh")
+        review = simulate_review(cfg, mv.version, verified, pick, seed, log=quiet)
     if oracle:  # diagnostic: the teacher's selection with ground-truth classes (experiments/adapt_oracle.py)
         from cerebro_core.adapt.stage import gather
         from experiments.adapt_oracle import OracleLabels
@@ -109,9 +126,12 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
         loop = run_loop(cfg, labeller, start_version=mv.version, log=quiet)
     else:
         loop = run_stage(cfg, start_version=mv.version, log=quiet)
-    ctl = run_loop(cfg, PairsOnly(), start_version=mv.version, log=lambda s: quiet("control: " + s))
-    return {"seed": seed, "student": cfg.adapt.student.model_dump(), "loop": loop.iterations,
-            "control": ctl.iterations, "best": loop.best_iteration, "control_best": ctl.best_iteration}
+    out = {"seed": seed, "student": cfg.adapt.student.model_dump(), "loop": loop.iterations,
+           "best": loop.best_iteration, "review": review}
+    if control:
+        ctl = run_loop(cfg, PairsOnly(), start_version=mv.version, log=lambda s: quiet("control: " + s))
+        out.update(control=ctl.iterations, control_best=ctl.best_iteration)
+    return out
 
 
 def mean_se(xs: list[float], points: bool = True) -> str:
@@ -128,7 +148,7 @@ def report(results: list[dict]) -> None:
     print("| seed | run | it 0 | it 1 | it 2 | it 3 | published (keep-best) |")
     print("|---:|---|---|---|---|---|---|")
     for r in results:
-        for name in ("loop", "control"):
+        for name in [n for n in ("loop", "control") if n in r]:
             rows = r[name]
             cells = [f"{x.get('test/top1', math.nan):.3f} ({x.get('val/top1', math.nan):.3f})" + (
                 f" / {x['pseudo_label_precision']:.3f} / {x['compute/pretrain_equivalents']:.2f}"
@@ -143,7 +163,7 @@ def report(results: list[dict]) -> None:
     print("|---|---:|---:|")
 
     def top1(r: dict, run: str, i: int, p: str) -> float:
-        rows = r[run]
+        rows = r.get(run, [])
         return rows[i].get(f"{p}/top1", math.nan) if i < len(rows) else math.nan
 
     def diff(f, points: bool):
@@ -156,7 +176,7 @@ def report(results: list[dict]) -> None:
                      lambda r, p, i=i: top1(r, "loop", i, p) - top1(r, "control", i, p)))
     rows.append(("published − pretrained", lambda r, p: top1(r, "loop", r["best"], p) - top1(r, "loop", 0, p)))
     rows.append(("published − control published",
-                 lambda r, p: top1(r, "loop", r["best"], p) - top1(r, "control", r["control_best"], p)))
+                 lambda r, p: top1(r, "loop", r["best"], p) - top1(r, "control", r.get("control_best", 0), p)))
     for name, f in rows:
         t, v = diff(f, name != "pretrained")
         print(f"| {name} | {t} | {v} |")
@@ -174,7 +194,32 @@ def report(results: list[dict]) -> None:
                   f"{x.get('wise_ft_alpha', math.nan):g} | {x.get('val/search_mAP_at_10', math.nan):.3f} | {zs:.3f} | "
                   f"{knn:.3f} | {'yes' if knn > zs else 'no'} |")
     print(f"\nkeep-best published a trained model on {sum(r['best'] > 0 for r in results)} of {len(results)} seeds; "
-          f"the control on {sum(r['control_best'] > 0 for r in results)}")
+          f"the control on {sum(r.get('control_best', 0) > 0 for r in results if 'control' in r)}")
+
+
+def against(base: list[dict], runs: list[dict]) -> None:
+    """Test top-1 of ``runs`` beside ``base`` (the same seeds, same teachers): the gain over pretrained
+    after the last iteration and of the published model, and the difference to the base run."""
+    by_seed = {r["seed"]: r for r in base}
+    pairs = [(by_seed[r["seed"]], r) for r in runs if r["seed"] in by_seed]
+
+    def t(r: dict, i: int) -> float:
+        return r["loop"][i].get("test/top1", math.nan)
+
+    last = lambda r: len(r["loop"]) - 1  # noqa: E731
+    print("| seed | verified | last − pretrained (base) | last − pretrained | published − pretrained (base) | "
+          "published − pretrained | trained model published |")
+    print("|---:|---:|---:|---:|---:|---:|---|")
+    for b, r in pairs:
+        print(f"| {r['seed']} | {(r.get('review') or {}).get('verified', 0)} | {100 * (t(b, last(b)) - t(b, 0)):+.1f} | "
+              f"{100 * (t(r, last(r)) - t(r, 0)):+.1f} | {100 * (t(b, b['best']) - t(b, 0)):+.1f} | "
+              f"{100 * (t(r, r['best']) - t(r, 0)):+.1f} | {'yes' if r['best'] > 0 else 'no'} |")
+    print("\n| comparison (test, points, mean ± standard error) | value |\n|---|---:|")
+    for name, f in (("last iteration − pretrained", lambda b, r: t(r, last(r)) - t(r, 0)),
+                    ("last iteration − base last iteration", lambda b, r: t(r, last(r)) - t(b, last(b))),
+                    ("published − pretrained", lambda b, r: t(r, r["best"]) - t(r, 0)),
+                    ("published − base published", lambda b, r: t(r, r["best"]) - t(b, b["best"]))):
+        print(f"| {name} | {mean_se([f(b, r) for b, r in pairs])} |")
 
 
 def main() -> None:
@@ -185,12 +230,24 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the per-seed results here")
     ap.add_argument("--oracle-labels", action="store_true",
                     help="diagnostic: the loop trains on the teacher's selection with ground-truth classes")
+    ap.add_argument("--verified", type=int, default=0, metavar="N",
+                    help="a simulated reviewer verifies N pool images per class before the loop (#34)")
+    ap.add_argument("--pick", choices=("queue", "random"), default="queue", help="which images --verified takes")
+    ap.add_argument("--teacher-version", default="", metavar="V",
+                    help="with --work: start every seed from registered version V instead of pretraining (the same "
+                         "teachers as an earlier run of that work dir, for a paired comparison)")
+    ap.add_argument("--no-control", dest="control", action="store_false", help="skip the equal-compute control")
     ap.add_argument("--report", type=Path, nargs="*", help="only print the table of these --json files")
+    ap.add_argument("--against", type=Path, nargs="*", help="with --report: the same seeds' runs to compare with")
     ap.add_argument("--work", type=Path, help="keep the splits, shards and state dirs here: a rerun with the same "
                                               "train.* resumes each seed's finished pretraining instead of redoing it")
     args = ap.parse_args()
     if args.report:
-        report([r for p in args.report for r in json.loads(p.read_text())])
+        results = [r for p in args.report for r in json.loads(p.read_text())]
+        if args.against:
+            against([r for p in args.against for r in json.loads(p.read_text())], results)
+        else:
+            report(results)
         return
     work = args.work or Path(tempfile.mkdtemp(prefix="cerebro-adapt-cifar-"))
     if args.work and (work / "pool").is_dir():
@@ -200,7 +257,8 @@ def main() -> None:
     (work / "classes.txt").write_text("\n".join(sorted(p.name for p in splits["pool"].iterdir() if p.is_dir())))
     results = []
     for seed in args.seeds:
-        results.append(run_seed(args.config, seed, splits, work, args.sets, args.oracle_labels))
+        results.append(run_seed(args.config, seed, splits, work, args.sets, args.oracle_labels, args.verified,
+                                args.pick, args.control, args.teacher_version))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
     report(results)

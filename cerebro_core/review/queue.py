@@ -14,7 +14,7 @@ verifications, matched to its items by content hash.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -83,19 +83,28 @@ def review_queue(searcher, k: int, mask: Optional[np.ndarray] = None, ranked: Op
     if not len(cand):
         return []
     margin = cols.species_margin if not np.all(np.isnan(cols.species_margin)) else cols.model_species_score
+    pick, u, cl = choose(cand, margin, cols.model_species.codes, lambda rows: np.stack(
+        [searcher.vector_of(int(i)) for i in rows]), [cols.sequence_key, cols.duplicate_key], k)
+    out = []
+    for i, ui, c in zip(pick, u, cl):
+        h = searcher.hit(int(i), float("nan"))
+        h.update(score=None, margin=None if math.isinf(ui) else float(ui), cluster=int(c))
+        out.append(h)
+    return out
+
+
+def choose(cand: np.ndarray, margin: np.ndarray, classes: np.ndarray, vectors: Callable[[np.ndarray], np.ndarray],
+           groups: list[np.ndarray], k: int) -> tuple[list[int], list[float], list[int]]:
+    """The queue's choice among the rows ``cand``: the :data:`POOL` least sure (``margin``), clustered
+    (k-means on ``vectors(rows)``), then :func:`propose` spread over predicted ``classes``, clusters and
+    ``groups``. Returns (rows, their margins, their clusters), in queue order."""
     u = np.where(np.isnan(margin[cand]), np.inf, margin[cand])
     if len(cand) > POOL:  # the least sure
         cand = cand[np.argsort(u, kind="stable")[:POOL]]
         u = np.where(np.isnan(margin[cand]), np.inf, margin[cand])
-    vectors = np.stack([searcher.vector_of(int(i)) for i in cand])
-    cl = clusters(vectors, min(k, max(1, int(math.sqrt(len(cand))))))
-    pick = propose(u, cols.model_species.codes[cand], cl, [cols.sequence_key[cand], cols.duplicate_key[cand]], k)
-    out = []
-    for j in pick:
-        h = searcher.hit(int(cand[j]), float("nan"))
-        h.update(score=None, margin=None if math.isinf(u[j]) else float(u[j]), cluster=int(cl[j]))
-        out.append(h)
-    return out
+    cl = clusters(vectors(cand), min(k, max(1, int(math.sqrt(len(cand))))))
+    pick = propose(u, classes[cand], cl, [g[cand] for g in groups], k)
+    return [int(cand[j]) for j in pick], [float(u[j]) for j in pick], [int(cl[j]) for j in pick]
 
 
 def apply(searcher, latest: dict[str, Verification]) -> int:
