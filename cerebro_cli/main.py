@@ -344,6 +344,7 @@ from cerebro_cli import search_cmds  # noqa: E402,F401 — registers `search` an
 from cerebro_cli import ui  # noqa: E402,F401 — registers `ui`
 from cerebro_cli import gc_cmd  # noqa: E402,F401 — registers `gc`
 from cerebro_cli import review_cmds  # noqa: E402,F401 — registers `review export|import`
+from cerebro_cli import model_cmds  # noqa: E402,F401 — registers `export-model`
 
 
 @app.command()

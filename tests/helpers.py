@@ -1,7 +1,7 @@
 """Set-up shared by the test modules (no test imports another test module): the adapt tests' CIFAR
 splits, reading what a loop wrote (its latest runs and student, its pseudo-labelled shards), and
 recomputing a model's pool probabilities independently of the stage, killing a training job at
-its first checkpoint. Plain functions; fixtures live in conftest.py."""
+its first checkpoint, registering a random CLIP. Plain functions; fixtures live in conftest.py."""
 
 from __future__ import annotations
 
@@ -20,6 +20,25 @@ from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.storage import Storage
 
 CLASSES = ["bird", "cat", "deer", "dog", "frog", "horse"]
+TINY = "cerebro-tiny-vit-32"
+
+
+def register_random_clip(cfg, stage: str = "pretrain", seed: int = 0):
+    """A registered cerebro-clip version with random weights (mechanics only, no training), in the
+    state dir ``CEREBRO_HOME`` names."""
+    import torch
+
+    from cerebro_core import tracking
+    from cerebro_core.model.factory import create
+    from cerebro_core.model.publish import publish_model
+
+    torch.manual_seed(seed)
+    b = create(TINY)
+    home = Path(os.environ["CEREBRO_HOME"])
+    url = str(home / f"ck-{seed}" / "step-00000001.pt")
+    ckpt.save(Storage(), url, {"model": b.model.state_dict(), "model_name": TINY, "step": 1})
+    with tracking.stage_run(cfg, stage) as run:
+        return publish_model(cfg, run.info.run_id, url, stage, {}, {})
 
 
 def split(shared: Path, dst: Path, a: int, b: int, shuffle_labels_seed: int | None = None) -> Path:
@@ -110,3 +129,42 @@ def kill_after_first_checkpoint(job, work: Path, timeout: float = 300) -> list[s
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return sorted(p.name for p in ck.glob("step-*.pt"))
+
+
+def indexed_caltech(shared_data: Path, tmp_path_factory, name: str, *overrides: str):
+    """A fresh CEREBRO_HOME with a random cerebro-clip and cerebro-search over the 700 Caltech
+    photos (``overrides`` on the demo config); yields {cfg, sv, home}."""
+    import pytest
+
+    from cerebro_core.config import load_config
+    from cerebro_core.index.stage import run_stage
+
+    home = tmp_path_factory.mktemp(name)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CEREBRO_HOME", str(home))
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        cfg = load_config(Path(__file__).resolve().parents[1] / "configs/demo.yaml", [
+            f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]", *overrides])
+        register_random_clip(cfg)
+        sv = run_stage(cfg, log=lambda s: None)
+        yield {"cfg": cfg, "sv": sv, "home": home}
+    finally:
+        mp.undo()
+
+
+def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int = 0) -> dict:
+    """A scrape folder: ``n_new`` CIFAR horses, ``n_copies`` renamed copies of Caltech photos, a
+    corrupt JPEG and a text file named .png."""
+    import shutil
+
+    dst.mkdir(parents=True)
+    new = sorted((shared / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[offset:offset + n_new]
+    for i, p in enumerate(new):
+        shutil.copy(p, dst / f"new_{offset + i:04d}.jpg")
+    olds = sorted((shared / "caltech101_animals").rglob("*.jpg"))[:n_copies]
+    for i, p in enumerate(olds):
+        shutil.copy(p, dst / f"renamed_copy_{i}.jpg")
+    (dst / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (dst / "notes.png").write_bytes(b"this is text")
+    return {"new": new, "copies": olds}

@@ -19,27 +19,11 @@ import torch
 
 from cerebro_core.config import load_config
 from conftest import free_port, make_video, png_bomb, stop, wait_port
+from helpers import register_random_clip
 
 REPO = Path(__file__).resolve().parents[1]
 CEREBRO = str(Path(sys.executable).parent / "cerebro")
 MODEL = "cerebro-tiny-vit-32"
-
-
-def register_random_clip(cfg, stage: str = "pretrain", seed: int = 0):
-    """A registered cerebro-clip version with random weights (mechanics only, no training)."""
-    from cerebro_core import tracking
-    from cerebro_core.model import checkpoint as ckpt
-    from cerebro_core.model.factory import create
-    from cerebro_core.storage import Storage
-    from cerebro_core.model.publish import publish_model
-
-    torch.manual_seed(seed)
-    b = create(MODEL)
-    home = Path(os.environ["CEREBRO_HOME"])
-    url = str(home / f"ck-{seed}" / "step-00000001.pt")
-    ckpt.save(Storage(), url, {"model": b.model.state_dict(), "model_name": MODEL, "step": 1})
-    with tracking.stage_run(cfg, stage) as run:
-        return publish_model(cfg, run.info.run_id, url, stage, {}, {})
 
 
 @pytest.fixture(scope="module")

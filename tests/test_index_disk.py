@@ -129,13 +129,13 @@ def test_metadata_is_a_mapped_table_read_per_row(tmp_path):
 
 @pytest.fixture(scope="module")
 def disk_pipeline(shared_data, tmp_path_factory):
-    from test_reindex import indexed_caltech
+    from helpers import indexed_caltech
 
     yield from indexed_caltech(shared_data, tmp_path_factory, "disk-home", "index.kind=ivfpq_disk")
 
 
 def test_forced_disk_kind_indexes_searches_and_reindexes(disk_pipeline, shared_data, tmp_path):
-    from test_reindex import make_scrape
+    from helpers import make_scrape
 
     from cerebro_core.index.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex

@@ -91,7 +91,7 @@ def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path
     """`cerebro index` with index.shards=2 on a local Dask cluster (prefect-dask): the shard
     builds are Prefect task runs, run in the cluster's worker processes, and the published
     sharded bundle answers as exact search over its vectors."""
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from conftest import seed_prefect_home
     from cerebro_core.config import load_config

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import free_port, shardset_for
-from test_index import register_random_clip
+from helpers import register_random_clip
 
 REPO = Path(__file__).resolve().parents[1]
 CEREBRO = str(Path(sys.executable).parent / "cerebro")

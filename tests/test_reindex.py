@@ -17,47 +17,14 @@ import numpy as np
 import pytest
 
 from cerebro_core.config import load_config
+from helpers import indexed_caltech, make_scrape
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def indexed_caltech(shared_data: Path, tmp_path_factory, name: str, *overrides: str):
-    """A fresh CEREBRO_HOME with a random cerebro-clip and cerebro-search over the 700 Caltech
-    photos (``overrides`` on the demo config); yields {cfg, sv, home}."""
-    from test_index import register_random_clip
-
-    from cerebro_core.index.stage import run_stage
-
-    home = tmp_path_factory.mktemp(name)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        cfg = load_config(REPO / "configs/demo.yaml", [
-            f"index.sources=[{{name: caltech, path: {shared_data}/caltech101_animals}}]", *overrides])
-        register_random_clip(cfg)
-        sv = run_stage(cfg, log=lambda s: None)
-        yield {"cfg": cfg, "sv": sv, "home": home}
-    finally:
-        mp.undo()
 
 
 @pytest.fixture(scope="module")
 def caltech_index(shared_data, tmp_path_factory):
     yield from indexed_caltech(shared_data, tmp_path_factory, "reindex-home")
-
-
-def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int = 0) -> dict:
-    dst.mkdir(parents=True)
-    new = sorted((shared / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[offset:offset + n_new]
-    for i, p in enumerate(new):
-        shutil.copy(p, dst / f"new_{offset + i:04d}.jpg")
-    olds = sorted((shared / "caltech101_animals").rglob("*.jpg"))[:n_copies]
-    for i, p in enumerate(olds):
-        shutil.copy(p, dst / f"renamed_copy_{i}.jpg")
-    (dst / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (dst / "notes.png").write_bytes(b"this is text")
-    return {"new": new, "copies": olds}
 
 
 def test_reindex_adds_only_new_media(caltech_index, shared_data, tmp_path):
@@ -142,7 +109,7 @@ def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_p
 
 
 def test_new_clip_champion_forces_full_reembed(caltech_index, shared_data, tmp_path):
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core import tracking
     from cerebro_core.index.reindex import run_reindex

@@ -28,7 +28,7 @@ VOCAB = ("deer", "horse", "cat", "frog")
 def reviewed(shared_data, tmp_path_factory):
     """21 items (4 photos of each of 4 species, 5 stills of one video) indexed by the real index
     stage, served by `cerebro serve` on its state dir."""
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.index.stage import run_stage

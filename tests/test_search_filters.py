@@ -51,7 +51,7 @@ def with_exif(src: Path, dst: Path, camera: tuple, when: datetime) -> None:
 
 @pytest.fixture(scope="module")
 def wild(shared_data, tmp_path_factory):
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.index.local_copy import load_searcher
@@ -385,7 +385,7 @@ def test_each_version_records_how_well_it_searches(shared_data, tmp_path, monkey
     import mlflow
     import torch
     import torch.nn.functional as F
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.data.sources import list_folder

@@ -24,7 +24,7 @@ CEREBRO = str(Path(sys.executable).parent / "cerebro")
 
 @pytest.fixture(scope="module")
 def served(shared_data, tmp_path_factory):
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.index.stage import run_stage

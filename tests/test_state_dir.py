@@ -41,7 +41,7 @@ def _photos(shared: Path, dst: Path, kind: str, n: int, offset: int = 0) -> Path
 @pytest.fixture(scope="module")
 def home_a(shared_data, tmp_path_factory, migrated_prefect_db):
     """A state dir with a published index over photos kept inside it (as the demo keeps its own)."""
-    from test_index import register_random_clip
+    from helpers import register_random_clip
 
     from cerebro_core.config import load_config
     from cerebro_core.index.stage import run_stage

@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from test_reindex import indexed_caltech, make_scrape
+from helpers import indexed_caltech, make_scrape
 
 REPO = Path(__file__).resolve().parents[1]
 PART = 64 * 1024  # small parts, so that a 700-item bundle has many
