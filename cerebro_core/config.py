@@ -71,7 +71,10 @@ class DownloadConfig(_Section):
     empty_captions: Literal["keep", "drop"] = Field(
         "drop", description="rows with an empty caption (when the list has captions): drop (counted) or keep"
     )
-    disallowed_header_directives: list[str] = Field(default_factory=list)
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"],
+        description="X-Robots-Tag directives that refuse an image (img2dataset's default: sites' AI and "
+                    "index opt-outs, counted as disallowed_by_robots); [] downloads regardless")
     extract_exif: bool = Field(True, description="keep each original's EXIF (time, GPS, camera) in its sample's "
                                                  "json: re-indexed scrapes are filtered by it")
 

@@ -195,8 +195,10 @@ class _Handler(BaseHTTPRequestHandler):
             time.sleep(self.delay_s)
         if path.startswith("/slow"):
             time.sleep(5)
+        extra: dict = {}
         if path in self.blobs:
-            status, ctype, body = self.blobs[path]
+            status, ctype, body, *more = self.blobs[path]
+            extra = more[0] if more else {}
         elif path.startswith("/img/") and path[5:] in self.files:
             status, ctype, body = 200, "image/jpeg", self.files[path[5:]].read_bytes()
         else:
@@ -205,6 +207,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
+            for k, v in extra.items():
+                self.send_header(k, v)
             self.end_headers()
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
@@ -249,7 +253,7 @@ def good_pairs(shared: Path, n_coco: int = 80, n_cifar_per_class: int = 10) -> l
 
 
 BAD_KINDS = {
-    # path → (expected failure kind, (status, content type, body)) ; bodies filled in by the fixture
+    # path → expected failure kind; (status, content type, body[, headers]) filled in by the fixture
     "/bad/404": "http_404",
     "/bad/500": "http_500",
     "/slow/timeout.jpg": "timeout",
@@ -258,6 +262,7 @@ BAD_KINDS = {
     "/bad/empty.jpg": "empty_body",
     "/bad/garbage.jpg": "not_an_image",
     "/bad/bomb.png": "decompression_bomb",
+    "/bad/noai.jpg": "disallowed_by_robots",  # a site's AI opt-out, honoured by default
 }
 
 
@@ -280,6 +285,7 @@ def http_images(shared_data, bomb_png):
         "/bad/empty.jpg": (200, "image/jpeg", b""),
         "/bad/garbage.jpg": (200, "image/jpeg", os.urandom(4096)),
         "/bad/bomb.png": (200, "image/png", bomb_png),
+        "/bad/noai.jpg": (200, "image/jpeg", a_jpeg, {"X-Robots-Tag": "noimageai"}),
     }
     with LoopbackServer(files, blobs) as srv:
         srv.pairs = pairs

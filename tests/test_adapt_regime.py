@@ -101,9 +101,9 @@ def test_the_labeller_is_a_typed_kind_chosen_in_config():
 
 
 def test_rank_key_ranks_search_first_then_top1():
-    a = {"val/search_mAP_at_10": 0.8, "val/top1": 0.3}
-    b = {"val/search_mAP_at_10": 0.7, "val/top1": 0.9}
-    c = {"val/search_mAP_at_10": 0.8, "val/top1": 0.4}
+    a = {"val/search_mAP": 0.8, "val/top1": 0.3}
+    b = {"val/search_mAP": 0.7, "val/top1": 0.9}
+    c = {"val/search_mAP": 0.8, "val/top1": 0.4}
     assert max([a, b, c], key=rank_key) is c and rank_key({}) == (-1.0, -1.0)
 
 

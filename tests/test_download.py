@@ -69,6 +69,11 @@ def test_download_every_case_local(http_images, tmp_path):
     # a rerun with the same config is a no-op with the same manifest
     again = download(cfg, Storage(), str(tmp_path / "out"), log=lambda s: None)
     assert again.manifest_hash == res.manifest_hash and again.stats.new_successes == 0
+    # the opt-out is honoured by default (above: disallowed_by_robots); configured off, it downloads
+    (tmp_path / "optout.tsv").write_text(f"an opted-out photo\t{http_images.base}/bad/noai.jpg\n")
+    off = download(cfg.model_copy(update={"url_list": str(tmp_path / "optout.tsv"), "disallowed_header_directives": []}),
+                   Storage(), str(tmp_path / "out-optout"), log=lambda s: None)
+    assert off.stats.successes == 1 and off.stats.failures == 0
 
 
 def test_download_to_s3(http_images, s3_env, tmp_path):

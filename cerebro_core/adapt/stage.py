@@ -141,7 +141,7 @@ def run_stage(cfg: CerebroConfig, start_version: Optional[str] = None, log: Call
 def _fmt(row: dict) -> str:
     """The iteration's line: figures without labels are left out, not printed as nan."""
     out = [f"{name} {row[key]:.3f}" for name, key in (
-        ("precision", "pseudo_label_precision"), ("val search mAP@10", f"val/{SEARCH}"), ("val top1", "val/top1"),
+        ("precision", "pseudo_label_precision"), ("val search mAP", f"val/{SEARCH}"), ("val top1", "val/top1"),
         ("test top1", "test/top1")) if not math.isnan(row.get(key, math.nan))]
     if "wise_ft_alpha" in row:
         out.append(f"α {row['wise_ft_alpha']:g}")
@@ -164,7 +164,7 @@ def _choose(models: Models, teacher_ckpt: str, student_ckpt: str, val: list[Item
         scored.append((rank_key(v), alpha, ck))
     key, alpha, ck = max(scored, key=lambda x: x[0])  # max keeps the first of equals: the larger α
     log(f"adapt: WiSE-FT: " + ", ".join(f"α {a:g} {k[0]:.3f}/{k[1]:.3f}" for k, a, _ in scored)
-        + f" (val search mAP@10/top1) → α {alpha:g}")
+        + f" (val search mAP/top1) → α {alpha:g}")
     return alpha, ck
 
 
@@ -300,7 +300,7 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                     best = (it, k, current_ckpt)  # no labelled validation: the last iteration
                 if a.early_stop and val and k < prev:
                     log(f"adapt: validation fell ({prev[0]:.3f}/{prev[1]:.3f} → {k[0]:.3f}/{k[1]:.3f} "
-                        "search mAP@10/top1); stopping early")
+                        "search mAP/top1); stopping early")
                     break
                 prev = k
                 if getattr(student, "folds", 0) and it < a.iterations and len(idx):
