@@ -93,6 +93,7 @@ def pack(folder: Path, storage: Storage, root: str, block_size: int, home: Path)
         stats.bytes_total += size
     opts = storage.cfg
     manifest = {"format": FORMAT, "parts_root": _portable(root, home), "block_size": block_size, "files": files,
+                "home": str(home),  # the state dir it was published from: a reader with none finds it there
                 # where the blocks are, never credentials: those come from the reader's environment
                 "storage": {"endpoint_url": opts.endpoint_url, "region": opts.region, "anon": opts.anon}}
     return manifest, stats

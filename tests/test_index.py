@@ -68,7 +68,9 @@ def test_index_embeds_everything_and_publishes(indexed):
     assert str(c.get_model_version_by_alias("cerebro-search", "champion").version) == sv.version
 
 
-def test_pyfunc_loads_by_uri_in_a_fresh_process(indexed):
+def test_pyfunc_loads_by_uri_in_a_fresh_process(indexed, tmp_path):
+    """Only MLFLOW_TRACKING_URI is set, in a directory of its own: the pyfunc finds its parts where
+    the version was published and creates nothing in the working directory."""
     code = (
         "import json, mlflow, pandas as pd\n"
         "m = mlflow.pyfunc.load_model('models:/cerebro-search@champion')\n"
@@ -76,16 +78,50 @@ def test_pyfunc_loads_by_uri_in_a_fresh_process(indexed):
         "vid = m.predict(pd.DataFrame({'query': ['an orange square']}), params={'k': 2, 'media': 'video'})\n"
         "print('OUT', json.dumps({'hits': out.to_dict('records'), 'vid': vid.to_dict('records')}, default=str))\n"
     )
-    env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{indexed['home']}/mlflow.db")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEREBRO_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{indexed['home']}/mlflow.db"
+    (tmp_path / "elsewhere").mkdir()
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
-                       cwd="/")
+                       cwd=tmp_path / "elsewhere")
     assert p.returncode == 0, p.stderr[-3000:]
+    assert not list((tmp_path / "elsewhere").iterdir())  # no ./.cerebro (it failed so before)
     out = json.loads(p.stdout.split("OUT", 1)[1])
     assert len(out["hits"]) == 10 and {h["query"] for h in out["hits"]} == {"a leopard", "a deer in a field"}
     for h in out["hits"] + out["vid"]:
         assert Path(h["uri"]).exists()
     assert [h["media_type"] for h in out["vid"]] == ["video_frame", "video_frame"]
     assert sorted(h["video_ts"] for h in out["vid"]) == [0.0, 2.0]
+
+
+def test_mlflow_models_serve_answers_invocations_from_any_directory(indexed, tmp_path):
+    """`mlflow models serve -m models:/cerebro-search@champion`, as MLflow's docs have it, started in
+    an empty directory with only MLFLOW_TRACKING_URI: /invocations answers, a bad parameter is a 400
+    whose message names it."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CEREBRO_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{indexed['home']}/mlflow.db"
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"  # an activated venv: it runs uvicorn
+    port = free_port()
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
+                             "models:/cerebro-search@champion", "--env-manager", "local", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "serve.log", "w"))
+    try:
+        wait_port(port, timeout=240, proc=proc)
+        url = f"http://127.0.0.1:{port}/invocations"
+        r = httpx.post(url, json={"dataframe_records": [{"query": "a leopard"}], "params": {"k": 3}}, timeout=120)
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert len(preds) == 3 and all(Path(h["uri"]).exists() for h in preds)
+        r = httpx.post(url, json={"dataframe_records": [{"query": "a leopard"}], "params": {"date_from": "soon"}},
+                       timeout=120)
+        assert r.status_code == 400 and "date_from" in r.json()["message"] and "Traceback" not in r.text, r.text
+    finally:
+        stop(proc)
+    assert not list(cwd.iterdir()), list(cwd.iterdir())  # no ./.cerebro made where it was started
 
 
 def test_cli_search_text_image_and_filters(indexed, shared_data):

@@ -39,7 +39,8 @@ def bundle_from_manifest(manifest_path: str | Path, cache_root: Optional[Path] =
     what was stamped when it was assembled; hashed where they differ) and assembled again from
     its parts when anything does not match."""
     manifest = json.loads(Path(manifest_path).read_text())
-    root = cache_root or cerebro_home() / "cache" / "search"
+    home = home_for(manifest)
+    root = cache_root or home / "cache" / "search"
     dest = root / "bundles" / parts.manifest_digest(manifest)[:32]
     if dest.is_dir():
         bad = parts.check(manifest, dest)
@@ -51,7 +52,20 @@ def bundle_from_manifest(manifest_path: str | Path, cache_root: Optional[Path] =
             with contextlib.suppress(OSError):
                 os.unlink(root / "files" / manifest["files"][rel]["sha256"])
         parts.discard(dest)
-    return parts.assemble(manifest, dest, cerebro_home(), files=root / "files")
+    return parts.assemble(manifest, dest, home, files=root / "files")
+
+
+def home_for(manifest: dict) -> Path:
+    """The state dir a manifest's home-relative parts are read from and its copy is cached in:
+    ``$CEREBRO_HOME`` when set, else ``./.cerebro`` when there is one, else the state dir the
+    version was published from (``mlflow models serve`` started anywhere with only
+    ``MLFLOW_TRACKING_URI``: nothing is created in its working directory), else ``~/.cache/cerebro``."""
+    if "CEREBRO_HOME" in os.environ or cerebro_home().is_dir():
+        return cerebro_home()
+    published = manifest.get("home")
+    if published and Path(published).is_dir():
+        return Path(published)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")).expanduser() / "cerebro"
 
 
 def bundle_from_artifacts(artifacts: dict) -> Path:

@@ -23,10 +23,26 @@ class CerebroSearchModel(PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the signature declared in publish.py
+        from cerebro_core.index.filters import QueryError
+
+        try:
+            return self._predict(model_input, params)
+        except (QueryError, KeyError, ValueError) as exc:  # the message, not a stack trace (a 400)
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            msg = f"missing column {exc}: send a 'query' column" if isinstance(exc, KeyError) else str(exc)
+            raise MlflowException(msg[:500], error_code=INVALID_PARAMETER_VALUE) from None
+
+    def _predict(self, model_input, params: Optional[dict]) -> pd.DataFrame:
         from cerebro_core.index.filters import Filters, parse_filters
 
         params = dict(params or {})
-        k = int(params.pop("k", 10))
+        k = params.pop("k", 10)
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise ValueError(f"k: not an integer: {str(k)[:200]!r}") from None
         species = [x.strip() for x in str(params.pop("species", "") or "").split(",") if x.strip()]
         f = parse_filters(species=species, **{n: params.get(n) for n in Filters.model_fields if n != "species"})
         if isinstance(model_input, pd.DataFrame):
