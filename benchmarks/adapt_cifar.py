@@ -124,10 +124,13 @@ def run_seed(config: str, seed: int, splits: dict[str, Path], work: Path, extra:
         pool, _, _, classes, _ = gather(cfg)
         labeller = OracleLabels(cfg.adapt.labeller, {p.uri: classes.index(p.label) for p in pool})
         loop = run_loop(cfg, labeller, start_version=mv.version, log=quiet)
+    elif control == "only":  # --control-only: the equal-compute control alone
+        loop = None
     else:
         loop = run_stage(cfg, start_version=mv.version, log=quiet)
-    out = {"seed": seed, "student": cfg.adapt.student.model_dump(), "loop": loop.iterations,
-           "best": loop.best_iteration, "review": review}
+    out = {"seed": seed, "student": cfg.adapt.student.model_dump(), "review": review}
+    if loop is not None:
+        out.update(loop=loop.iterations, best=loop.best_iteration)
     if control:
         ctl = run_loop(cfg, PairsOnly(), start_version=mv.version, log=lambda s: quiet("control: " + s))
         out.update(control=ctl.iterations, control_best=ctl.best_iteration)
@@ -237,6 +240,8 @@ def main() -> None:
                     help="with --work: start every seed from registered version V instead of pretraining (the same "
                          "teachers as an earlier run of that work dir, for a paired comparison)")
     ap.add_argument("--no-control", dest="control", action="store_false", help="skip the equal-compute control")
+    ap.add_argument("--control-only", dest="control", action="store_const", const="only",
+                    help="run the equal-compute control alone")
     ap.add_argument("--report", type=Path, nargs="*", help="only print the table of these --json files")
     ap.add_argument("--against", type=Path, nargs="*", help="with --report: the same seeds' runs to compare with")
     ap.add_argument("--work", type=Path, help="keep the splits, shards and state dirs here: a rerun with the same "
@@ -261,7 +266,8 @@ def main() -> None:
                                 args.pick, args.control, args.teacher_version))
         if args.json:
             args.json.write_text(json.dumps(results, indent=1))
-    report(results)
+    if all("loop" in r for r in results):
+        report(results)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 
