@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import SHARED, LoopbackServer  # noqa: E402
+from conftest import SHARED  # noqa: E402
+from helpers import LoopbackServer  # noqa: E402
 
 from cerebro_core.config import DownloadConfig  # noqa: E402
 from cerebro_core.data.download import download  # noqa: E402

@@ -11,14 +11,14 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import zlib
 import struct
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from helpers import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
 # botocore never asks the cloud's metadata service (169.254.169.254) for credentials: not in any
@@ -179,59 +179,6 @@ def png_bomb(side: int = 30000) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-class _Handler(BaseHTTPRequestHandler):
-    files: dict[str, Path] = {}
-    blobs: dict[str, tuple[int, str, bytes]] = {}
-    delay_s: float = 0.0
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def do_GET(self):  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if path.startswith("/slow"):
-            time.sleep(5)
-        extra: dict = {}
-        if path in self.blobs:
-            status, ctype, body, *more = self.blobs[path]
-            extra = more[0] if more else {}
-        elif path.startswith("/img/") and path[5:] in self.files:
-            status, ctype, body = 200, "image/jpeg", self.files[path[5:]].read_bytes()
-        else:
-            status, ctype, body = 404, "text/plain", b"not found"
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            for k, v in extra.items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-
-
-class LoopbackServer:
-    def __init__(self, files: dict[str, Path], blobs: dict[str, tuple[int, str, bytes]]):
-        handler = type("Handler", (_Handler,), {"files": files, "blobs": blobs})
-        self.handler = handler
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def good_pairs(shared: Path, n_coco: int = 80, n_cifar_per_class: int = 10) -> list[tuple[str, Path]]:

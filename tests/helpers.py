@@ -6,12 +6,14 @@ its first checkpoint, registering a random CLIP. Plain functions; fixtures live 
 from __future__ import annotations
 
 import csv
+import threading
 import json
 import os
 import random
 import signal
 import subprocess
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +170,56 @@ def make_scrape(shared: Path, dst: Path, n_new: int, n_copies: int, offset: int 
     (dst / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
     (dst / "notes.png").write_bytes(b"this is text")
     return {"new": new, "copies": olds}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    files: dict[str, Path] = {}
+    blobs: dict[str, tuple[int, str, bytes]] = {}
+    delay_s: float = 0.0
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        if path.startswith("/slow"):
+            time.sleep(5)
+        extra: dict = {}
+        if path in self.blobs:
+            status, ctype, body, *more = self.blobs[path]
+            extra = more[0] if more else {}
+        elif path.startswith("/img/") and path[5:] in self.files:
+            status, ctype, body = 200, "image/jpeg", self.files[path[5:]].read_bytes()
+        else:
+            status, ctype, body = 404, "text/plain", b"not found"
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in extra.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class LoopbackServer:
+    def __init__(self, files: dict[str, Path], blobs: dict[str, tuple[int, str, bytes]]):
+        handler = type("Handler", (_Handler,), {"files": files, "blobs": blobs})
+        self.handler = handler
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -24,7 +24,8 @@ from cerebro_core.config import DownloadConfig, StorageConfig, load_config
 from cerebro_core.data.download import DownloadInputError, download, read_url_list
 from cerebro_core.data.shardset import load_manifest
 from cerebro_core.storage import Storage
-from conftest import LoopbackServer, good_pairs, seed_prefect_home, write_url_list
+from conftest import good_pairs, seed_prefect_home, write_url_list
+from helpers import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
 
