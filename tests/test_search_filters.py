@@ -138,6 +138,8 @@ def test_filters_are_exact_against_brute_force(wild):
          lambda r, sc: r["taken_at"] is not None and "2024-05-01T11:00:00" <= r["taken_at"][:19] <= "2024-06-30T23:59:59"),
         ({"bbox": "7,46,8,47"}, lambda r, sc: r["camera"] == "Bushnell CoreDS"),
         ({"bbox": "30,-5,40,0", "camera": "Reconyx HP2X"}, lambda r, sc: r["camera"] == "Reconyx HP2X"),
+        ({"bbox": "30,-90,8,90"},  # across the antimeridian: east of 30° or west of 8° (refused as inverted before)
+         lambda r, sc: r["lon"] is not None and (r["lon"] >= 30 or r["lon"] <= 8)),
         ({"camera": "DEP-7"}, lambda r, sc: r["camera"] == "DEP-7"),
         ({"species": [top_species]}, lambda r, sc: r["species"] == top_species),
         ({"species": [top_species], "min_species_score": 0.3}, lambda r, sc: r["species"] == top_species and r["species_score"] >= 0.3),
@@ -234,7 +236,8 @@ def test_api_filters_thumbnails_export_and_bad_values(api, wild):
     assert urls == [f"{api}/images/{r['id']}" for r in rows] and c.get(urls[0]).status_code == 200
     for params, msg in (({"species": "unicorn"}, "species: unknown 'unicorn'"),
                         ({"date_from": "2024-13-01"}, "date_from: not an ISO 8601"),
-                        ({"bbox": "10,0,5,1"}, "bbox: inverted"),
+                        ({"bbox": "5,1,10,0"}, "bbox: inverted: min_lat > max_lat"),
+                        ({"date_from": "2009-W17"}, "date_from: not an ISO 8601 date, month, year"),  # taken before
                         ({"bbox": "1,2,3"}, "bbox: expected min_lon"),
                         ({"collapse": "bursts"}, "collapse:"),
                         ({"min_score": "high"}, "min_score:"),
@@ -258,7 +261,7 @@ def test_cli_and_pyfunc_filter_alike(wild):
     hits = json.loads(r.stdout)["results"]
     want = {i for i, row in enumerate(wild["s"].rows) if row["species"] == sp and row["taken_at"]}
     assert {h["id"] for h in hits} == want and all(h["taken_at"] >= "2024-01-01" for h in hits)
-    for args, msg in ((("--species", "unicorn"), "species: unknown"), (("--bbox", "10,0,5,1"), "bbox: inverted"),
+    for args, msg in ((("--species", "unicorn"), "species: unknown"), (("--bbox", "5,1,10,0"), "bbox: inverted"),
                       (("--from", "2024-13-01"), "date_from:")):
         r = cli("a deer", *args)
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr[-800:])

@@ -143,7 +143,8 @@ class Columns:
                 m &= self.taken <= _instant(f.date_to, True)
             if f.bbox:
                 a, b, c, d = (float(x) for x in f.bbox.split(","))
-                m &= (self.lon >= a) & (self.lon <= c) & (self.lat >= b) & (self.lat <= d)
+                lon = (self.lon >= a) & (self.lon <= c) if a <= c else (self.lon >= a) | (self.lon <= c)
+                m &= lon & (self.lat >= b) & (self.lat <= d)  # a > c: across the antimeridian
         if f.camera:
             m &= self.camera == f.camera
         if f.verified is not None:

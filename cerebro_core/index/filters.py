@@ -54,6 +54,8 @@ def _instant(value: str, end_of_day: bool) -> float:
     (``2009-04``) or year (``2009``) as an upper bound means the end of that day, month or year."""
     v = value.strip()
     try:
+        if "W" in v.upper():  # an ISO week (2009-W17, 2009-W17-1): Python parses it, the API does not take it
+            raise ValueError
         if len(v) == 4 and v.isdigit():  # a year: from its first instant to its last
             y = int(v)
             t = datetime(y, 12, 31, 23, 59, 59, 999999) if end_of_day else datetime(y, 1, 1)
@@ -68,7 +70,7 @@ def _instant(value: str, end_of_day: bool) -> float:
         else:
             t = datetime.fromisoformat(v)
     except ValueError:
-        raise ValueError(f"not an ISO 8601 date or date-time: {shown(value)}") from None
+        raise ValueError(f"not an ISO 8601 date, month, year or date-time: {shown(value)}") from None
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
@@ -81,7 +83,8 @@ class Filters(BaseModel):
     media: Optional[Literal["image", "video"]] = None
     date_from: Optional[str] = Field(None, description="ISO 8601; items without a time never pass")
     date_to: Optional[str] = Field(None, description="ISO 8601; a bare date includes that whole day")
-    bbox: Optional[str] = Field(None, description="min_lon,min_lat,max_lon,max_lat")
+    bbox: Optional[str] = Field(None, description="min_lon,min_lat,max_lon,max_lat (min_lon > max_lon: across "
+                                                  "the antimeridian)")
     camera: Optional[str] = None
     verified: Optional[bool] = Field(None, description="true: only items a person verified; false: only the rest")
     min_score: Optional[float] = Field(None, ge=-1, le=1, description="similarity cut-off")
@@ -107,9 +110,9 @@ class Filters(BaseModel):
             raise ValueError("expected min_lon,min_lat,max_lon,max_lat (4 numbers)") from None
         if not (-180 <= a <= 180 and -180 <= c <= 180 and -90 <= b <= 90 and -90 <= d <= 90):
             raise ValueError("longitudes must be in -180..180 and latitudes in -90..90")
-        if a > c or b > d:
-            raise ValueError("inverted: min_lon > max_lon or min_lat > max_lat")
-        return v
+        if b > d:
+            raise ValueError("inverted: min_lat > max_lat")
+        return v  # min_lon > max_lon: the box crosses the antimeridian (GeoJSON's convention)
 
     @model_validator(mode="after")
     def _range(self) -> "Filters":
