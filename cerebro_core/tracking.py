@@ -386,6 +386,14 @@ def log_metrics_to_run(run_id: str, metrics: dict[str, float], step: int | None 
         client().log_batch(run_id, metrics=items[i : i + 500])
 
 
+def invalid_parameter(message: str) -> Exception:
+    """The error a pyfunc raises for a bad input: MLflow's scoring server answers 400 with ``message``."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message[:500], error_code=INVALID_PARAMETER_VALUE)
+
+
 def log_metric_points(run_id: str, points: list[tuple[str, float, int, int]]) -> None:
     """(key, value, timestamp ms, step) points, as measured (:mod:`cerebro_core.metric_buffer`)."""
     from mlflow.entities import Metric

@@ -1,7 +1,7 @@
 """Which validation figure should keep-best and WiSE-FT rank by? A diagnostic over the models an
 adapt benchmark run left in its work dir (``benchmarks/adapt_cifar.py --work DIR``): the teacher,
 and per iteration the student and its WiSE-FT interpolations. For each it measures, on the
-validation source, zero-shot top-1, species-query mAP@10 (the shipped rank key) and species-query
+validation source, with the loop's own Models.measure, zero-shot top-1, species-query mAP@10 (session 16's rank key) and species-query
 mAP over the whole ranking, and on the test source top-1 (measurement only). Prints, per
 criterion, the test top-1 of what it would pick in each iteration among the same candidates, and
 its rank correlation with test top-1 over all candidates.
@@ -24,7 +24,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-CRITERIA = ("val/mAP_at_10", "val/mAP", "val/top1")
+CRITERIA = ("val/search_mAP_at_10", "val/search_mAP", "val/top1")
 
 
 def measure_run(work: Path, seed: int, run: str | None) -> list[dict]:
@@ -35,7 +35,6 @@ def measure_run(work: Path, seed: int, run: str | None) -> list[dict]:
     from cerebro_core.adapt.stage import gather
     from cerebro_core.config import load_config
     from cerebro_core.data.vocab import prompts_for
-    from cerebro_core.evaluate import prompt_class_embeddings, species_queries
     from cerebro_core.storage import Storage
 
     sets = [f"adapt.sources=[{{name: pool, path: {work / 'pool'}}}]",
@@ -58,19 +57,10 @@ def measure_run(work: Path, seed: int, run: str | None) -> list[dict]:
         cands.append((i, "1", sorted((it / "checkpoints").glob("step-*.pt"))[-1]))
         cands += [(i, p.stem.removeprefix("wise-ft-"), p) for p in sorted(it.glob("wise-ft-*.pt"))]
     rows = []
-    for i, alpha, ck in cands:
-        b = models.load(str(ck))
-        cls = prompt_class_embeddings(b.model, b.tokenizer, models.prompts)
-        row = {"seed": seed, "iteration": i, "alpha": alpha}
-        for part, items in (("val", val), ("test", test)):
-            e = models.embed(b, items)
-            label_of = {it.uri: it.label for it in items}
-            ys = [label_of[r["uri"]] for r in e.rows]
-            f = np.asarray(e.vectors, dtype=np.float32)
-            sims = f @ cls.numpy().T
-            row[f"{part}/top1"] = float(np.mean([classes[j] == y for j, y in zip(sims.argmax(1), ys)]))
-            row[f"{part}/mAP_at_10"] = species_queries(f, ys, cls, classes, k=10)["mAP@10"]
-            row[f"{part}/mAP"] = species_queries(f, ys, cls, classes, k=len(f))[f"mAP@{len(f)}"]
+    for i, alpha, ck in cands:  # Models.measure: what the loop itself logs per candidate
+        m = models.measure(models.load(str(ck)), {"val": val, "test": test}, general=False)
+        row = {"seed": seed, "iteration": i, "alpha": alpha,
+               **{f"{part}/{k}": m[part][k] for part in m for k in ("top1", "search_mAP_at_10", "search_mAP")}}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

@@ -28,11 +28,10 @@ class CerebroSearchModel(PythonModel):
         try:
             return self._predict(model_input, params)
         except (QueryError, KeyError, ValueError) as exc:  # the message, not a stack trace (a 400)
-            from mlflow.exceptions import MlflowException
-            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+            from cerebro_core import tracking
 
             msg = f"missing column {exc}: send a 'query' column" if isinstance(exc, KeyError) else str(exc)
-            raise MlflowException(msg[:500], error_code=INVALID_PARAMETER_VALUE) from None
+            raise tracking.invalid_parameter(msg) from None
 
     def _predict(self, model_input, params: Optional[dict]) -> pd.DataFrame:
         from cerebro_core.index.filters import Filters, parse_filters
