@@ -1,8 +1,9 @@
 """Which validation figure should keep-best and WiSE-FT rank by? A diagnostic over the models an
 adapt benchmark run left in its work dir (``benchmarks/adapt_cifar.py --work DIR``): the teacher,
-and per iteration the student and its WiSE-FT interpolations. For each it measures, on the
-validation source, with the loop's own Models.measure, zero-shot top-1, species-query mAP@10 (session 16's rank key) and species-query
-mAP over the whole ranking, and on the test source top-1 (measurement only). Prints, per
+and per iteration the student and its WiSE-FT interpolations. For each it measures (with the
+loop's own ``Models.measure``), on the validation source, zero-shot top-1, species-query mAP@10
+(session 16's rank key) and species-query mAP over the whole ranking, and on the test source
+top-1 (measurement only). Prints, per
 criterion, the test top-1 of what it would pick in each iteration among the same candidates, and
 its rank correlation with test top-1 over all candidates.
 
