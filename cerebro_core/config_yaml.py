@@ -89,10 +89,22 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return loaded
 
 
-def format_errors(err: ValidationError) -> str:
+def format_errors(err: ValidationError, data: Any = None) -> str:
+    """One line per error, named by the key as the user wrote it (``data``: the validated input):
+    the tag pydantic puts in a kind union's location (``adapt.student.replay.foo``) is left out,
+    and a kind that is not one names its ``kind`` key."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        parts, node = [], data
+        for i, p in enumerate(e["loc"]):
+            if isinstance(node, dict) and p not in node and i < len(e["loc"]) - 1:
+                continue  # a union's tag, not a key
+            parts.append(str(p))
+            node = node.get(p) if isinstance(node, dict) else (
+                node[p] if isinstance(node, list) and isinstance(p, int) and p < len(node) else None)
+        loc = ".".join(parts) or "<root>"
+        if e["type"] in ("union_tag_invalid", "union_tag_not_found"):  # a kind's union: name the key itself
+            loc += "." + str((e.get("ctx") or {}).get("discriminator", "kind")).strip("'")
         lines.append(f"{loc}: {e['msg']}")
     return "\n".join(lines)
 
