@@ -29,6 +29,11 @@ class Labeller(Protocol):
         of ``views``, ``feats`` their normalised image features in the first (rows in the same order)."""
 
 
+def per_class(cfg: LabellerConfig, iteration: int) -> int:
+    """The per-class cap of ``iteration`` (1-based): ``per_class_top_k``, grown by ``grow_per_iteration``."""
+    return cfg.per_class_top_k + (iteration - 1) * cfg.grow_per_iteration
+
+
 class TeacherLabeller:
     """Confidence ≥ ``threshold`` and at most ``per_class_top_k`` per predicted class."""
 
@@ -40,7 +45,7 @@ class TeacherLabeller:
         self.cfg = cfg
 
     def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
-        return Selection(*select(probs["center"], self.cfg.threshold, self.cfg.per_class_top_k))
+        return Selection(*select(probs["center"], self.cfg.threshold, per_class(self.cfg, iteration)))
 
 
 class TwoViewLabeller:
@@ -58,7 +63,7 @@ class TwoViewLabeller:
     def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
         a, b = probs["center"], probs["mirror"]
         agree = np.flatnonzero(a.argmax(1) == b.argmax(1))
-        idx, labels, scores = select((a[agree] + b[agree]) / 2, self.cfg.threshold, self.cfg.per_class_top_k)
+        idx, labels, scores = select((a[agree] + b[agree]) / 2, self.cfg.threshold, per_class(self.cfg, iteration))
         return Selection(agree[idx], labels, scores)
 
 
