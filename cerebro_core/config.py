@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from cerebro_core.config_adapt import (AdaptConfig, AgreementLabeller, LabellerConfig, ReplayStudent,  # noqa: F401
-                                      ScratchStudent, Student, TopKLabeller)
+from cerebro_core.config_adapt import (AdaptConfig, LabellerConfig, ReplayStudent, ScratchStudent, Student,  # noqa: F401
+                                      TopKLabeller)
 from cerebro_core.config_base import AugmentConfig, SourceConfig, _Section  # noqa: F401
 from cerebro_core.config_yaml import ConfigError, expand_env, format_errors, apply_overrides, read_yaml
 

@@ -28,17 +28,9 @@ class TopKLabeller(_LabellerBase):
     kind: Literal["top_k"] = "top_k"
 
 
-class AgreementLabeller(_LabellerBase):
-    """Two views of each image (the image and its mirror image): kept only when both get the same
-    top class, then as ``top_k`` on the two views' mean probability. One more embedding pass over
-    the pool per iteration."""
-
-    kind: Literal["agreement"] = "agreement"
-
-
 # The labeller kinds: one small class each, looked up by ``kind`` (cerebro_core.adapt.label.LABELLERS). A kind
 # that measured no gain was removed with its numbers kept (docs/BENCHMARKS.md: ``knn``, session 16).
-LabellerConfig = Annotated[Union[TopKLabeller, AgreementLabeller], Field(discriminator="kind")]
+LabellerConfig = TopKLabeller
 
 
 class ReplayRegime(NamedTuple):
@@ -143,13 +135,6 @@ class AdaptConfig(_Section):
         if any(not 0 < a < 1 for a in v):
             raise ValueError("each α strictly between 0 (the teacher) and 1 (the student)")
         return sorted(set(v))
-
-    @model_validator(mode="after")
-    def _views_ok(self) -> "AdaptConfig":
-        if self.labeller.kind == "agreement" and getattr(self.student, "folds", 0):
-            raise ValueError("labeller.kind: 'agreement' reads two views of the teacher's labels; out-of-fold "
-                             "labels (student.kind 'scratch' with folds ≥ 2) have one: set student.folds=0")
-        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Callable, Optional
 
 from pydantic import BaseModel
 
@@ -34,20 +34,7 @@ class EmbedJob(BaseModel):
     out_dir: str
     storage: StorageConfig
     batch_size: int = 256
-    view: Literal["center", "mirror"] = "center"
     result_path: Optional[str] = None
-
-
-def view_transform(transform: Callable, view: str) -> Callable:
-    """The model's eval transform (``center``), or the same view mirrored left to right
-    (``mirror``: a horizontal flip after the crop, before the tensor steps, so the batch split of
-    :func:`cerebro_core.embed.split_transform` still applies)."""
-    if view == "center":
-        return transform
-    from torchvision import transforms as T
-
-    steps = list(transform.transforms)
-    return T.Compose([*steps[:-2], T.RandomHorizontalFlip(p=1.0), *steps[-2:]])
 
 
 def embedding_dir(storage_root: str, name: str, what: str, model_ref: str, items: list[Item]) -> str:
@@ -78,11 +65,9 @@ def embed(
     log: Callable[[str], None] = print,
     progress: Optional[Callable[[int, int], None]] = None,
     bundle=None,
-    view: Literal["center", "mirror"] = "center",
 ) -> Optional[Embedded]:
     """Embed ``items`` with the model ``weights`` (``bundle``: that model already loaded, used when
-    the job runs in this process), in the ``view`` of :func:`view_transform`. Rows carry each item's
-    ``extra`` columns."""
+    the job runs in this process). Rows carry each item's ``extra`` columns."""
     storage = Storage(storage_cfg)
     if world_size(compute) == 1:
         device = resolve_device(compute)
@@ -90,7 +75,7 @@ def embed(
             bundle = load_model(model_name, weights, storage, device)
         else:
             bundle.model.to(device)
-        emb = embed_items(bundle.model, view_transform(bundle.preprocess_val, view), items, batch_size=batch_size,
+        emb = embed_items(bundle.model, bundle.preprocess_val, items, batch_size=batch_size,
                           workers=default_workers(), device=device, progress=progress)
         if device != "cpu":
             bundle.model.to("cpu")
@@ -98,7 +83,7 @@ def embed(
     items_url = join(work_dir, "items.json")
     storage.write_text(items_url, json.dumps([{k: getattr(it, k) for k in _ITEM_FIELDS} for it in items]))
     job = EmbedJob(model_name=model_name, weights=weights, items_url=items_url, out_dir=join(work_dir, "parts"),
-                   storage=storage_cfg, batch_size=batch_size, view=view)
+                   storage=storage_cfg, batch_size=batch_size)
     result = run_job(WORKER, job, compute, log=log, what="embedding")
     if compute.node_rank != 0:
         return None
@@ -119,7 +104,7 @@ def _run(job_path: str) -> None:
     bundle = load_model(job.model_name, job.weights, storage, d.device)
     items = [Item(**row) for row in json.loads(storage.read_text(job.items_url))]
     # on CUDA: spawned decode workers feed the device; on CPU: one thread per core of this process
-    emb = embed_items(bundle.model, view_transform(bundle.preprocess_val, job.view), items, batch_size=job.batch_size,
+    emb = embed_items(bundle.model, bundle.preprocess_val, items, batch_size=job.batch_size,
                       workers=default_workers(), device=d.device, rank=d.rank, world_size=d.world_size)
     write_parts(emb, job.out_dir, d.rank, storage)
     failures = Counter()

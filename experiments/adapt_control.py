@@ -15,7 +15,6 @@ from cerebro_core.adapt.label import Selection
 class PairsOnly:
     name = "control-pairs-only"
     min_selected = 0  # an empty selection is the point: the student trains on
-    views = ("center",)
 
-    def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
         return Selection(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))

@@ -13,12 +13,11 @@ from cerebro_core.config import TopKLabeller
 class OracleLabels:
     name = "oracle-labels"
     min_selected = 2
-    views = ("center",)
 
     def __init__(self, cfg: TopKLabeller, truth: dict[str, int]) -> None:
         self.teacher, self.truth = create_labeller(cfg), truth
 
-    def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
         idx, _, scores = self.teacher(iteration, keys, probs, feats)
         labels = np.array([self.truth[keys[i]] for i in idx], np.int64)
         return Selection(idx, labels, scores)

@@ -45,8 +45,7 @@ def simulate_review(cfg: CerebroConfig, start_version: str, per_class: int, pick
         a = cfg.adapt
         models = Models(cfg, storage, json.loads((d / "model_config.json").read_text())["model_name"],
                         prompts_for(classes, a.templates, a.vocabulary_kind), classes, log)
-        uris, by_view, feats = models.probabilities(models.load(str(d / "model.pt")), pool)
-        probs = by_view["center"]
+        uris, probs, feats = models.probabilities(models.load(str(d / "model.pt")), pool)
         at = {u: i for i, u in enumerate(uris)}
         order = np.array([at[it.uri] for it in pool])  # embedding rows in pool order
         probs, feats = probs[order], feats[order]

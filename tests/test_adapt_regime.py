@@ -100,35 +100,6 @@ def test_the_labeller_is_a_typed_kind_chosen_in_config():
             load_config(REPO / "configs/demo.yaml", sets)
 
 
-def test_the_agreement_labeller_keeps_only_images_whose_two_views_agree(shared_data):
-    """adapt.labeller.kind=agreement: the mirror view is the model's eval view flipped left to right
-    (on a real photo, pixel for pixel), and an image is selected only when both views' top class is
-    the same, scored by the views' mean probability."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from cerebro_core.adapt.label import TwoViewLabeller
-    from cerebro_core.embed_job import view_transform
-    from cerebro_core.model.factory import create
-
-    pre = create("cerebro-tiny-vit-32").preprocess_val
-    img = Image.open(next((shared_data / "cifar10_animals" / "test").rglob("*.jpg"))).convert("RGB")
-    center, mirror = view_transform(pre, "center")(img), view_transform(pre, "mirror")(img)
-    assert torch.equal(mirror, torch.flip(center, dims=[-1])) and not torch.equal(mirror, center)
-    cfg = load_config(REPO / "configs/demo.yaml", ["adapt.labeller.kind=agreement", "adapt.labeller.threshold=0.5",
-                                                   "adapt.labeller.per_class_top_k=2"]).adapt.labeller
-    lab = create_labeller(cfg)
-    assert isinstance(lab, TwoViewLabeller) and lab.views == ("center", "mirror")
-    a = np.array([[.9, .1], [.8, .2], [.7, .3], [.2, .8], [.4, .6]])
-    b = np.array([[.3, .7], [.9, .1], [.6, .4], [.1, .9], [.45, .55]])  # row 0: the views disagree
-    idx, labels, scores = lab(1, [str(i) for i in range(5)], {"center": a, "mirror": b}, np.zeros((5, 0)))
-    assert idx.tolist() == [1, 2, 3, 4] and labels.tolist() == [0, 0, 1, 1]
-    assert np.allclose(scores, [.85, .65, .85, .575])
-    with pytest.raises(ConfigError, match=r"labeller\.kind"):  # out-of-fold labels have one view
-        load_config(REPO / "configs/demo.yaml", ["adapt.labeller.kind=agreement", "adapt.student.kind=scratch"])
-
-
 def test_rank_key_ranks_search_first_then_top1():
     a = {"val/search_mAP": 0.8, "val/top1": 0.3}
     b = {"val/search_mAP": 0.7, "val/top1": 0.9}

@@ -33,7 +33,7 @@ def out_of_fold(cfg: CerebroConfig, models, pairs, pool: list[Item], classes: li
         spent.append(summary["step"] * summary["global_batch"])
         held_out = [x for x in pool if fold_of(x, k_folds) == k]
         keys, probs, _ = models.probabilities(models.load(summary["checkpoint"]), held_out)
-        out.update(zip(keys, probs["center"]))
+        out.update(zip(keys, probs))
         models.log(f"adapt: fold {k + 1}/{k_folds} student ({len(keep)} pseudo-labelled images, "
                    f"{job.max_steps} steps) labelled {len(keys)} held-out pool images")
     return out

@@ -10,7 +10,7 @@ from typing import NamedTuple, Protocol
 import numpy as np
 
 from cerebro_core.adapt.select import select
-from cerebro_core.config import AgreementLabeller, LabellerConfig, TopKLabeller
+from cerebro_core.config import LabellerConfig, TopKLabeller
 
 
 class Selection(NamedTuple):
@@ -22,11 +22,10 @@ class Selection(NamedTuple):
 class Labeller(Protocol):
     name: str
     min_selected: int  # fewer selected images than this: the loop stops (nothing left to learn)
-    views: tuple[str, ...]  # the embedding views it reads (cerebro_core.embed_job.view_transform), "center" first
 
-    def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
-        """Select among the pool images ``keys`` (uris): ``probs`` their class probabilities in each
-        of ``views``, ``feats`` their normalised image features in the first (rows in the same order)."""
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
+        """Select among the pool images ``keys`` (uris): ``probs`` their class probabilities, ``feats``
+        their normalised image features (rows in the same order)."""
 
 
 def per_class(cfg: LabellerConfig, iteration: int) -> int:
@@ -39,35 +38,15 @@ class TeacherLabeller:
 
     name = "top_k"
     min_selected = 2
-    views = ("center",)
 
     def __init__(self, cfg: TopKLabeller) -> None:
         self.cfg = cfg
 
-    def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
-        return Selection(*select(probs["center"], self.cfg.threshold, per_class(self.cfg, iteration)))
+    def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
+        return Selection(*select(probs, self.cfg.threshold, per_class(self.cfg, iteration)))
 
 
-class TwoViewLabeller:
-    """Only images whose two views (the image and its mirror image) get the same top class; among
-    them, confidence (the two views' mean probability) ≥ ``threshold`` and at most
-    ``per_class_top_k`` per class."""
-
-    name = "agreement"
-    min_selected = 2
-    views = ("center", "mirror")
-
-    def __init__(self, cfg: AgreementLabeller) -> None:
-        self.cfg = cfg
-
-    def __call__(self, iteration: int, keys: list[str], probs: dict[str, np.ndarray], feats: np.ndarray) -> Selection:
-        a, b = probs["center"], probs["mirror"]
-        agree = np.flatnonzero(a.argmax(1) == b.argmax(1))
-        idx, labels, scores = select((a[agree] + b[agree]) / 2, self.cfg.threshold, per_class(self.cfg, iteration))
-        return Selection(agree[idx], labels, scores)
-
-
-LABELLERS = {"top_k": TeacherLabeller, "agreement": TwoViewLabeller}
+LABELLERS = {"top_k": TeacherLabeller}
 
 
 def create_labeller(cfg: LabellerConfig) -> Labeller:

@@ -59,27 +59,18 @@ class Models:
                                       "wise_ft_alpha": alpha})
         return url
 
-    def embed(self, b, items: list[Item], view: str = "center"):
+    def embed(self, b, items: list[Item]):
         root = resolve(self.cfg).storage_root
         return embed(one_node(self.cfg.compute), self.cfg.storage, b.name, b.weights, items,
-                     embedding_dir(root, self.cfg.name, f"adapt-{view}", b.weights, items), log=self.log, bundle=b,
-                     view=view)
+                     embedding_dir(root, self.cfg.name, "adapt", b.weights, items), log=self.log, bundle=b)
 
-    def probabilities(self, b, items: list[Item], views: tuple[str, ...] = ("center",),
-                      ) -> tuple[list[str], dict[str, np.ndarray], np.ndarray]:
-        """(image uris, class probabilities per view, the first view's image features) of one model,
-        with its own text tower and logit scale; rows: the images every view embedded."""
+    def probabilities(self, b, items: list[Item]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """(image uris, class probabilities, image features) of one model, with its own text tower
+        and logit scale."""
         cls = prompt_class_embeddings(b.model, b.tokenizer, self.prompts)
-        scale = float(b.model.logit_scale.detach().exp())
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for view in views:
-            e = self.embed(b, items, view)
-            out[view] = dict(zip([r["uri"] for r in e.rows], np.asarray(e.vectors, dtype=np.float32)))
-        keys = [k for k in out[views[0]] if all(k in out[v] for v in views[1:])]
-        vecs = np.stack([out[views[0]][k] for k in keys]) if keys else np.zeros((0, 0), np.float32)
-        probs = {v: probabilities(np.stack([out[v][k] for k in keys]), cls, scale) if keys
-                 else np.zeros((0, len(self.classes)), np.float32) for v in views}
-        return keys, probs, vecs
+        e = self.embed(b, items)
+        vecs = np.asarray(e.vectors, dtype=np.float32)
+        return [r["uri"] for r in e.rows], probabilities(vecs, cls, float(b.model.logit_scale.detach().exp())), vecs
 
     def measure(self, b, parts: dict[str, list[Item]], general: bool = True) -> dict:
         """Per labelled part: zero-shot top-1 and the rest of ``labelled_metrics``, species-query

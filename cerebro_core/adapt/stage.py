@@ -230,10 +230,10 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                 if pending is not None:  # each image labelled by a fold student that never saw it
                     oof = out_of_fold(cfg, models, pairs, pool, classes, cap, base, it - 1, *pending, spent=spent)
                     keys = [p.uri for p in pool if p.uri in oof]
-                    probs = {"center": np.stack([oof[k] for k in keys]) if keys else np.zeros((0, len(classes)))}
+                    probs = np.stack([oof[k] for k in keys]) if keys else np.zeros((0, len(classes)))
                     feats = np.zeros((len(keys), 0), np.float32)  # fold students: no one feature space
                 else:
-                    keys, probs, feats = models.probabilities(teacher, pool, labeller.views)
+                    keys, probs, feats = models.probabilities(teacher, pool)
                 by_uri = {p.uri: p for p in pool}
                 items = [by_uri[k] for k in keys]
                 idx, labels, scores = labeller(it, keys, probs, feats)
