@@ -94,7 +94,7 @@ def stage_files(stage: str, root: Path = REPO) -> tuple[Path, ...]:
         mods, data = _references(root, name, path)
         todo.extend(p for m in mods for p in _with_parents(m))
         for f in data:
-            if f.suffix == ".py":  # a script run from its path (img2dataset_runner.py, pyfunc_model.py)
+            if f.suffix == ".py":  # a script run from its path (img2dataset_runner.py, search_pyfunc.py)
                 todo.append(".".join(f.relative_to(root).with_suffix("").parts))
             elif f.is_dir():
                 files.update(p for p in f.rglob("*") if p.is_file() and "__pycache__" not in p.parts)

@@ -62,5 +62,5 @@ def test_the_graph_follows_lazy_imports_workers_and_data_files():
     assert "cerebro_core/data/images.py" in files  # imported inside a function
     assert "cerebro_core/model/configs/cerebro-tiny-vit-32.json" in files  # the factory reads configs/
     index = {p.relative_to(REPO).as_posix() for p in code_graph.stage_files("index")}
-    assert "cerebro_core/embed_job.py" in index and "cerebro_core/index/pyfunc_model.py" in index
+    assert "cerebro_core/embed_job.py" in index and "cerebro_core/tracking/search_pyfunc.py" in index
     assert not any("/serve/" in f for f in files | index)

@@ -1,4 +1,5 @@
-"""cerebro_core is a pure library: importing it and calling its functions never imports Prefect."""
+"""cerebro_core is a pure library: importing it and calling its functions never imports Prefect,
+and only its tracking package imports MLflow."""
 
 from __future__ import annotations
 
@@ -10,16 +11,35 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _imports(py: Path) -> list[str]:
+    names = []
+    for node in ast.walk(ast.parse(py.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.append(node.module)
+    return names
+
+
 def test_no_prefect_import_statement_in_core():
     for py in (REPO / "cerebro_core").rglob("*.py"):
-        tree = ast.parse(py.read_text())
-        for node in ast.walk(tree):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            assert not any(n == "prefect" or n.startswith("prefect.") for n in names), f"{py}: imports {names}"
+        names = _imports(py)
+        assert not any(n == "prefect" or n.startswith("prefect.") for n in names), f"{py}: imports {names}"
+
+
+def test_only_the_tracking_package_imports_mlflow():
+    """One path for tracking: the library, the CLI, the tasks and flows reach MLflow through
+    cerebro_core.tracking alone."""
+    tracking = REPO / "cerebro_core" / "tracking"
+    seen = set()
+    for folder in ("cerebro_core", "cerebro_cli", "tasks", "flows"):
+        for py in (REPO / folder).rglob("*.py"):
+            names = [n for n in _imports(py) if n == "mlflow" or n.startswith("mlflow.")]
+            if tracking in py.parents:
+                seen.update(names)
+            else:
+                assert not names, f"{py.relative_to(REPO)} imports {names}: go through cerebro_core.tracking"
+    assert "mlflow" in seen  # the check reads real imports
 
 
 def test_importing_and_calling_core_never_loads_prefect(tmp_path, shared_data):

@@ -57,22 +57,19 @@ def collect(cfg: CerebroConfig, delete: bool = False, min_age_s: float = 3600,
 
 
 def _collect(cfg: CerebroConfig, delete: bool, min_age_s: float) -> GcReport:
-    import mlflow
-
     ep = resolve(cfg)
     name = cfg.tracking.search_model_name
-    client = mlflow.MlflowClient(tracking_uri=ep.tracking_uri, registry_uri=ep.tracking_uri)
     keep: set[str] = set()
     digests: set[str] = set()
     rep = GcReport()
-    for mv in client.search_model_versions(f"name = '{name}'"):
-        ref = tracking.version_ref(ep.tracking_uri, name, version=str(mv.version))
+    for version, aliases in tracking.versions(ep.tracking_uri, name):
+        ref = tracking.version_ref(ep.tracking_uri, name, version=version)
         path = version_manifest(ref, ep.tracking_uri)
         rep.versions += 1
         if path is not None:
             manifest = json.loads(Path(path).read_text())
             keep |= parts.referenced(manifest)
-            if mv.aliases:
+            if aliases:
                 digests.add(parts.manifest_digest(manifest)[:32])
     storage = Storage(cfg.storage)
     root = parts_root(cfg)

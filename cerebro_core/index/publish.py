@@ -19,9 +19,8 @@ from cerebro_core.index.build import IndexReport, save
 from cerebro_core.index.rows import write_rows
 from cerebro_core.lease import publish_lease
 from cerebro_core.storage import Storage, join
+from cerebro_core.tracking import search_model
 
-PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
-CORE_DIR = Path(__file__).resolve().parents[1]
 
 
 class SearchVersion(BaseModel):
@@ -65,15 +64,6 @@ def write_vectors(path: Path, vectors, chunk: int = 100_000) -> None:
     del out
 
 
-def smoke_query(model_uri: str, query: str = "an animal") -> int:
-    import mlflow
-    import pandas as pd
-
-    model = mlflow.pyfunc.load_model(model_uri)
-    out = model.predict(pd.DataFrame({"query": [query]}), params={"k": 3})
-    return len(out)
-
-
 def parts_root(cfg) -> str:
     """Where a search model's parts live: one folder per registered model name, so that `cerebro gc`
     of one name never sees another's."""
@@ -100,28 +90,17 @@ def publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expec
 
 def _publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expect_hits: bool,
              tags: Optional[dict], held) -> SearchVersion:
-    import mlflow
-    import pandas as pd
-
     manifest = store_parts(cfg, bundle_dir, bundle_dir.parent / "manifest.json")
-    info = mlflow.pyfunc.log_model(
-        name="search",
-        python_model=str(PYFUNC_CODE),
-        artifacts={"manifest": str(manifest)},
-        code_paths=[str(CORE_DIR)],
-        signature=_signature(),
-        input_example=(pd.DataFrame({"query": ["a red fox leaping into snow"]}), {"k": 3}),
-        pip_requirements=_requirements(),
-    )
+    model_uri = search_model.log_search_model(manifest, FILTER_PARAMS)
     name = cfg.tracking.search_model_name
-    run_id = mlflow.active_run().info.run_id
+    run_id = tracking.active_run_id()
     mv = tracking.register_logged_model(
-        name, info.model_uri,
+        name, model_uri,
         tags={"stage": "index", "clip_version": clip_version, "kind": report.kind, "n": report.n,
               "recall_at_10": round(report.recall_at_10, 4), **(tags or {})},
     )
     version_uri = f"models:/{name}/{mv.version}"
-    hits = smoke_query(version_uri)  # loads from the registry, as a user would
+    hits = search_model.smoke_query(version_uri)  # loads from the registry, as a user would
     if expect_hits and hits == 0:
         raise RuntimeError(f"{version_uri} answered no hits to the smoke query; champion not moved")
     held.check()  # never move the alias on a lease we lost (S3: not renewed in time, taken over)
@@ -133,29 +112,3 @@ def _publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expe
 
 FILTER_PARAMS = ("source", "media", "species", "min_species_score", "date_from", "date_to", "bbox", "camera",
                  "min_score", "sort", "collapse", "offset")
-
-
-def _signature():
-    """Declared, not inferred: ids and ranks are longs, and every filter is an optional string."""
-    from mlflow.models import ModelSignature
-    from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
-
-    out = [ColSpec("string", "query"), ColSpec("long", "rank"), ColSpec("long", "id"), ColSpec("double", "score"),
-           ColSpec("string", "uri"), ColSpec("string", "source"), ColSpec("string", "media_type"),
-           ColSpec("double", "video_ts", required=False)]
-    params = [ParamSpec("k", "long", 10)] + [ParamSpec(n, "string", "") for n in FILTER_PARAMS]
-    return ModelSignature(inputs=Schema([ColSpec("string", "query")]), outputs=Schema(out),
-                          params=ParamSchema(params))
-
-
-def _requirements() -> list[str]:
-    from importlib.metadata import version
-
-    reqs = []
-    for dist in ("torch", "torchvision", "open_clip_torch", "faiss-cpu", "pyarrow", "pillow", "pandas", "mlflow",
-                 "pydantic", "fsspec", "webdataset", "av"):
-        try:
-            reqs.append(f"{dist}=={version(dist)}")
-        except Exception:
-            pass
-    return reqs

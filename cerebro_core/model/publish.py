@@ -46,9 +46,7 @@ def publish_model(
             json.dumps({"model_name": state["model_name"], "arch": model_config(state["model_name"])}, indent=2)
         )
         tracking.log_artifact(d)  # → artifact folder "model"
-    import mlflow
-
-    artifact_uri = mlflow.get_artifact_uri("model")
+    artifact_uri = tracking.artifact_uri("model")
     mv = tracking.register_version(
         cfg.tracking.model_name,
         artifact_uri,

@@ -31,9 +31,7 @@ def resolve_version(name: str, alias: Optional[str] = "champion", version: Optio
 
 
 def download(mv) -> Path:
-    import mlflow
-
-    return Path(mlflow.artifacts.download_artifacts(mv.source))
+    return tracking.download_artifacts(mv.source)
 
 
 def load_clip_from_folder(model_dir: str | Path):
