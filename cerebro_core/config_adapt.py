@@ -14,8 +14,6 @@ from cerebro_core.config_base import AugmentConfig, SourceConfig, _Section
 class _LabellerBase(_Section):
     threshold: float = Field(0.5, ge=0, le=1, description="keep an image when its top class probability ≥ this")
     per_class_top_k: int = Field(100, ge=1, description="at most this many images per predicted class (balance)")
-    grow_per_iteration: int = Field(0, ge=0, description="iteration t keeps at most per_class_top_k + (t − 1) × "
-                                                         "this many per class (GRIP's growing selection)")
     caption_templates: list[str] = Field(
         default_factory=lambda: ["a photo of a {}.", "a {} in the wild.", "a wildlife photo of a {}."],
         description="captions of the selected images: one template per image, in turn")
@@ -59,11 +57,6 @@ class ReplayStudent(_Section):
     lr_scale: float = Field(0.5, gt=0, le=10, description="peak learning rate = lr_scale × train.lr (cosine)")
     warmup_fraction: float = Field(0.1, ge=0, lt=1, description="share of the student's steps spent warming up")
     augment: Optional[AugmentConfig] = Field(None, description="the student's training view; None: train.augment")
-    start: Literal["teacher", "pretrained"] = Field(
-        "teacher", description="teacher: each student starts from the model that labelled its images (the "
-                               "previous iteration's); pretrained: every student restarts from the start version, "
-                               "labelled by the best model so far, and WiSE-FT interpolates with the start version "
-                               "(GRIP-style)")
 
     def regime(self, unit_samples: int, n_cap: int, global_batch: int) -> ReplayRegime:
         """Steps of one iteration: ``max_passes`` over a selection of ``n_cap`` images when every

@@ -28,11 +28,6 @@ class Labeller(Protocol):
         their normalised image features (rows in the same order)."""
 
 
-def per_class(cfg: LabellerConfig, iteration: int) -> int:
-    """The per-class cap of ``iteration`` (1-based): ``per_class_top_k``, grown by ``grow_per_iteration``."""
-    return cfg.per_class_top_k + (iteration - 1) * cfg.grow_per_iteration
-
-
 class TeacherLabeller:
     """Confidence ≥ ``threshold`` and at most ``per_class_top_k`` per predicted class."""
 
@@ -43,7 +38,7 @@ class TeacherLabeller:
         self.cfg = cfg
 
     def __call__(self, iteration: int, keys: list[str], probs: np.ndarray, feats: np.ndarray) -> Selection:
-        return Selection(*select(probs, self.cfg.threshold, per_class(self.cfg, iteration)))
+        return Selection(*select(probs, self.cfg.threshold, self.cfg.per_class_top_k))
 
 
 LABELLERS = {"top_k": TeacherLabeller}

@@ -193,7 +193,6 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
     work = join(resolve(cfg).storage_root, cfg.name, "adapt", tracking.client().get_experiment_by_name(
         cfg.tracking.experiment).experiment_id)
     student = a.student
-    grip = isinstance(student, ReplayStudent) and student.start == "pretrained"
     cap = selection_cap(cfg, len(pool), len(classes))
     history: list[dict] = []
     tags = {"start_version": mv0.version, "student": student.kind, "labeller": labeller.name}
@@ -258,10 +257,8 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                     row["verified_training"] = len(vf.train)
                 shards = write_pseudo_shards(storage, join(base, "shards"), sel_items, list(labels), list(scores),
                                              classes, a.labeller.caption_templates, it) if len(idx) else []
-                # the student's start, and WiSE-FT's other end: the labeller, or the start version (GRIP-style)
-                init = str(start_dir / "model.pt") if grip else current_ckpt
                 if isinstance(student, ReplayStudent):
-                    job = replay_job(cfg, student, model_name, pairs, shards, cap, init, unit,
+                    job = replay_job(cfg, student, model_name, pairs, shards, cap, current_ckpt, unit,
                                      join(base, "checkpoints"), it, mlflow_run_id=child.info.run_id)
                 else:
                     job = scratch_job(cfg, model_name, pairs, shards, len(idx), cap, join(base, "checkpoints"), it,
@@ -273,7 +270,7 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                 if job.mix_shards:  # measured in the student's batches, not computed
                     row["pseudo_share"] = share
                     row["passes"] = summary["step"] * summary["global_batch"] * share / max(1, len(idx))
-                alpha, current_ckpt = (_choose(models, init, summary["checkpoint"], val, base, row, log)
+                alpha, current_ckpt = (_choose(models, current_ckpt, summary["checkpoint"], val, base, row, log)
                                        if isinstance(student, ReplayStudent) else (1.0, summary["checkpoint"]))
                 row["wise_ft_alpha"] = alpha
                 teacher = models.load(current_ckpt)  # labels the next iteration; measured and selectable
@@ -306,8 +303,6 @@ def run_loop(cfg: CerebroConfig, labeller: Labeller, start_version: Optional[str
                         "search mAP/top1); stopping early")
                     break
                 prev = k
-                if grip and best[2] != current_ckpt:  # GRIP-style: the best model so far labels
-                    teacher = models.load(best[2])
                 if getattr(student, "folds", 0) and it < a.iterations and len(idx):
                     pending = (sel_items, list(labels), list(scores))
         tracking.log_json_artifact(history, "iterations.json")
