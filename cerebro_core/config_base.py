@@ -54,3 +54,5 @@ class SourceConfig(_Section):
     path: str = Field(description="folder, webdataset shard pattern, or URL list")
     kind: Literal["folder", "webdataset", "url_list"] = "folder"
     labels: str | None = Field(None, description="optional labels CSV (evaluation only)")
+    metadata: str | None = Field(None, description="the collection's own COCO Camera Traps / COCO / iNat JSON (path or "
+                                                   "URL): its files, labels, datetime, location (camera) and seq_id")

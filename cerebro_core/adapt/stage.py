@@ -42,6 +42,7 @@ from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pre
                                          scratch_job, selection_cap, write_pseudo_shards)
 from cerebro_core.adapt.verified import split_verified
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
+from cerebro_core.data import coco_meta
 from cerebro_core.data.mirror import local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.embed import Item, scan_folder
@@ -93,11 +94,20 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
             folders[id(s)] = _local(cfg, s, key)
     counts: Counter = Counter()
     held_out: set[str] = set()
+    storage = Storage(cfg.storage)
+    try:  # the collections' own JSON: their files, labels, times, cameras (coco_meta), read first
+        meta = {id(s): coco_meta.for_source(storage, s, counts)
+                for s in [*a.sources, a.validation_source, a.test_source] if s is not None}
+    except FileNotFoundError as exc:
+        raise AdaptInputError(f"adapt.{exc}") from None
+
+    def scan(s: SourceConfig) -> list[Item]:
+        return [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts, meta[id(s)]) if it.media_type == "image"]
 
     def labelled(s: Optional[SourceConfig]) -> list[Item]:
         if s is None:
             return []
-        items = [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts) if it.media_type == "image"]
+        items = scan(s)
         for it in items:
             held_out.add(_sha(it.uri))
         return items
@@ -106,7 +116,7 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
     pool: list[Item] = []
     seen: set[str] = set()
     for s in a.sources:
-        items = [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts) if it.media_type == "image"]
+        items = scan(s)
         if not items:
             raise AdaptInputError(f"adapt.sources[{s.name}]: no images in {s.path}")
         for it in items:
@@ -117,6 +127,9 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
                 continue
             if h in seen or h in held_out:  # de-duplicated across sources, never a held-out image
                 counts["duplicates"] += 1
+                continue
+            if it.extra.get("empty") or it.extra.get("person"):  # the source says: no animal to label
+                counts[f"source_{'person' if it.extra.get('person') else 'empty'}"] += 1
                 continue
             seen.add(h)
             it.sha256 = h

@@ -30,10 +30,12 @@ class ImageRecord:
     meta: dict = field(default_factory=dict)  # what the scrape's sidecar knows: origin_uri, taken_at, …
 
 
-def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None) -> list[ImageRecord]:
-    """The folder's images (labels from labels.csv or class folders). A file that resolves outside
-    the folder (a symlink leaving it, a labels.csv path with ``..`` or an absolute one) is left out
-    and counted in ``counts["outside_source"]``."""
+def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None,
+                metadata: Optional[dict[str, dict]] = None) -> list[ImageRecord]:
+    """The folder's images (labels from labels.csv or class folders; with ``metadata``, the
+    source's own JSON read by :mod:`cerebro_core.data.coco_meta`: its files, labels, times, cameras
+    and sequences). A file that resolves outside the folder (a symlink leaving it, a labels.csv
+    path with ``..`` or an absolute one) is left out and counted in ``counts["outside_source"]``."""
     root = Path(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
@@ -44,6 +46,18 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
             return True
         counts["outside_source"] += 1
         return False
+    if metadata is not None:
+        recs = []
+        for rel, m in sorted(metadata.items()):
+            p = root / rel
+            if not p.is_file():
+                counts["metadata.missing_file"] += 1
+            elif kept(p):
+                meta = {k: v for k, v in m.items() if k not in ("label", "camera") and v is not None}
+                if m.get("label"):  # shown beside the model's guess (species), never mixed with it
+                    meta["source_label"] = m["label"]
+                recs.append(ImageRecord(str(p), m.get("label"), source, m.get("camera"), meta))
+        return recs
     labels_csv = root / "labels.csv"
     if labels_csv.exists():
         with labels_csv.open(newline="") as f:

@@ -4,12 +4,14 @@ which near-duplicate — computed by index and reindex, stored in the bundle's m
 - ``taken_at``: EXIF DateTimeOriginal (with OffsetTimeOriginal when present), a video's container
   ``creation_time``; otherwise none — never the file's modification time;
 - ``lat``/``lon``: EXIF GPS, decimal degrees;
+- ``taken_at``/``camera`` given by the source's metadata JSON (``datetime``, ``location``) win;
 - ``camera``: the ``camera`` (or ``deployment``) column of the source's labels.csv, else EXIF
   Make + Model; for a downloaded scrape, time, place and camera come from the EXIF img2dataset
   read from the original bytes (:mod:`cerebro_core.data.sidecar`);
 - ``species``/``species_score``/``species_margin``: zero-shot top-1 over the project's vocabulary
   with the index's own model, its probability, and its lead over the second class;
-- ``sequence_id``: items of one camera whose times are at most ``index.sequence_gap_s`` apart
+- ``sequence_id``: the source's own sequence when its metadata gives one (a COCO Camera Traps
+  ``seq_id``); else items of one camera whose times are at most ``index.sequence_gap_s`` apart
   (a burst, an event); an item without camera or time is its own sequence; a video's stills
   share one;
 - ``duplicate_of``: the lowest id of the item's near-duplicate group (embedding cosine ≥
@@ -106,10 +108,17 @@ def sequences(rows: Sequence[dict], gap_s: float) -> list[int]:
     ids: list[Optional[int]] = [None] * len(rows)
     next_id = 0
     by_video: dict[str, int] = {}
+    by_given: dict[tuple, int] = {}
     by_camera: dict[str, list[tuple[float, int]]] = {}
     for i, r in enumerate(rows):
         t = parse_time(r.get("taken_at"))
-        if r.get("media_type") == "video_frame":
+        if r.get("source_sequence") is not None:  # the collection's own seq_id (coco_meta)
+            key = (r.get("source"), r["source_sequence"])
+            if key not in by_given:
+                by_given[key] = next_id
+                next_id += 1
+            ids[i] = by_given[key]
+        elif r.get("media_type") == "video_frame":
             if r["uri"] not in by_video:
                 by_video[r["uri"]] = next_id
                 next_id += 1

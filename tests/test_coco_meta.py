@@ -1,0 +1,91 @@
+"""Wildlife data as the collections publish it (#36 item 1): a COCO Camera Traps JSON beside real
+shared photos gives each image its labels, time, camera and sequence; empty and person frames are
+flagged; every malformed entry is counted per reason, never a crash; adapt reads a labelled
+validation split from the annotations and never pseudo-labels the source's empty or person frames."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from cerebro_core.config import load_config
+from cerebro_core.data.coco_meta import parse
+from cerebro_core.embed import scan_folder
+from cerebro_core.index.metadata import sequences
+from helpers import CLASSES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _collection(shared: Path, dst: Path, first: int) -> tuple[Path, dict]:
+    """12 real CIFAR photos laid out as a camera-trap collection (loc_A/loc_B folders), and its
+    COCO Camera Traps JSON: 2 sequences, species annotations, one empty frame, one person frame,
+    and one malformed entry of each kind."""
+    photos = sorted((shared / "cifar10_animals" / "test").rglob("*.jpg"))[first:first + 12]
+    images, annotations = [], []
+    cats = [{"id": i, "name": n} for i, n in enumerate(CLASSES)] + [{"id": 90, "name": "empty"},
+                                                                    {"id": 91, "name": "human"}]
+    for i, p in enumerate(photos):
+        rel = f"loc_{'AB'[i % 2]}/IMG_{i:04d}.jpg"
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.link(p, dst / rel)
+        images.append({"id": f"im{i}", "file_name": rel, "location": f"loc_{'AB'[i % 2]}",
+                       "datetime": f"2019-06-0{1 + i // 6} 05:{i:02d}:00", "seq_id": f"s{i // 3}", "frame_num": i % 3})
+        cat = 90 if i == 10 else 91 if i == 11 else CLASSES.index(p.parent.name)
+        annotations.append({"id": f"a{i}", "image_id": f"im{i}", "category_id": cat})
+    images[1]["datetime"] = "June the 1st"  # bad datetime: kept, without a time
+    images += [{"id": "x1", "file_name": "../outside.jpg"}, {"id": "x2", "file_name": "/etc/passwd"},
+               {"id": "x3"}, {"id": "x4", "file_name": "loc_A/not_there.jpg"}, dict(images[0], id="dup")]
+    annotations += [{"id": "b1", "image_id": "nope", "category_id": 0}, {"id": "b2", "image_id": "im2", "category_id": 77}]
+    meta = {"info": {"version": "1.0"}, "images": images, "annotations": annotations, "categories": cats}
+    (dst / "collection.json").write_text(json.dumps(meta))
+    return dst / "collection.json", {"photos": photos}
+
+
+def test_a_coco_camera_traps_json_gives_labels_times_cameras_sequences_and_counts_what_is_wrong(shared_data, tmp_path):
+    path, info = _collection(shared_data, tmp_path / "traps", 0)
+    counts: Counter = Counter()
+    items = scan_folder(str(tmp_path / "traps"), "traps", 1e9, counts, parse(path.read_text(), counts))
+    assert len(items) == 12  # the 12 files; the malformed entries left out
+    assert counts == Counter({"metadata.outside_source": 2, "metadata.bad_file_name": 1, "metadata.missing_file": 1,
+                              "metadata.duplicate_file_name": 1, "metadata.bad_datetime": 1,
+                              "metadata.unknown_image": 1, "metadata.unknown_category": 1})
+    by = {Path(it.uri).name: it for it in items}
+    first = by["IMG_0000.jpg"]
+    assert first.label == info["photos"][0].parent.name == first.extra["source_label"]
+    assert first.extra["camera"] == "loc_A" and first.extra["taken_at"] == "2019-06-01T05:00:00"
+    assert first.extra["source_sequence"] == "s0" and first.extra["frame_num"] == 0
+    assert "taken_at" not in by["IMG_0001.jpg"].extra  # its datetime did not parse
+    assert by["IMG_0010.jpg"].extra["empty"] and by["IMG_0010.jpg"].label == "empty"
+    assert by["IMG_0011.jpg"].extra["person"] and not by["IMG_0011.jpg"].extra["empty"]
+    assert not first.extra["empty"] and not first.extra["person"]
+    # the index's sequences follow the collection's seq_id, across its two cameras
+    rows = [{"uri": it.uri, "source": it.source, "media_type": "image", **it.extra} for it in items]
+    seq = dict(zip((Path(r["uri"]).name for r in rows), sequences(rows, gap_s=1e9)))
+    assert seq["IMG_0000.jpg"] == seq["IMG_0001.jpg"] == seq["IMG_0002.jpg"] != seq["IMG_0003.jpg"]
+    assert len(set(seq.values())) == 4
+    assert parse("{not json", Counter()) == {} and parse('{"images": 3}', Counter()) == {}
+
+
+def test_adapt_validates_on_the_collections_annotations_and_skips_its_empty_and_person_frames(shared_data, tmp_path,
+                                                                                             monkeypatch):
+    from cerebro_core.adapt.stage import AdaptInputError, gather
+
+    monkeypatch.setenv("CEREBRO_HOME", str(tmp_path / "home"))
+    pool_json, _ = _collection(shared_data, tmp_path / "pool", 0)
+    val_json, _ = _collection(shared_data, tmp_path / "val", 100)
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    sets = [f"adapt.sources=[{{name: pool, path: {tmp_path / 'pool'}, metadata: {pool_json}}}]",
+            f"adapt.validation_source={{name: val, path: {tmp_path / 'val'}, metadata: {val_json}}}",
+            f"adapt.vocabulary={tmp_path / 'classes.txt'}"]
+    pool, val, test, classes, counts = gather(load_config(REPO / "configs/demo.yaml", sets))
+    assert len(val) == 12 and sum(it.label in CLASSES for it in val) == 10  # species labels from annotations
+    assert len(pool) == 10 and counts["source_empty"] == 1 and counts["source_person"] == 1
+    assert not any(it.extra.get("empty") or it.extra.get("person") for it in pool)
+    missing = [f"adapt.sources=[{{name: pool, path: {tmp_path / 'pool'}, metadata: {tmp_path / 'none.json'}}}]"]
+    with pytest.raises(AdaptInputError, match=r"sources\[pool\]\.metadata: nothing at"):
+        gather(load_config(REPO / "configs/demo.yaml", sets[1:] + missing))
