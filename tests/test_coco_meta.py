@@ -1,12 +1,16 @@
-"""Wildlife data as the collections publish it (#36 item 1): a COCO Camera Traps JSON beside real
-shared photos gives each image its labels, time, camera and sequence; empty and person frames are
-flagged; every malformed entry is counted per reason, never a crash; adapt reads a labelled
-validation split from the annotations and never pseudo-labels the source's empty or person frames."""
+"""Wildlife data as the collections publish it (#36 items 1 and 3): a COCO Camera Traps JSON beside
+real shared photos gives each image its labels, time, camera and sequence; empty and person frames
+are flagged; every malformed entry is counted per reason, never a crash; adapt reads a labelled
+validation split from the annotations and never pseudo-labels the source's empty or person frames;
+a real `cerebro serve` hides empty frames unless asked and never lists or serves people unless
+serve.show_people is set."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,9 +20,11 @@ from cerebro_core.config import load_config
 from cerebro_core.data.coco_meta import parse
 from cerebro_core.embed import scan_folder
 from cerebro_core.index.metadata import sequences
-from helpers import CLASSES
+from conftest import free_port, stop, wait_port
+from helpers import CLASSES, register_random_clip
 
 REPO = Path(__file__).resolve().parents[1]
+CEREBRO = str(Path(sys.executable).parent / "cerebro")
 
 
 def _collection(shared: Path, dst: Path, first: int) -> tuple[Path, dict]:
@@ -89,3 +95,62 @@ def test_adapt_validates_on_the_collections_annotations_and_skips_its_empty_and_
     missing = [f"adapt.sources=[{{name: pool, path: {tmp_path / 'pool'}, metadata: {tmp_path / 'none.json'}}}]"]
     with pytest.raises(AdaptInputError, match=r"sources\[pool\]\.metadata: nothing at"):
         gather(load_config(REPO / "configs/demo.yaml", sets[1:] + missing))
+
+
+def _serve(home: Path, sets: list[str]):
+    port = free_port()
+    args = [CEREBRO, "serve", "--port", str(port), "-c", str(REPO / "configs/demo.yaml")]
+    for o in sets:
+        args += ["--set", o]
+    log = open(home / f"serve-{port}.log", "w")
+    proc = subprocess.Popen(args, env=dict(os.environ, CEREBRO_HOME=str(home)), stdout=log, stderr=subprocess.STDOUT)
+    wait_port(port, timeout=120, proc=proc)
+    return proc, log, f"http://127.0.0.1:{port}"
+
+
+def test_search_hides_empty_frames_and_never_serves_people_unless_configured(shared_data, tmp_path, monkeypatch):
+    import httpx
+
+    from cerebro_core.index.stage import run_stage
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CEREBRO_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path, _ = _collection(shared_data, tmp_path / "traps", 0)
+    sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}]"]
+    cfg = load_config(REPO / "configs/demo.yaml", sets)
+    register_random_clip(cfg)
+    run_stage(cfg, log=lambda s: None)
+    proc, log, url = _serve(home, sets)
+    try:
+        c = httpx.Client(base_url=url, timeout=60)
+        hits = c.get("/search", params={"q": "an animal", "k": 50}).json()["results"]
+        names = {Path(h["uri"]).name: h for h in hits}
+        assert len(hits) == 10 and "IMG_0010.jpg" not in names and "IMG_0011.jpg" not in names
+        first = names["IMG_0000.jpg"]
+        assert first["source_label"] in CLASSES and first["camera"] == "loc_A"
+        assert first["taken_at"].startswith("2019-06-01T05:00")
+        assert names["IMG_0001.jpg"]["sequence_id"] == first["sequence_id"] != names["IMG_0003.jpg"]["sequence_id"]
+        shown = {Path(h["uri"]).name: h for h in c.get("/search", params={"q": "an animal", "k": 50,
+                                                                            "show_empty": "true"}).json()["results"]}
+        assert len(shown) == 11 and shown["IMG_0010.jpg"]["empty"] is True and "IMG_0011.jpg" not in shown
+        assert c.get("/facets").json()["hidden"] == {"empty": 1, "person": 1}
+        export = c.get("/export", params={"q": "an animal", "format": "csv"}).text
+        assert "IMG_0000.jpg" in export and "IMG_0010.jpg" not in export and "IMG_0011.jpg" not in export
+        ids = {Path(h["uri"]).name: h["id"] for h in map(json.loads, c.get("/export", params={
+            "q": "an animal", "format": "jsonl", "show_empty": "true"}).text.splitlines())}
+        assert c.get(f"/images/{ids['IMG_0010.jpg']}").status_code == 200
+        person = next(i for i in range(12) if i not in ids.values())
+        assert c.get(f"/images/{person}").status_code == 404 and c.get(f"/thumbnails/{person}").status_code == 404
+    finally:
+        stop(proc)
+        log.close()
+    proc, log, url = _serve(home, sets + ["serve.show_people=true"])
+    try:
+        c = httpx.Client(base_url=url, timeout=60)
+        hits = c.get("/search", params={"q": "an animal", "k": 50, "show_empty": "true"}).json()["results"]
+        assert len(hits) == 12 and {h["person"] for h in hits} == {True, False}
+        assert c.get(f"/images/{person}").status_code == 200
+    finally:
+        stop(proc)
+        log.close()

@@ -77,6 +77,12 @@ def _ints(column: Optional[pa.ChunkedArray], n: int, fill: np.ndarray) -> np.nda
     return np.where(valid, vals, fill).astype(np.int64)
 
 
+def _flags(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
+    if column is None:
+        return np.zeros(n, dtype=bool)
+    return pc.fill_null(column.cast(pa.bool_()), False).to_numpy(zero_copy_only=False).astype(bool)
+
+
 def _times(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
     from cerebro_core.index.metadata import parse_time
 
@@ -105,6 +111,10 @@ class Columns:
         self.model_species, self.model_species_score = self.species, self.species_score
         self.species_margin = _floats(rows.column("species_margin"), n)
         self.verified = np.zeros(n, dtype=bool)
+        # what the source says a frame is (coco_meta): empty, or showing people; a person's verified
+        # label wins over it. Frames with people are never listed unless ``show_people`` (serve.show_people)
+        self.source_empty, self.source_person = (_flags(rows.column(k), n) for k in ("empty", "person"))
+        self.show_people = False
 
     def verify(self, labels: dict[int, str]) -> None:
         """Person-verified labels by item id: they replace the model's guesses in filters and facets."""
@@ -123,11 +133,27 @@ class Columns:
             known = ", ".join(self.vocabulary[:20]) + (" …" if len(self.vocabulary) > 20 else "")
             raise QueryError(f"species: unknown {', '.join(map(repr, unknown))}; known: {known or 'none (no vocabulary)'}")
 
+    def empty(self) -> np.ndarray:
+        return (self.source_empty & ~self.verified) | (self.species == "empty")
+
+    def person(self) -> np.ndarray:
+        return (self.source_person & ~self.verified) | (self.species == "person")
+
+    def is_person(self, i: int) -> bool:
+        c = self.species._code.get("person")
+        return bool(self.source_person[i] and not self.verified[i]) or (c is not None and self.species.codes[i] == c)
+
+    def hidden(self, f: Filters) -> np.ndarray:
+        """Empty frames unless ``f.show_empty``; frames with people unless ``show_people``."""
+        h = np.zeros(self.n, dtype=bool) if f.show_empty else self.empty()
+        return h if self.show_people else h | self.person()
+
     def mask(self, f: Filters) -> Optional[np.ndarray]:
         """Which items pass ``f`` (None: all of them)."""
-        if not f.filtering:
+        hidden = self.hidden(f)
+        if not f.filtering and not hidden.any():
             return None
-        m = np.ones(self.n, dtype=bool)
+        m = ~hidden
         if f.source:
             m &= self.source == f.source
         if f.media:
@@ -159,4 +185,5 @@ class Columns:
         span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
         return {"species": self.species.counts(), "cameras": self.camera.counts(), "taken_at": span,
                 "with_location": int(np.sum(~np.isnan(self.lat))),
-                "verified": {"verified": int(self.verified.sum()), "unverified": int(self.n - self.verified.sum())}}
+                "verified": {"verified": int(self.verified.sum()), "unverified": int(self.n - self.verified.sum())},
+                "hidden": {"empty": int(self.empty().sum()), "person": int(self.person().sum())}}

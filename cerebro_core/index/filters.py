@@ -87,6 +87,8 @@ class Filters(BaseModel):
                                                   "the antimeridian)")
     camera: Optional[str] = None
     verified: Optional[bool] = Field(None, description="true: only items a person verified; false: only the rest")
+    show_empty: bool = Field(False, description="list empty frames too (the source's empty category, or verified "
+                                                "empty); hidden by default")
     min_score: Optional[float] = Field(None, ge=-1, le=1, description="similarity cut-off")
     sort: Literal["score", "date"] = "score"
     collapse: Literal["none", "sequence", "duplicates"] = "none"

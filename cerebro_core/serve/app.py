@@ -98,7 +98,7 @@ class Holder:
 
 PUBLIC = ("id", "score", "source", "media_type", "video_ts", "width", "height", "species", "species_score",
           "taken_at", "lat", "lon", "camera", "sequence_id", "group_size", "verified", "verified_by", "verified_at",
-          "model_species", "model_species_score")
+          "model_species", "model_species_score", "source_label", "empty", "person")
 
 
 def _hit(h: dict) -> dict:
@@ -113,17 +113,17 @@ def _filters(species: list[str] = Query([]), min_species_score: Optional[str] = 
              media: Optional[str] = None, date_from: Optional[str] = None, date_to: Optional[str] = None,
              bbox: Optional[str] = None, camera: Optional[str] = None, min_score: Optional[str] = None,
              sort: Optional[str] = None, collapse: Optional[str] = None, offset: Optional[str] = None,
-             verified: Optional[str] = None) -> Filters:
+             verified: Optional[str] = None, show_empty: Optional[str] = None) -> Filters:
     """The query's filters; a bad value is a 400 naming the parameter."""
     check_query(None, 1, media or None)
     return parse_filters(species=species, min_species_score=min_species_score, source=source, media=media,
                          date_from=date_from, date_to=date_to, bbox=bbox, camera=camera, min_score=min_score,
-                         sort=sort, collapse=collapse, offset=offset, verified=verified)
+                         sort=sort, collapse=collapse, offset=offset, verified=verified, show_empty=show_empty)
 
 
 EXPORT_COLUMNS = ("id", "score", "uri", "source", "media_type", "video_ts", "species", "species_score", "taken_at",
                   "lat", "lon", "camera", "sequence_id", "group_size", "verified", "verified_by", "model_species",
-                  "image_url")
+                  "source_label", "empty", "image_url")
 
 
 def validation_message(exc: RequestValidationError) -> str:
@@ -174,8 +174,10 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
     def _bad_query(request, exc: QueryError):
         return JSONResponse(status_code=400, content={"detail": str(exc)})
 
-    def current() -> Searcher:  # with the latest verifications applied
-        return reviews.sync(holder.searcher) if reviews is not None else holder.searcher
+    def current() -> Searcher:  # with the latest verifications applied, people shown only if configured
+        s = reviews.sync(holder.searcher) if reviews is not None else holder.searcher
+        s.columns.show_people = cfg.show_people
+        return s
 
     if reviews is not None:
         add_review_routes(app, holder, reviews, cfg.read_only, _filters, _hit, cfg.max_query_chars)
@@ -271,11 +273,15 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
                 "reviews": reviews is not None and not cfg.read_only}
 
     def _record(item_id: str) -> dict:
+        s = current()
+        i = int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1
         try:  # decimal digits only: int() would also read "1_0" as 10, " 7" as 7, "٣" as 3
-            return holder.searcher.record(
-                int(item_id) if item_id.isascii() and item_id.isdigit() and len(item_id) < 13 else -1)
+            rec = s.record(i)
         except KeyError:
             raise HTTPException(status_code=404, detail=f"no indexed item {item_id[:40]!r}") from None
+        if not cfg.show_people and s.columns.is_person(i):  # never served unless serve.show_people
+            raise HTTPException(status_code=404, detail=f"no indexed item {item_id[:40]!r}")
+        return rec
 
     @app.get("/images/{item_id}")
     def image(item_id: str):
