@@ -139,21 +139,26 @@ def test_review_page_confirms_corrects_marks_empty_and_it_survives_a_reindex(rev
         assert "✓ empty" in d.find_element(By.CSS_SELECTOR, f"figure.hit[data-id='{ids[5]}'] .tag").text
         empty_chip = d.find_element(By.CSS_SELECTOR, ".chip[data-species='empty']").text
         assert empty_chip == "empty 1"  # the species facet counts what people said
-        Select(d.find_element(By.ID, "verified")).select_by_value("true")  # the verified filter
+        Select(d.find_element(By.ID, "verified")).select_by_value("true")  # the verified filter: the frame
+        WebDriverWait(d, 30).until(lambda d: len(hits(d)) == 5 and all(v == "1" for v in attrs(d, "verified")))
+        assert ids[5] not in [int(x) for x in attrs(d, "id")]  # marked empty: hidden unless empty frames are shown
+        Select(d.find_element(By.ID, "show_empty")).select_by_value("true")
         WebDriverWait(d, 30).until(lambda d: len(hits(d)) == 6 and all(v == "1" for v in attrs(d, "verified")))
         assert "verified=true" in d.current_url
 
         # the API, facets and export say the same
         facets = c.get("/facets").json()
         assert facets["verified"] == {"verified": 6, "unverified": 15} and facets["species"]["empty"] == 1
-        got = c.get("/search", params={**q, "verified": "true"}).json()["results"]
+        got = c.get("/search", params={**q, "verified": "true", "show_empty": "true"}).json()["results"]
+        assert {h["id"] for h in c.get("/search", params={**q, "verified": "true"}).json()["results"]} == set(want) - {ids[5]}
         assert {h["id"]: h["species"] for h in got} == want
         assert all(h["verified_by"] == "ana" and h["species_score"] == 1.0 and h["model_species"] for h in got)
         assert [h["model_species"] for h in sorted(got, key=lambda h: ids.index(h["id"]))][:3] == guesses[:3]
         sp = want[ids[3]]
         in_sp = c.get("/search", params={**q, "species": sp}).json()["results"]
         assert ids[3] in {h["id"] for h in in_sp} and all(h["species"] == sp for h in in_sp)
-        rows = list(csv.DictReader(io.StringIO(c.get("/export", params={**q, "verified": "true"}).text)))
+        rows = list(csv.DictReader(io.StringIO(c.get("/export", params={**q, "verified": "true",
+                                                                        "show_empty": "true"}).text)))
         assert {int(r["id"]): r["species"] for r in rows} == want and {r["verified"] for r in rows} == {"True"}
         unverified = c.get("/search", params={**q, "verified": "false"}).json()
         assert unverified["matches"] == 15
@@ -177,10 +182,10 @@ def test_review_page_confirms_corrects_marks_empty_and_it_survives_a_reindex(rev
         while c.get("/healthz").json()["version"] == v0 and time.monotonic() < deadline:
             time.sleep(0.5)
         assert c.get("/healthz").json()["n"] == 23
-        after = c.get("/search", params={**q, "verified": "true"}).json()["results"]
+        after = c.get("/search", params={**q, "verified": "true", "show_empty": "true"}).json()["results"]
         uri = {h["id"]: h["uri"] for h in got}
         assert sorted((h["uri"], h["species"]) for h in after) == sorted((uri[i], want[i]) for i in want)
-        d.get(f"{api}/?q=an+animal&k=24&verified=true")
+        d.get(f"{api}/?q=an+animal&k=24&verified=true&show_empty=true")
         WebDriverWait(d, 60).until(lambda d: len(hits(d)) == 6 and all(v == "1" for v in attrs(d, "verified")))
         d.save_screenshot(str(Path(os.environ.get("CEREBRO_SCREENSHOT_DIR", "/tmp")) / "cerebro-review.png"))
 
@@ -205,8 +210,10 @@ def test_review_page_confirms_corrects_marks_empty_and_it_survives_a_reindex(rev
     assert r.returncode == 2 and "row 3: label: unknown 'unicorn'" in r.stderr and "Traceback" not in r.stderr
     rows = list(csv.DictReader(io.StringIO(cli(reviewed, "review", "export", "--latest", "--set", other).stdout)))
     assert len(rows) == 7 and ("dog_0.jpg", "frog", "timelapse") in {(x["uri"], x["label"], x["reviewer"]) for x in rows}
-    r = cli(reviewed, "search", "an animal", "--verified", "-k", "50", "--json")  # the CLI's search uses them too
+    r = cli(reviewed, "search", "an animal", "--verified", "--show-empty", "-k", "50", "--json")  # the CLI's too
     assert r.returncode == 0 and len(__import__("json").loads(r.stdout)["results"]) == 6, r.stderr[-800:]
+    r = cli(reviewed, "search", "an animal", "--verified", "-k", "50", "--json")  # the frame marked empty: hidden
+    assert r.returncode == 0 and len(__import__("json").loads(r.stdout)["results"]) == 5, r.stderr[-800:]
 
 
 def test_review_queue_and_refused_writes(reviewed):
