@@ -56,3 +56,18 @@ class SourceConfig(_Section):
     labels: str | None = Field(None, description="optional labels CSV (evaluation only)")
     metadata: str | None = Field(None, description="the collection's own COCO Camera Traps / COCO / iNat JSON (path or "
                                                    "URL): its files, labels, datetime, location (camera) and seq_id")
+    layout: str | None = Field(None, description="what the path components under the folder are, ending in {file}: "
+                                                 "'{camera}/{label}/{file}' (camtrapR, Timelapse: Station/Species/IMG.JPG), "
+                                                 "'{camera}/*/{file}' (* ignored); default: a first folder is the label")
+
+    @field_validator("layout")
+    @classmethod
+    def _layout_ok(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = v.strip("/").split("/")
+        if parts[-1] != "{file}" or any(p not in ("{camera}", "{label}", "*") for p in parts[:-1]) or \
+                any(parts.count(t) > 1 for t in ("{camera}", "{label}")):
+            raise ValueError("path components '{camera}', '{label}' (each at most once) or '*', then '{file}': "
+                             f"got {v!r}")
+        return "/".join(parts)

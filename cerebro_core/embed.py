@@ -85,14 +85,14 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 
 def scan_folder(folder: str, source: str, video_interval: float, counts: Optional[Counter] = None,
-                metadata: Optional[dict[str, dict]] = None) -> list[Item]:
+                metadata: Optional[dict[str, dict]] = None, layout: Optional[str] = None) -> list[Item]:
     """Images (labels from labels.csv / class folders when present, or from the source's
     ``metadata``: :func:`cerebro_core.data.sources.list_folder`) and video stills; files that
     resolve outside ``folder`` are counted as ``outside_source``, not scanned."""
     counts = counts if counts is not None else Counter()
     root = {"source_root": os.path.abspath(folder)}  # serving re-checks each item against it
     items = [Item(r.path, source, label=r.label, extra={**root, **r.meta, **({"camera": r.camera} if r.camera else {})})
-             for r in list_folder(folder, source, counts, metadata)]
+             for r in list_folder(folder, source, counts, metadata, layout)]
     known = sidecar.read(Path(folder))  # what a mirrored or downloaded video was: its object, its time
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():

@@ -3,7 +3,8 @@ real shared photos gives each image its labels, time, camera and sequence; empty
 are flagged; every malformed entry is counted per reason, never a crash; adapt reads a labelled
 validation split from the annotations and never pseudo-labels the source's empty or person frames;
 a real `cerebro serve` hides empty frames unless asked and never lists or serves people unless
-serve.show_people is set."""
+serve.show_people is set; a camtrapR / Timelapse `Station/Species/file` tree gives cameras and labels
+(#36 item 2)."""
 
 from __future__ import annotations
 
@@ -154,3 +155,43 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
     finally:
         stop(proc)
         log.close()
+
+
+def test_a_station_species_folder_tree_gives_cameras_and_labels(shared_data, tmp_path, monkeypatch):
+    """layout '{camera}/{label}/{file}': the station is the camera, the species folder the label (not the
+    station, as the class-folder default would read it); a file at another depth is counted and kept
+    without either; bursts are grouped per station, never across stations."""
+    from cerebro_core.adapt.stage import gather
+    from cerebro_core.config import ConfigError
+
+    root = tmp_path / "stations"
+    for station in ("ST01", "ST02"):
+        for species in ("deer", "horse"):
+            (root / station / species).mkdir(parents=True)
+            for p in sorted((shared_data / "cifar10_animals" / "test" / species).glob("*.jpg"))[:3]:
+                os.link(p, root / station / species / f"{station}_{p.name}")
+    os.link(next((shared_data / "cifar10_animals" / "test" / "cat").glob("*.jpg")), root / "loose.jpg")
+    counts: Counter = Counter()
+    items = scan_folder(str(root), "st", 1e9, counts, layout="{camera}/{label}/{file}")
+    assert len(items) == 13 and counts["layout_mismatch"] == 1
+    placed = [it for it in items if Path(it.uri).name != "loose.jpg"]
+    assert {(it.extra["camera"], it.label) for it in placed} == {(s, sp) for s in ("ST01", "ST02") for sp in ("deer", "horse")}
+    assert all(Path(it.uri).parent.name == it.label and Path(it.uri).parent.parent.name == it.extra["camera"]
+               for it in placed)
+    default = scan_folder(str(root), "st", 1e9, Counter())
+    assert {it.label for it in default} == {"ST01", "ST02", None}  # the default reads the station as the label
+    rows = [{"uri": it.uri, "source": "st", "media_type": "image", "taken_at": "2020-01-01T00:00:00", **it.extra}
+            for it in placed]  # one instant everywhere: only the camera tells bursts apart
+    seq = sequences(rows, gap_s=60)
+    assert len(set(seq)) == 2 and all((seq[i] == seq[j]) == (rows[i]["camera"] == rows[j]["camera"])
+                                      for i in range(len(rows)) for j in range(len(rows)))
+    monkeypatch.setenv("CEREBRO_HOME", str(tmp_path / "home"))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    cfg = load_config(REPO / "configs/demo.yaml", [
+        f"adapt.sources=[{{name: st, path: {root}, layout: '{{camera}}/{{label}}/{{file}}'}}]",
+        f"adapt.vocabulary={tmp_path / 'classes.txt'}", "adapt.validation_source=null"])
+    pool = gather(cfg)[0]
+    assert {it.label for it in pool} == {"deer", "horse", None}  # measurement only: precision against the species
+    for bad in ("{label}/{label}/{file}", "{station}/{file}", "{camera}/{label}"):
+        with pytest.raises(ConfigError, match=r"index\.sources\.0\.layout"):
+            load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: x, path: {root}, layout: '{bad}'}}]"])

@@ -102,7 +102,8 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
         raise AdaptInputError(f"adapt.{exc}") from None
 
     def scan(s: SourceConfig) -> list[Item]:
-        return [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts, meta[id(s)]) if it.media_type == "image"]
+        return [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts, meta[id(s)], s.layout)
+                if it.media_type == "image"]
 
     def labelled(s: Optional[SourceConfig]) -> list[Item]:
         if s is None:

@@ -31,10 +31,11 @@ class ImageRecord:
 
 
 def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] = None,
-                metadata: Optional[dict[str, dict]] = None) -> list[ImageRecord]:
+                metadata: Optional[dict[str, dict]] = None, layout: Optional[str] = None) -> list[ImageRecord]:
     """The folder's images (labels from labels.csv or class folders; with ``metadata``, the
     source's own JSON read by :mod:`cerebro_core.data.coco_meta`: its files, labels, times, cameras
-    and sequences). A file that resolves outside the folder (a symlink leaving it, a labels.csv
+    and sequences; with ``layout``, e.g. ``{camera}/{label}/{file}``, what each path component is:
+    :func:`by_layout`). A file that resolves outside the folder (a symlink leaving it, a labels.csv
     path with ``..`` or an absolute one) is left out and counted in ``counts["outside_source"]``."""
     root = Path(folder)
     if not root.is_dir():
@@ -74,9 +75,24 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and kept(p):
             rel = p.relative_to(root)
-            label = rel.parts[0] if len(rel.parts) > 1 else None
-            recs.append(ImageRecord(str(p), label, source))
+            if layout is not None:
+                fields = by_layout(rel.parts, layout)
+                if fields is None:
+                    counts["layout_mismatch"] += 1
+                    fields = {}
+                recs.append(ImageRecord(str(p), fields.get("label"), source, fields.get("camera")))
+            else:
+                recs.append(ImageRecord(str(p), rel.parts[0] if len(rel.parts) > 1 else None, source))
     return _with_sidecar(root, recs)
+
+
+def by_layout(parts: tuple[str, ...], layout: str) -> Optional[dict[str, str]]:
+    """{"camera": …, "label": …} of a file's path components under ``layout`` (``{camera}``,
+    ``{label}``, ``*`` per folder, then ``{file}``); None when the depth does not match."""
+    tokens = layout.split("/")
+    if len(parts) != len(tokens):
+        return None
+    return {t[1:-1]: part for t, part in zip(tokens[:-1], parts[:-1]) if t in ("{camera}", "{label}")}
 
 
 def _with_sidecar(root: Path, recs: list[ImageRecord]) -> list[ImageRecord]:

@@ -24,7 +24,7 @@ QUERY = "a photo of a {}."
 
 
 def evaluation_items(source: SourceConfig) -> list[Item]:
-    return [it for it in scan_folder(source.path, source.name, 1e9, Counter())
+    return [it for it in scan_folder(source.path, source.name, 1e9, Counter(), layout=source.layout)
             if it.media_type == "image" and it.label]
 
 

@@ -63,7 +63,7 @@ def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Cou
         raise IndexInputError(f"index.{exc}") from None
     items: list[Item] = []
     for s in sources:
-        items += scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name])
+        items += scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name], s.layout)
     return items
 
 
