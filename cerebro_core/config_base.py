@@ -56,6 +56,9 @@ class SourceConfig(_Section):
     labels: str | None = Field(None, description="optional labels CSV (evaluation only)")
     metadata: str | None = Field(None, description="the collection's own COCO Camera Traps / COCO / iNat JSON (path or "
                                                    "URL): its files, labels, datetime, location (camera) and seq_id")
+    detections: str | None = Field(None, description="MegaDetector batch output for the source's images (path or URL): "
+                                                     "frames without a detection are empty, person detections flag people")
+    detection_threshold: float = Field(0.2, ge=0, le=1, description="a detection counts from this confidence on")
     layout: str | None = Field(None, description="what the path components under the folder are, ending in {file}: "
                                                  "'{camera}/{label}/{file}' (camtrapR, Timelapse: Station/Species/IMG.JPG), "
                                                  "'{camera}/*/{file}' (* ignored); default: a first folder is the label")

@@ -85,7 +85,8 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 
 def scan_folder(folder: str, source: str, video_interval: float, counts: Optional[Counter] = None,
-                metadata: Optional[dict[str, dict]] = None, layout: Optional[str] = None) -> list[Item]:
+                metadata: Optional[dict[str, dict]] = None, layout: Optional[str] = None,
+                flags: Optional[dict[str, dict]] = None) -> list[Item]:
     """Images (labels from labels.csv / class folders when present, or from the source's
     ``metadata``: :func:`cerebro_core.data.sources.list_folder`) and video stills; files that
     resolve outside ``folder`` are counted as ``outside_source``, not scanned."""
@@ -93,6 +94,13 @@ def scan_folder(folder: str, source: str, video_interval: float, counts: Optiona
     root = {"source_root": os.path.abspath(folder)}  # serving re-checks each item against it
     items = [Item(r.path, source, label=r.label, extra={**root, **r.meta, **({"camera": r.camera} if r.camera else {})})
              for r in list_folder(folder, source, counts, metadata, layout)]
+    if flags is not None:  # a detector's verdict per file (cerebro_core.data.megadetector): empty, person
+        for it in items:
+            f = flags.get(Path(it.uri).relative_to(folder).as_posix())
+            if f is None:
+                counts["detections.not_listed"] += 1
+            else:
+                it.extra.update({k: v for k, v in f.items() if k not in it.extra})  # annotations win
     known = sidecar.read(Path(folder))  # what a mirrored or downloaded video was: its object, its time
     for p in sorted(Path(folder).rglob("*")):
         if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file():

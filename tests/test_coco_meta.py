@@ -195,3 +195,50 @@ def test_a_station_species_folder_tree_gives_cameras_and_labels(shared_data, tmp
     for bad in ("{label}/{label}/{file}", "{station}/{file}", "{camera}/{label}"):
         with pytest.raises(ConfigError, match=r"index\.sources\.0\.layout"):
             load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: x, path: {root}, layout: '{bad}'}}]"])
+
+
+def test_megadetector_output_flags_empty_and_person_frames(shared_data, tmp_path, monkeypatch):
+    """A MegaDetector batch-output JSON as a source option: a frame without a detection at the
+    threshold is empty, a person detection at it flags people (below it, not), the source's own
+    annotations win over the detector, and malformed entries are counted; adapt skips the flagged."""
+    from cerebro_core.adapt.stage import gather
+    from cerebro_core.data.megadetector import parse as parse_md
+
+    root = tmp_path / "cam"
+    root.mkdir()
+    photos = sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:7]
+    for i, p in enumerate(photos):
+        os.link(p, root / f"IMG_{i}.jpg")
+    det = lambda cat, conf: {"category": cat, "conf": conf, "bbox": [0.1, 0.1, 0.5, 0.5]}  # noqa: E731
+    md = {"detection_categories": {"1": "animal", "2": "person", "3": "vehicle"}, "images": [
+        {"file": "IMG_0.jpg", "detections": [det("1", 0.93)]},
+        {"file": "IMG_1.jpg", "detections": []},                                # empty
+        {"file": "IMG_2.jpg", "detections": [det("1", 0.05)]},                  # below the threshold: empty
+        {"file": "IMG_3.jpg", "detections": [det("2", 0.91), det("1", 0.4)]},   # a person
+        {"file": "IMG_4.jpg", "detections": [det("2", 0.1), det("1", 0.8)]},    # not a person at 0.2
+        {"file": "IMG_5.jpg", "failure": "Failure image access"},
+        {"file": "../../etc/passwd", "detections": []},
+        {"file": "IMG_6.jpg", "detections": [{"category": "9", "conf": 0.9}, {"category": "1", "conf": "high"}]},
+        {"file": "IMG_0.jpg", "detections": []},                                # listed twice: the first kept
+    ]}
+    (tmp_path / "md.json").write_text(json.dumps(md))
+    counts: Counter = Counter()
+    flags = parse_md((tmp_path / "md.json").read_text(), counts, 0.2)
+    items = {Path(it.uri).name: it for it in scan_folder(str(root), "cam", 1e9, counts, flags=flags)}
+    assert [(items[f"IMG_{i}.jpg"].extra.get("empty"), items[f"IMG_{i}.jpg"].extra.get("person")) for i in range(7)] == [
+        (False, False), (True, False), (True, False), (False, True), (False, False), (None, None), (True, False)]
+    assert items["IMG_4.jpg"].extra["animal_conf"] == 0.8
+    assert counts == Counter({"detections.failed_image": 1, "detections.bad_file_name": 1,
+                              "detections.bad_detection": 2, "detections.duplicate_file_name": 1})
+    # the collection's own annotation wins: IMG_1 annotated as a deer is not empty for the detector's miss
+    coco = {"images": [{"id": i, "file_name": f"IMG_{i}.jpg"} for i in range(7)],
+            "annotations": [{"image_id": 1, "category_id": 1}], "categories": [{"id": 1, "name": "deer"}]}
+    both = {Path(it.uri).name: it for it in scan_folder(str(root), "cam", 1e9, Counter(),
+                                                         parse(json.dumps(coco), Counter()), flags=flags)}
+    assert both["IMG_1.jpg"].extra["empty"] is False and both["IMG_2.jpg"].extra["empty"] is True
+    monkeypatch.setenv("CEREBRO_HOME", str(tmp_path / "home"))
+    (tmp_path / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    pool, _, _, _, c = gather(load_config(REPO / "configs/demo.yaml", [
+        f"adapt.sources=[{{name: cam, path: {root}, detections: {tmp_path / 'md.json'}}}]",
+        f"adapt.vocabulary={tmp_path / 'classes.txt'}", "adapt.validation_source=null"]))
+    assert len(pool) == 3 and c["source_empty"] == 3 and c["source_person"] == 1

@@ -42,7 +42,7 @@ from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pre
                                          scratch_job, selection_cap, write_pseudo_shards)
 from cerebro_core.adapt.verified import split_verified
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
-from cerebro_core.data import coco_meta
+from cerebro_core.data import coco_meta, megadetector
 from cerebro_core.data.mirror import local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.embed import Item, scan_folder
@@ -96,13 +96,14 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
     held_out: set[str] = set()
     storage = Storage(cfg.storage)
     try:  # the collections' own JSON: their files, labels, times, cameras (coco_meta), read first
-        meta = {id(s): coco_meta.for_source(storage, s, counts)
-                for s in [*a.sources, a.validation_source, a.test_source] if s is not None}
+        every = [s for s in (*a.sources, a.validation_source, a.test_source) if s is not None]
+        meta = {id(s): coco_meta.for_source(storage, s, counts) for s in every}
+        flags = {id(s): megadetector.for_source(storage, s, counts) for s in every}
     except FileNotFoundError as exc:
         raise AdaptInputError(f"adapt.{exc}") from None
 
     def scan(s: SourceConfig) -> list[Item]:
-        return [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts, meta[id(s)], s.layout)
+        return [it for it in scan_folder(folders[id(s)], s.name, 1e9, counts, meta[id(s)], s.layout, flags[id(s)])
                 if it.media_type == "image"]
 
     def labelled(s: Optional[SourceConfig]) -> list[Item]:

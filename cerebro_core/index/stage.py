@@ -18,7 +18,7 @@ import numpy as np
 
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig, SourceConfig
-from cerebro_core.data import coco_meta
+from cerebro_core.data import coco_meta, megadetector
 from cerebro_core.data.mirror import local_folder
 from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
@@ -59,11 +59,12 @@ def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Cou
         folders[s.name] = str(folder)
     try:  # every source's metadata read before the first image is scanned
         meta = {s.name: coco_meta.for_source(storage, s, counts) for s in sources}
+        flags = {s.name: megadetector.for_source(storage, s, counts) for s in sources}
     except FileNotFoundError as exc:
         raise IndexInputError(f"index.{exc}") from None
     items: list[Item] = []
     for s in sources:
-        items += scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name], s.layout)
+        items += scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name], s.layout, flags[s.name])
     return items
 
 
