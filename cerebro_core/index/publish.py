@@ -97,7 +97,9 @@ def _publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expe
     mv = tracking.register_logged_model(
         name, model_uri,
         tags={"stage": "index", "clip_version": clip_version, "kind": report.kind, "n": report.n,
-              "recall_at_10": round(report.recall_at_10, 4), **(tags or {})},
+              "recall_at_10": round(report.recall_at_10, 4),
+              **({"text_recall_at_10": round(report.text_recall_at_10, 4)} if report.text_recall_at_10 is not None
+                 else {}), **(tags or {})},
     )
     version_uri = f"models:/{name}/{mv.version}"
     hits = search_model.smoke_query(version_uri)  # loads from the registry, as a user would

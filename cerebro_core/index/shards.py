@@ -230,9 +230,11 @@ def build_sharded(vectors: np.ndarray, shards: int, kind: str, recall_target: fl
 
 
 def build_index(icfg, vectors: np.ndarray, storage, work_url: str,
-                map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None):
-    """What ``index.*`` asks for: one tuned index, or ``index.shards`` shards built through ``map_fn``."""
+                map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None,
+                text_queries: Optional[np.ndarray] = None):
+    """What ``index.*`` asks for: one tuned index (on image and, given, text queries), or
+    ``index.shards`` shards built through ``map_fn`` (tuned on image queries)."""
     if icfg.shards > 1:
         return build_sharded(vectors, icfg.shards, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, storage,
                              work_url, map_fn)
-    return build_and_tune(vectors, icfg.kind, icfg.recall_target, icfg.memory_budget_mb)
+    return build_and_tune(vectors, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, text_queries=text_queries)

@@ -111,16 +111,22 @@ def run_stage(
         failures = emb.failures + counts
         vectors = emb.vectors.astype(np.float32)
         work = join(embedding_dir(resolve(cfg).storage_root, cfg.name, "index", str(mv.version), items), "shards")
-        index, report = build_index(cfg.index, vectors, Storage(cfg.storage), work, map_shards)
+        species = Species(clip, names, cfg.adapt.templates) if names else None
+        # tuned on text queries as well: the vocabulary's prompts through the index's own text tower
+        texts = species.cls.numpy().astype(np.float32) if species is not None else None
+        index, report = build_index(cfg.index, vectors, Storage(cfg.storage), work, map_shards, texts)
         log(f"index: {report.kind} over {report.n} vectors"
             + (f" in {cfg.index.shards} shards" if cfg.index.shards > 1 else "")
-            + f", recall@10 {report.recall_at_10:.3f}, p50 {report.latency_p50_ms:.2f} ms")
-        item_fields(emb.rows, vectors, Species(clip, names, cfg.adapt.templates) if names else None)
+            + f", recall@10 {report.recall_at_10:.3f}"
+            + (f" (text queries {report.text_recall_at_10:.3f})" if report.text_recall_at_10 is not None else "")
+            + f", p50 {report.latency_p50_ms:.2f} ms")
+        item_fields(emb.rows, vectors, species)
         group_fields(emb.rows, index, vectors, cfg.index.sequence_gap_s, cfg.index.duplicate_threshold)
         tracking.log_metrics({
             "items": len(items), "indexed": report.n, "failed": sum(failures.values()),
             "embed_s": embed_s, "images_per_s": report.n / max(embed_s, 1e-9), "build_s": report.build_s,
             "recall_at_10": report.recall_at_10, "search_p50_ms": report.latency_p50_ms,
+            **({"text_recall_at_10": report.text_recall_at_10} if report.text_recall_at_10 is not None else {}),
             "search_p99_ms": report.latency_p99_ms, "index_memory_mb": report.memory_mb,
             **{f"failures.{k}": v for k, v in failures.items()},
         })
