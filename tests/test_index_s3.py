@@ -90,3 +90,51 @@ def test_video_stills_from_s3_name_their_object(s3_photos, cerebro_home, tmp_pat
     stills = [it for it in items if it.media_type == "video_frame"]
     assert len(stills) >= 2 and {it.extra.get("origin_uri") for it in stills} == {url}
     assert all(it.extra.get("origin_uri") in s3_photos["photos"] for it in items if it.media_type == "image")
+
+
+KILLED_MIRROR = """
+import sys, time
+from pathlib import Path
+from cerebro_core.config import StorageConfig
+from cerebro_core.data.mirror import mirror
+from cerebro_core.storage import Storage
+
+st = Storage(StorageConfig())
+real = st.get_file
+def slow(src, dst):  # a slow link: each object takes a while, so the kill lands half way
+    time.sleep(0.1)
+    real(src, dst)
+st.get_file = slow
+mirror(st, sys.argv[1], Path(sys.argv[2]), workers=4)
+"""
+
+
+def test_an_interrupted_mirror_resumes_without_copying_again(s3_photos, tmp_path):
+    """#36 item 5: copies run in parallel and are recorded as they finish; a mirror killed (SIGKILL)
+    half way is rerun and copies only what it had not finished, every file whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from cerebro_core.data.mirror import JOURNAL, mirror
+
+    st, base, dest = s3_photos["storage"], s3_photos["base"], tmp_path / "m"
+    p = subprocess.Popen([sys.executable, "-c", KILLED_MIRROR, base, str(dest)], env=dict(os.environ))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        j = dest / JOURNAL
+        if j.exists() and len(j.read_text().splitlines()) >= 12:
+            break
+        assert p.poll() is None, "the mirror finished before it could be interrupted"
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = len((dest / JOURNAL).read_text().splitlines())
+    assert 12 <= done < 40 and not (dest / "_cerebro_mirror.json").exists()
+    m = mirror(st, base, dest)
+    assert m.copied == 40 - done and m.kept == done  # the finished copies were not made again
+    for url, src in s3_photos["photos"].items():
+        assert (dest / url[len(base) + 1:]).read_bytes() == src.read_bytes()
+    assert not list(dest.rglob("*.partial")) and not (dest / JOURNAL).exists()
