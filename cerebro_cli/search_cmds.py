@@ -65,6 +65,7 @@ def search(
     offset: Optional[int] = typer.Option(None, help="skip this many results (pagination)"),
     verified: Optional[bool] = typer.Option(None, "--verified/--unverified", help="only items a person verified / not"),
     show_empty: bool = typer.Option(False, "--show-empty", help="list empty frames too (hidden by default)"),
+    source_label: Optional[str] = typer.Option(None, "--source-label", help="the source's own label"),
     as_json: bool = typer.Option(False, "--json", help="machine-readable output"),
     model_uri: Optional[str] = typer.Option(None, help="models:/NAME@ALIAS or models:/NAME/N (default: models:/cerebro-search@champion)"),
     config: Optional[Path] = ConfigOption,
@@ -81,7 +82,8 @@ def search(
         check_query(query, k, media, cfg.serve.max_query_chars)
         f = parse_filters(species=species or [], min_species_score=min_species_score, date_from=date_from,
                           date_to=date_to, bbox=bbox, camera=camera, min_score=min_score, sort=sort,
-                          collapse=collapse, offset=offset, verified=verified, show_empty=show_empty)
+                          collapse=collapse, offset=offset, verified=verified, show_empty=show_empty,
+                          source_label=source_label)
     except QueryError as exc:
         typer.echo(f"cerebro search: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None

@@ -135,7 +135,10 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
         shown = {Path(h["uri"]).name: h for h in c.get("/search", params={"q": "an animal", "k": 50,
                                                                             "show_empty": "true"}).json()["results"]}
         assert len(shown) == 11 and shown["IMG_0010.jpg"]["empty"] is True and "IMG_0011.jpg" not in shown
-        assert c.get("/facets").json()["hidden"] == {"empty": 1, "person": 1}
+        facets = c.get("/facets").json()
+        assert facets["hidden"] == {"empty": 1, "person": 1} and facets["source_labels"][first["source_label"]] >= 1
+        same = c.get("/search", params={"q": "an animal", "k": 50, "source_label": first["source_label"]}).json()
+        assert same["results"] and {h["source_label"] for h in same["results"]} == {first["source_label"]}
         export = c.get("/export", params={"q": "an animal", "format": "csv"}).text
         assert "IMG_0000.jpg" in export and "IMG_0010.jpg" not in export and "IMG_0011.jpg" not in export
         ids = {Path(h["uri"]).name: h["id"] for h in map(json.loads, c.get("/export", params={

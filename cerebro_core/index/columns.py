@@ -96,8 +96,8 @@ class Columns:
         """``rows``: :class:`cerebro_core.index.rows.Rows`."""
         n = len(rows)
         self.n = n
-        self.source, self.media, self.species, self.camera = (
-            Categorical(rows.column(k), n) for k in ("source", "media_type", "species", "camera"))
+        self.source, self.media, self.species, self.camera, self.source_label = (
+            Categorical(rows.column(k), n) for k in ("source", "media_type", "species", "camera", "source_label"))
         self.species_score, self.lat, self.lon = (_floats(rows.column(k), n) for k in ("species_score", "lat", "lon"))
         self.taken = _times(rows.column("taken_at"), n)
         seq = rows.column("sequence_id")
@@ -173,6 +173,8 @@ class Columns:
                 m &= lon & (self.lat >= b) & (self.lat <= d)  # a > c: across the antimeridian
         if f.camera:
             m &= self.camera == f.camera
+        if f.source_label:
+            m &= self.source_label == f.source_label
         if f.verified is not None:
             m &= self.verified if f.verified else ~self.verified
         return m
@@ -184,6 +186,7 @@ class Columns:
         t = self.taken[~np.isnan(self.taken)]
         span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
         return {"species": self.species.counts(), "cameras": self.camera.counts(), "taken_at": span,
+                "source_labels": self.source_label.counts(),
                 "with_location": int(np.sum(~np.isnan(self.lat))),
                 "verified": {"verified": int(self.verified.sum()), "unverified": int(self.n - self.verified.sum())},
                 "hidden": {"empty": int(self.empty().sum()), "person": int(self.person().sum())}}

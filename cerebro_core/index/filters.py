@@ -86,6 +86,7 @@ class Filters(BaseModel):
     bbox: Optional[str] = Field(None, description="min_lon,min_lat,max_lon,max_lat (min_lon > max_lon: across "
                                                   "the antimeridian)")
     camera: Optional[str] = None
+    source_label: Optional[str] = Field(None, description="the source's own label (its metadata JSON or layout)")
     verified: Optional[bool] = Field(None, description="true: only items a person verified; false: only the rest")
     show_empty: bool = Field(False, description="list empty frames too (the source's empty category, or verified "
                                                 "empty); hidden by default")
@@ -125,7 +126,8 @@ class Filters(BaseModel):
     @property
     def filtering(self) -> bool:
         return bool(self.species or self.min_species_score is not None or self.source or self.media
-                    or self.date_from or self.date_to or self.bbox or self.camera or self.verified is not None)
+                    or self.date_from or self.date_to or self.bbox or self.camera or self.verified is not None
+                    or self.source_label)
 
 
 def parse_filters(**params) -> Filters:

@@ -113,4 +113,4 @@ def _publish(cfg, bundle_dir: Path, clip_version: str, report: IndexReport, expe
 
 
 FILTER_PARAMS = ("source", "media", "species", "min_species_score", "date_from", "date_to", "bbox", "camera",
-                 "min_score", "sort", "collapse", "offset", "show_empty")
+                 "min_score", "sort", "collapse", "offset", "show_empty", "source_label")

@@ -113,12 +113,14 @@ def _filters(species: list[str] = Query([]), min_species_score: Optional[str] = 
              media: Optional[str] = None, date_from: Optional[str] = None, date_to: Optional[str] = None,
              bbox: Optional[str] = None, camera: Optional[str] = None, min_score: Optional[str] = None,
              sort: Optional[str] = None, collapse: Optional[str] = None, offset: Optional[str] = None,
-             verified: Optional[str] = None, show_empty: Optional[str] = None) -> Filters:
+             verified: Optional[str] = None, show_empty: Optional[str] = None,
+             source_label: Optional[str] = None) -> Filters:
     """The query's filters; a bad value is a 400 naming the parameter."""
     check_query(None, 1, media or None)
     return parse_filters(species=species, min_species_score=min_species_score, source=source, media=media,
                          date_from=date_from, date_to=date_to, bbox=bbox, camera=camera, min_score=min_score,
-                         sort=sort, collapse=collapse, offset=offset, verified=verified, show_empty=show_empty)
+                         sort=sort, collapse=collapse, offset=offset, verified=verified, show_empty=show_empty,
+                         source_label=source_label)
 
 
 EXPORT_COLUMNS = ("id", "score", "uri", "source", "media_type", "video_ts", "species", "species_score", "taken_at",
