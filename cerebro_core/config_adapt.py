@@ -99,6 +99,11 @@ class AdaptConfig(_Section):
         None, description="labelled folder used for model selection (never trained on)")
     test_source: Optional[SourceConfig] = Field(
         None, description="labelled folder reported only: nothing selects or trains on it")
+    annotated_validation: float = Field(
+        0.0, ge=0, le=0.5, description="share of the sources' annotated images (a label in the vocabulary, from "
+                                       "their metadata JSON or layout) held out by content hash as validation: "
+                                       "never pseudo-labelled, never trained on")
+    annotated_test: float = Field(0.0, ge=0, le=0.5, description="the same for the reported-only test split")
     general_pairs: Optional[str] = Field(
         None, description="webdataset shards (glob) of general image-text pairs for the forgetting check")
     vocabulary: Optional[str] = Field(None, description="class names (.txt/.csv/.json) or captions (.txt)")

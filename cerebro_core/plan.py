@@ -242,6 +242,12 @@ def plan(cfg: CerebroConfig, device_kind_name: Optional[str] = None) -> list[Sta
         notes.append(f"sources not readable here: assumed the original system's {pool:,} images")
         pool_mb = _bytes_mb([], pool, notes)
     held = _count_images([s for s in (a.validation_source, a.test_source) if s]) or 0
+    annotated = round(pool * (a.annotated_validation + a.annotated_test))  # held out of the pool itself
+    if annotated:
+        notes.append(f"annotated splits: at most {annotated:,} pool images held out by content hash "
+                     f"(adapt.annotated_validation {a.annotated_validation:g}, adapt.annotated_test "
+                     f"{a.annotated_test:g}, of the images the collections annotate with a vocabulary species)")
+    pool, held = pool - annotated, held + annotated
     labelled = pool + held
     if a.student.kind == "scratch":  # a new model on the pairs + the selection, like the pretraining
         picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
@@ -267,7 +273,8 @@ def plan(cfg: CerebroConfig, device_kind_name: Optional[str] = None) -> list[Sta
              model, device, nproc),
         part(table, "hashing the pool (sha256, once)", pool_mb, "MB", "pool_hash", "-", "cpu"),
     ]
-    n_val = (_count_images([a.validation_source]) or 0) if a.validation_source else 0
+    n_val = ((_count_images([a.validation_source]) or 0) if a.validation_source else 0) + round(
+        (pool + annotated) * a.annotated_validation)
     if a.wise_ft and n_val:  # each iteration scores its student's interpolations on validation
         parts.append(part(table, f"WiSE-FT candidates ({len(a.wise_ft)} × validation × {its})",
                           len(a.wise_ft) * n_val * its, "images", "embed", model, device, nproc))

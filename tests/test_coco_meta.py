@@ -93,6 +93,15 @@ def test_adapt_validates_on_the_collections_annotations_and_skips_its_empty_and_
     assert len(val) == 12 and sum(it.label in CLASSES for it in val) == 10  # species labels from annotations
     assert len(pool) == 10 and counts["source_empty"] == 1 and counts["source_person"] == 1
     assert not any(it.extra.get("empty") or it.extra.get("person") for it in pool)
+    # or the split comes from the collection's own annotations, held out by content hash
+    pool2, val2, test2, _, c2 = gather(load_config(REPO / "configs/demo.yaml", [
+        sets[0], sets[2], "adapt.validation_source=null", "adapt.annotated_validation=0.4",
+        "adapt.annotated_test=0.3"]))
+    u = {it.sha256: int(it.sha256[:12], 16) / 16**12 for it in pool2 + val2 + test2}
+    assert val2 and test2 and len(pool2) + len(val2) + len(test2) == 10
+    assert all(u[it.sha256] < 0.4 and it.label in CLASSES for it in val2)
+    assert all(0.4 <= u[it.sha256] < 0.7 and it.label in CLASSES for it in test2)
+    assert all(u[it.sha256] >= 0.7 for it in pool2) and c2["annotated_validation"] == len(val2)
     missing = [f"adapt.sources=[{{name: pool, path: {tmp_path / 'pool'}, metadata: {tmp_path / 'none.json'}}}]"]
     with pytest.raises(AdaptInputError, match=r"sources\[pool\]\.metadata: nothing at"):
         gather(load_config(REPO / "configs/demo.yaml", sets[1:] + missing))

@@ -148,7 +148,8 @@ def test_the_real_run_config_is_complete():
     real = load_config(REPO / "configs/cc3m-vitb32.yaml")
     assert real.compute.device == "cuda" and real.compute.nproc_per_node == 4
     assert len(real.adapt.sources) == 8 and len({s.name for s in real.adapt.sources}) == 8
-    assert real.adapt.validation_source and real.adapt.test_source
+    assert real.adapt.annotated_validation > 0 and real.adapt.annotated_test > 0  # from the collections' annotations
+    assert all(s.metadata and s.metadata.endswith(f"/{s.name}/metadata.json") for s in real.adapt.sources)
     assert [s.name for s in real.index.sources][:8] == [s.name for s in real.adapt.sources]
     assert any(s.name == "videos" for s in real.index.sources)
     from cerebro_core.data.vocab import load_vocabulary

@@ -34,7 +34,8 @@ def test_plan_of_the_real_run(cerebro_home):
     per_gpu = _row("pretrain", "ViT-B-32", "H100")["per_s"]
     assert abs(stages["pretrain"]["seconds"] - 44_000 * 1_920 / (4 * per_gpu)) < 1e-6
     assert abs(stages["pretrain"]["original_s"] - 6 * 3600) < 1e-6
-    assert "152,982 pool" in stages["adapt"]["work"] and "student: replay" in stages["adapt"]["work"]
+    # the original 152,982 images, 4 % of them held out by content hash as the annotated splits
+    assert "146,863 pool + 6,119 held-out" in stages["adapt"]["work"] and "student: replay" in stages["adapt"]["work"]
     # the replay regime: 4 passes over 30,400 selected images at half of every batch of 1,920 (127 steps)
     assert "= 0.00289 pretrain-equivalents per iteration" in stages["adapt"]["work"]
     # the named alternative prints its own cost: a pretraining per student, 2 fold students per re-labelling

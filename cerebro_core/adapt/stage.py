@@ -135,7 +135,15 @@ def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list
                 continue
             seen.add(h)
             it.sha256 = h
-            pool.append(it)
+            u = int(h[:12], 16) / 16**12  # the collections' annotated images: a share held out by content hash
+            if it.label in classes and u < a.annotated_validation:
+                val.append(it)
+                counts["annotated_validation"] += 1
+            elif it.label in classes and u < a.annotated_validation + a.annotated_test:
+                test.append(it)
+                counts["annotated_test"] += 1
+            else:
+                pool.append(it)
     return pool, val, test, classes, counts
 
 
