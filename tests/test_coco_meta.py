@@ -127,33 +127,40 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
     monkeypatch.setenv("CEREBRO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     path, _ = _collection(shared_data, tmp_path / "traps", 0)
-    sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}]"]
+    for station in ("ST01", "ST02"):  # a second source, an ecologist's Station/Species tree
+        (tmp_path / "st" / station / "horse").mkdir(parents=True)
+        for p in sorted((shared_data / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[:2]:
+            os.link(p, tmp_path / "st" / station / "horse" / f"{station}_{p.name}")
+    sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}, "
+            f"{{name: st, path: {tmp_path / 'st'}, layout: '{{camera}}/{{label}}/{{file}}'}}]"]
     cfg = load_config(REPO / "configs/demo.yaml", sets)
     register_random_clip(cfg)
     run_stage(cfg, log=lambda s: None)
     proc, log, url = _serve(home, sets)
     try:
         c = httpx.Client(base_url=url, timeout=60)
-        hits = c.get("/search", params={"q": "an animal", "k": 50}).json()["results"]
+        st = c.get("/search", params={"q": "an animal", "k": 50, "camera": "ST02"}).json()["results"]
+        assert len(st) == 2 and {(h["source"], h["source_label"]) for h in st} == {("st", "horse")}
+        hits = c.get("/search", params={"q": "an animal", "k": 50, "source": "traps"}).json()["results"]
         names = {Path(h["uri"]).name: h for h in hits}
         assert len(hits) == 10 and "IMG_0010.jpg" not in names and "IMG_0011.jpg" not in names
         first = names["IMG_0000.jpg"]
         assert first["source_label"] in CLASSES and first["camera"] == "loc_A"
         assert first["taken_at"].startswith("2019-06-01T05:00")
         assert names["IMG_0001.jpg"]["sequence_id"] == first["sequence_id"] != names["IMG_0003.jpg"]["sequence_id"]
-        shown = {Path(h["uri"]).name: h for h in c.get("/search", params={"q": "an animal", "k": 50,
-                                                                            "show_empty": "true"}).json()["results"]}
+        shown = {Path(h["uri"]).name: h for h in c.get("/search", params={
+            "q": "an animal", "k": 50, "show_empty": "true", "source": "traps"}).json()["results"]}
         assert len(shown) == 11 and shown["IMG_0010.jpg"]["empty"] is True and "IMG_0011.jpg" not in shown
         facets = c.get("/facets").json()
         assert facets["hidden"] == {"empty": 1, "person": 1} and facets["source_labels"][first["source_label"]] >= 1
         same = c.get("/search", params={"q": "an animal", "k": 50, "source_label": first["source_label"]}).json()
         assert same["results"] and {h["source_label"] for h in same["results"]} == {first["source_label"]}
-        export = c.get("/export", params={"q": "an animal", "format": "csv"}).text
+        export = c.get("/export", params={"q": "an animal", "format": "csv", "source": "traps"}).text
         assert "IMG_0000.jpg" in export and "IMG_0010.jpg" not in export and "IMG_0011.jpg" not in export
         ids = {Path(h["uri"]).name: h["id"] for h in map(json.loads, c.get("/export", params={
-            "q": "an animal", "format": "jsonl", "show_empty": "true"}).text.splitlines())}
+            "q": "an animal", "format": "jsonl", "show_empty": "true"}).text.splitlines())}  # 11 + 4 of st
         assert c.get(f"/images/{ids['IMG_0010.jpg']}").status_code == 200
-        person = next(i for i in range(12) if i not in ids.values())
+        person = next(i for i in range(16) if i not in ids.values())
         assert c.get(f"/images/{person}").status_code == 404 and c.get(f"/thumbnails/{person}").status_code == 404
     finally:
         stop(proc)
@@ -161,7 +168,8 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
     proc, log, url = _serve(home, sets + ["serve.show_people=true"])
     try:
         c = httpx.Client(base_url=url, timeout=60)
-        hits = c.get("/search", params={"q": "an animal", "k": 50, "show_empty": "true"}).json()["results"]
+        hits = c.get("/search", params={"q": "an animal", "k": 50, "show_empty": "true", "source": "traps"}).json()[
+            "results"]
         assert len(hits) == 12 and {h["person"] for h in hits} == {True, False}
         assert c.get(f"/images/{person}").status_code == 200
     finally:

@@ -80,7 +80,8 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
                 if fields is None:
                     counts["layout_mismatch"] += 1
                     fields = {}
-                recs.append(ImageRecord(str(p), fields.get("label"), source, fields.get("camera")))
+                recs.append(ImageRecord(str(p), fields.get("label"), source, fields.get("camera"),
+                                        {"source_label": fields["label"]} if fields.get("label") else {}))
             else:
                 recs.append(ImageRecord(str(p), rel.parts[0] if len(rel.parts) > 1 else None, source))
     return _with_sidecar(root, recs)
@@ -99,4 +100,4 @@ def _with_sidecar(root: Path, recs: list[ImageRecord]) -> list[ImageRecord]:
     known = sidecar.read(root)
     if not known:
         return recs
-    return [replace(r, meta=known.get(Path(r.path).relative_to(root).as_posix(), {})) for r in recs]
+    return [replace(r, meta={**r.meta, **known.get(Path(r.path).relative_to(root).as_posix(), {})}) for r in recs]
