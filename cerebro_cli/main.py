@@ -320,7 +320,8 @@ def index(
 @app.command()
 def reindex(
     scrape: str = typer.Option(..., "--scrape", help="folder, s3:// prefix, or URL list of new media"),
-    source: str = typer.Option("scrape", help="source name recorded for the new items"),
+    source: str = typer.Option("scrape", help="source name recorded for the new items; a source index.sources names is "
+                                              "read with its own metadata, detections and layout"),
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
 ) -> None:

@@ -262,3 +262,32 @@ def test_megadetector_output_flags_empty_and_person_frames(shared_data, tmp_path
         f"adapt.sources=[{{name: cam, path: {root}, detections: {tmp_path / 'md.json'}}}]",
         f"adapt.vocabulary={tmp_path / 'classes.txt'}", "adapt.validation_source=null"]))
     assert len(pool) == 3 and c["source_empty"] == 3 and c["source_person"] == 1
+
+
+def test_reindex_of_a_configured_source_reads_its_metadata(shared_data, tmp_path, monkeypatch):
+    """`cerebro reindex` of a source the config names reads that source's metadata JSON as the
+    index stage does: the new items carry the collection's labels, cameras and flags."""
+    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.index.reindex import run_reindex
+    from cerebro_core.index.stage import run_stage
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CEREBRO_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    (tmp_path / "first").mkdir()
+    for p in sorted((shared_data / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[:4]:
+        os.link(p, tmp_path / "first" / p.name)
+    first = f"{{name: first, path: {tmp_path / 'first'}}}"
+    cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{first}]"])
+    register_random_clip(cfg)
+    run_stage(cfg, log=lambda s: None)
+    path, _ = _collection(shared_data, tmp_path / "traps", 0)
+    cfg2 = load_config(REPO / "configs/demo.yaml", [
+        f"index.sources=[{first}, {{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}]"])
+    r = run_reindex(cfg2, str(tmp_path / "traps"), source="traps", log=lambda s: None)
+    assert r.published and r.new == 12
+    _, s = load_searcher("models:/cerebro-search@champion", f"sqlite:///{home / 'mlflow.db'}")
+    rows = {Path(x["uri"]).name: x for x in s.rows if x["source"] == "traps"}
+    assert rows["IMG_0003.jpg"]["camera"] == "loc_B" and rows["IMG_0003.jpg"]["source_label"] in CLASSES
+    assert rows["IMG_0010.jpg"]["empty"] and rows["IMG_0011.jpg"]["person"]
+    assert s.columns.facets()["hidden"] == {"empty": 1, "person": 1}

@@ -32,7 +32,7 @@ from pydantic import BaseModel
 from cerebro_core import tracking
 from cerebro_core.config import CerebroConfig
 from cerebro_core.data.mirror import mirror
-from cerebro_core.data import sidecar
+from cerebro_core.data import coco_meta, megadetector, sidecar
 from cerebro_core.data.paths import safe_join
 from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
@@ -164,7 +164,13 @@ def _reindex(cfg: CerebroConfig, scrape: str, source: str, folder: Path, names, 
     known = {r["sha256"] for r in rows if r.get("sha256")}
 
     counts: Counter = Counter()
-    items = scan_folder(str(folder), source, cfg.index.video_frame_interval, counts)
+    # a configured source re-indexed: its own metadata JSON, detector output and layout, as index reads them
+    src = next((s for s in cfg.index.sources if s.name == source), None)
+    storage = Storage(cfg.storage)
+    meta, flags = ((coco_meta.for_source(storage, src, counts), megadetector.for_source(storage, src, counts))
+                   if src is not None else (None, None))
+    items = scan_folder(str(folder), source, cfg.index.video_frame_interval, counts, meta,
+                        src.layout if src is not None else None, flags)
     new_items: list[Item] = []
     dup = 0
     seen: set[str] = set()
