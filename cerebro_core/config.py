@@ -215,6 +215,8 @@ class ServeConfig(_Section):
     max_concurrent_images: int = Field(2, ge=1, description="image queries decoded and encoded at once; "
                                        "more get 503 with Retry-After")
     read_only: bool = Field(False, description="refuse verifications (POST /verify answers 403)")
+    signed_link_ttl_s: int = Field(86_400, ge=60, le=30 * 86_400, description="with a token: how long the links of "
+                                                                           "/export?format=urls stay valid")
     show_people: bool = Field(False, description="list frames with people (the source's human category, or verified "
                                                  "person); camera-trap practice keeps them out of results")
 

@@ -337,9 +337,42 @@ def test_token_guards_everything_but_the_page(served, tmp_path):
         assert ok.status_code == 200 and ok.json()["results"]
         as_page = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, cookies={"cerebro_token": token})
         assert as_page.get("/images/0").status_code == 200  # as the page's <img> sends it
+        _signed_links_serve_img2dataset(c, token, tmp_path)
         _page_uses_the_token(f"http://127.0.0.1:{port}", token)
     finally:
         stop(p)
+
+
+def _signed_links_serve_img2dataset(c, token: str, tmp_path: Path) -> None:
+    """With a token set, /export?format=urls writes signed links that expire: img2dataset itself
+    fetches every image without the token; a link altered to another item, one whose expiry was
+    moved, or a signature on another path is refused."""
+    import tarfile
+
+    from cerebro_core.data.img2dataset_env import img2dataset_python
+
+    urls = c.get("/export", params={"q": "a deer", "format": "urls"}, headers={"Authorization": f"Bearer {token}"})
+    lines = urls.text.split()
+    assert urls.status_code == 200 and lines and all("?exp=" in u and "&sig=" in u for u in lines)
+    assert token not in urls.text and "token" not in urls.text
+    first = lines[0]
+    path, query = first.split("127.0.0.1:", 1)[1].split("/", 1)[1].split("?")
+    assert c.get(first).status_code == 200  # no header, no cookie: the link is enough
+    item = path.rsplit("/", 1)[1]
+    other = "/images/" + ("1" if item != "1" else "0")
+    exp, sig = (kv.split("=")[1] for kv in query.split("&"))
+    for bad in (f"{other}?{query}", f"/{path}?exp={int(exp) + 60}&sig={sig}", f"/healthz?{query}",
+                f"/{path}?exp={exp}&sig={'0' * 32}"):
+        assert c.get(bad).status_code == 401, bad
+    (tmp_path / "urls.txt").write_text(urls.text)
+    cli = Path(img2dataset_python()).parent / "img2dataset"
+    r = subprocess.run([str(cli), "--url_list", str(tmp_path / "urls.txt"), "--output_folder", str(tmp_path / "i2d"),
+                        "--output_format", "webdataset", "--image_size", "32", "--processes_count", "1",
+                        "--thread_count", "2", "--enable_wandb", "False"], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1", WANDB_MODE="disabled"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    with tarfile.open(tmp_path / "i2d" / "00000.tar") as tf:
+        assert len([m for m in tf.getnames() if m.endswith(".jpg")]) == len(lines)
 
 
 def test_ipv6_loopback_host_head_and_options_are_answered(served):

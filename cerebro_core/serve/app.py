@@ -46,7 +46,7 @@ from cerebro_core.index.filters import Filters, QueryError, parse_filters, shown
 from cerebro_core.index.search import MAX_K, Searcher, check_query
 from cerebro_core.serve.media import Thumbnails, original
 from cerebro_core.review.csvio import safe_cell
-from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots
+from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots, signed_query
 from cerebro_core.serve.review import Reviews, add_review_routes
 from cerebro_core.serve.workers import image_pool, release_large_buffers, trimmed
 
@@ -255,7 +255,12 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
             for i, score, size in ranked:
                 h = _hit(s.hit(i, score, size))
                 if format == "urls":  # img2dataset --input_format txt: the original URL, else this server's
-                    yield (h["uri"] if h["uri"].startswith(("http://", "https://")) else base + h["image_url"]) + "\n"
+                    if h["uri"].startswith(("http://", "https://")):
+                        yield h["uri"] + "\n"
+                    elif cfg.token is not None:  # a signed link: fetched without the token, expires
+                        yield f"{base}{h['image_url']}?{signed_query(cfg.token.get_secret_value(), h['image_url'], cfg.signed_link_ttl_s)}\n"
+                    else:
+                        yield base + h["image_url"] + "\n"
                 elif format == "jsonl":
                     yield json.dumps(h) + "\n"
                 else:

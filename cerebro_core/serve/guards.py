@@ -7,8 +7,10 @@ temporary file and no model work."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
-from urllib.parse import unquote
+import time
+from urllib.parse import parse_qs, unquote
 
 from fastapi import HTTPException
 from fastapi.responses import JSONResponse
@@ -69,16 +71,48 @@ def _presented(headers: dict[bytes, bytes]) -> list[bytes]:
     return _cookie_values(headers.get(b"cookie", b"").decode("latin-1"), TOKEN_COOKIE)
 
 
+SIGNED_PREFIXES = ("/images/", "/thumbnails/")  # what a signed link may fetch: one item's media
+
+
+def sign(token: str | bytes, path: str, expires: int) -> str:
+    """The signature of a link to ``path`` valid until ``expires`` (epoch seconds): HMAC-SHA256 keyed
+    by a key derived from the token (the token itself never appears in a link)."""
+    key = hmac.new(token if isinstance(token, bytes) else token.encode(), b"cerebro signed links", hashlib.sha256)
+    return hmac.new(key.digest(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def signed_query(token: str, path: str, ttl_s: int) -> str:
+    expires = int(time.time()) + ttl_s
+    return f"exp={expires}&sig={sign(token, path, expires)}"
+
+
+def _signed_ok(token: bytes, path: str, query: bytes) -> bool:
+    """A link from ``/export?format=urls``: one item's media, its signature right, not expired."""
+    if not path.startswith(SIGNED_PREFIXES):
+        return False
+    q = parse_qs(query.decode("latin-1"))
+    try:
+        (expires,), (sig,) = q["exp"], q["sig"]
+        expires_at = int(expires)
+    except (KeyError, ValueError):
+        return False
+    return expires_at >= time.time() and hmac.compare_digest(sig, sign(token, path, expires_at))
+
+
 class BearerToken:
     """Every HTTP request except those for ``open_paths`` (the page itself, which holds no data)
     must present the token: ``Authorization: Bearer <token>``, or the ``cerebro_token`` cookie that
-    the page sets (an ``<img>`` cannot send a header). Compared in constant time; 401 otherwise."""
+    the page sets (an ``<img>`` cannot send a header), or — for one item's media — a signed link
+    that has not expired (:func:`sign`: what ``/export?format=urls`` writes, so img2dataset can
+    fetch the list without the token). Compared in constant time; 401 otherwise."""
 
     def __init__(self, app, token: str, open_paths: tuple[str, ...] = ("/",)) -> None:
         self.app, self.token, self.open_paths = app, token.encode(), open_paths
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.open_paths:
+            return await self.app(scope, receive, send)
+        if _signed_ok(self.token, scope["path"], scope.get("query_string", b"")):
             return await self.app(scope, receive, send)
         given = _presented(dict(scope["headers"]))
         if not any([hmac.compare_digest(t, self.token) for t in given]):  # every one compared
