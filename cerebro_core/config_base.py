@@ -59,9 +59,24 @@ class SourceConfig(_Section):
     detections: str | None = Field(None, description="MegaDetector batch output for the source's images (path or URL): "
                                                      "frames without a detection are empty, person detections flag people")
     detection_threshold: float = Field(0.2, ge=0, le=1, description="a detection counts from this confidence on")
+    timezone: str | None = Field(None, description="the cameras' time zone (IANA, e.g. Africa/Dar_es_Salaam): their "
+                                                   "naive times (EXIF, metadata) are read in it; default: naive times "
+                                                   "stay naive and are compared as local wall-clock times")
     layout: str | None = Field(None, description="what the path components under the folder are, ending in {file}: "
                                                  "'{camera}/{label}/{file}' (camtrapR, Timelapse: Station/Species/IMG.JPG), "
                                                  "'{camera}/*/{file}' (* ignored); default: a first folder is the label")
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"not an IANA time zone: {v!r} (e.g. Africa/Dar_es_Salaam, UTC)") from None
+        return v
 
     @field_validator("layout")
     @classmethod

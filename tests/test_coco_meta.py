@@ -131,7 +131,7 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
         (tmp_path / "st" / station / "horse").mkdir(parents=True)
         for p in sorted((shared_data / "cifar10_animals" / "test" / "horse").glob("*.jpg"))[:2]:
             os.link(p, tmp_path / "st" / station / "horse" / f"{station}_{p.name}")
-    sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}, "
+    sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}, timezone: Africa/Dar_es_Salaam}}, "
             f"{{name: st, path: {tmp_path / 'st'}, layout: '{{camera}}/{{label}}/{{file}}'}}]"]
     cfg = load_config(REPO / "configs/demo.yaml", sets)
     register_random_clip(cfg)
@@ -146,7 +146,10 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
         assert len(hits) == 10 and "IMG_0010.jpg" not in names and "IMG_0011.jpg" not in names
         first = names["IMG_0000.jpg"]
         assert first["source_label"] in CLASSES and first["camera"] == "loc_A"
-        assert first["taken_at"].startswith("2019-06-01T05:00")
+        assert first["taken_at"] == "2019-06-01T05:00:00+03:00"  # the source's zone on its naive clock
+        at = c.get("/search", params={"q": "an animal", "k": 50, "date_from": "2019-06-01T02:00:00Z",
+                                      "date_to": "2019-06-01T02:00:30Z"}).json()["results"]
+        assert [Path(h["uri"]).name for h in at] == ["IMG_0000.jpg"]  # 05:00 in Dar es Salaam is 02:00 UTC
         assert names["IMG_0001.jpg"]["sequence_id"] == first["sequence_id"] != names["IMG_0003.jpg"]["sequence_id"]
         shown = {Path(h["uri"]).name: h for h in c.get("/search", params={
             "q": "an animal", "k": 50, "show_empty": "true", "source": "traps"}).json()["results"]}
@@ -291,3 +294,23 @@ def test_reindex_of_a_configured_source_reads_its_metadata(shared_data, tmp_path
     assert rows["IMG_0003.jpg"]["camera"] == "loc_B" and rows["IMG_0003.jpg"]["source_label"] in CLASSES
     assert rows["IMG_0010.jpg"]["empty"] and rows["IMG_0011.jpg"]["person"]
     assert s.columns.facets()["hidden"] == {"empty": 1, "person": 1}
+
+
+def test_naive_times_stay_naive_and_compare_as_local(tmp_path):
+    """No zone stated: a camera's naive clock is compared as wall-clock time with naive bounds, and
+    the facets print it without inventing an offset; zoned times keep theirs."""
+    import pyarrow as pa
+
+    from cerebro_core.index.columns import Columns
+    from cerebro_core.index.filters import Filters
+    from cerebro_core.index.rows import Rows
+
+    times = ["2019-06-01T05:00:00", "2019-06-01T23:30:00", "2019-06-02T01:00:00+02:00", None]
+    table = pa.table({"uri": [f"/x/{i}.jpg" for i in range(4)], "source": ["s"] * 4, "media_type": ["image"] * 4,
+                      "taken_at": times})
+    cols = Columns(Rows(table, tmp_path))
+    assert cols.facets()["taken_at"] == ["2019-06-01T05:00:00", "2019-06-01T23:30:00"]
+    day = cols.mask(Filters(date_from="2019-06-01", date_to="2019-06-01"))
+    assert day.tolist() == [True, True, True, False]  # 01:00+02:00 is 23:00 UTC on the 1st
+    late = cols.mask(Filters(date_from="2019-06-01T23:00:00"))
+    assert late.tolist() == [False, True, True, False]

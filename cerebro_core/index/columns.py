@@ -83,6 +83,13 @@ def _flags(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
     return pc.fill_null(column.cast(pa.bool_()), False).to_numpy(zero_copy_only=False).astype(bool)
 
 
+def _naive(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
+    """Which items' times carry no zone (a camera's local clock)."""
+    cat = Categorical(column, n)
+    per_value = np.array([bool(v) and datetime.fromisoformat(v).tzinfo is None for v in cat.values] + [False])
+    return per_value[cat.codes]
+
+
 def _times(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
     from cerebro_core.index.metadata import parse_time
 
@@ -100,6 +107,7 @@ class Columns:
             Categorical(rows.column(k), n) for k in ("source", "media_type", "species", "camera", "source_label"))
         self.species_score, self.lat, self.lon = (_floats(rows.column(k), n) for k in ("species_score", "lat", "lon"))
         self.taken = _times(rows.column("taken_at"), n)
+        self.naive = _naive(rows.column("taken_at"), n)
         seq = rows.column("sequence_id")
         top = (pc.max(seq).as_py() if seq is not None and seq.null_count < n else None)
         top = -1 if top is None else top
@@ -183,8 +191,12 @@ class Columns:
         return {"sequence": self.sequence_key, "duplicates": self.duplicate_key}.get(f.collapse)
 
     def facets(self) -> dict:
-        t = self.taken[~np.isnan(self.taken)]
-        span = [datetime.fromtimestamp(x, timezone.utc).isoformat() for x in (t.min(), t.max())] if len(t) else None
+        has = np.flatnonzero(~np.isnan(self.taken))
+        span = None
+        if len(has):  # a naive time is printed naive: no offset invented for a camera's local clock
+            ends = (has[np.argmin(self.taken[has])], has[np.argmax(self.taken[has])])
+            span = [datetime.fromtimestamp(self.taken[i], timezone.utc).replace(
+                tzinfo=None if self.naive[i] else timezone.utc).isoformat() for i in ends]
         return {"species": self.species.counts(), "cameras": self.camera.counts(), "taken_at": span,
                 "source_labels": self.source_label.counts(),
                 "with_location": int(np.sum(~np.isnan(self.lat))),

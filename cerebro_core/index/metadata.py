@@ -94,7 +94,9 @@ def video_fields(path: str) -> dict:
 
 
 def parse_time(s: Optional[str]) -> Optional[float]:
-    """Seconds since the epoch of an ISO 8601 time (naive times read as UTC), or None."""
+    """Seconds since the epoch of an ISO 8601 time, or None. A naive time (a camera's local clock,
+    no zone stated) is read as UTC, as naive filter bounds are: naive times compare as wall-clock
+    times, and facets print them without an offset."""
     if not s:
         return None
     t = datetime.fromisoformat(s)
@@ -203,6 +205,12 @@ def item_fields(rows: list[dict], vectors: np.ndarray, species_of: Optional[Spec
         else:
             f = image_fields(r["uri"])
         r.update({k: r[k] if r.get(k) is not None else v for k, v in f.items()})  # what was given wins
+        if r.get("timezone") and r.get("taken_at"):  # the source states its cameras' zone: naive → aware
+            t = datetime.fromisoformat(r["taken_at"])
+            if t.tzinfo is None:
+                from zoneinfo import ZoneInfo
+
+                r["taken_at"] = t.replace(tzinfo=ZoneInfo(r["timezone"])).isoformat()
     none = [None] * len(rows)
     names, scores, margins = species_of(vectors) if species_of is not None else (none, none, none)
     for r, n, s, m in zip(rows, names, scores, margins):

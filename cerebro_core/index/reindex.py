@@ -171,6 +171,8 @@ def _reindex(cfg: CerebroConfig, scrape: str, source: str, folder: Path, names, 
                    if src is not None else (None, None))
     items = scan_folder(str(folder), source, cfg.index.video_frame_interval, counts, meta,
                         src.layout if src is not None else None, flags)
+    for it in items if src is not None and src.timezone else []:
+        it.extra["timezone"] = src.timezone
     new_items: list[Item] = []
     dup = 0
     seen: set[str] = set()

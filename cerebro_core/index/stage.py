@@ -64,7 +64,10 @@ def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Cou
         raise IndexInputError(f"index.{exc}") from None
     items: list[Item] = []
     for s in sources:
-        items += scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name], s.layout, flags[s.name])
+        found = scan_folder(folders[s.name], s.name, video_interval, counts, meta[s.name], s.layout, flags[s.name])
+        for it in found if s.timezone else []:
+            it.extra["timezone"] = s.timezone
+        items += found
     return items
 
 
