@@ -85,6 +85,13 @@ def test_ivf_shards_recall_within_a_hundredth_of_one_ivf_index(tmp_path):
         _, f1 = one.search(q, 10, params=search_params(one, "ivf", nprobe))
         _, f2 = sharded.search(q, 10)
         assert abs(recall_at_k(f1, truth) - recall_at_k(f2, truth)) <= 0.01, nprobe
+    # queries far from every cluster, as text queries sit far from image vectors: the merged index is
+    # tuned on them as well, and meets the target there too
+    far = np.random.default_rng(5).standard_normal((100, 64)).astype(np.float32)
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    _, rep3 = build_sharded(x, 2, "ivf", 0.95, 4096, Storage(), str(tmp_path / "work3"), text_queries=far)
+    assert rep3.text_recall_at_10 >= 0.95 and rep3.recall_at_10 >= 0.95
+    assert rep3.params["nprobe"] >= rep2.params["nprobe"] and rep2.text_recall_at_10 is None
 
 
 def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path, migrated_prefect_db):

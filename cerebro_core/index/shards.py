@@ -174,7 +174,7 @@ class ShardedIndex:
 
 def build_sharded(vectors: np.ndarray, shards: int, kind: str, recall_target: float, memory_budget_mb: float,
                   storage, work_url: str, map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None,
-                  seed: int = 0) -> tuple[ShardedIndex, IndexReport]:
+                  seed: int = 0, text_queries: Optional[np.ndarray] = None) -> tuple[ShardedIndex, IndexReport]:
     """Write ``vectors`` to ``work_url``, build ``shards`` shards through ``map_fn`` (default:
     here, in turn), load them back, and tune the merged index like one index: one setting for
     every shard, the cheapest whose merged recall@10 meets ``recall_target``."""
@@ -221,20 +221,23 @@ def build_sharded(vectors: np.ndarray, shards: int, kind: str, recall_target: fl
     if n:
         q = sample_queries(vectors, 300, seed)
         k = min(10, n)
+        texts = None if text_queries is None or not len(text_queries) else np.ascontiguousarray(text_queries, np.float32)
         if kind == "flat":
             report.recall_at_10 = 1.0
+            report.text_recall_at_10 = 1.0 if texts is not None else None
             _, report.latency_p50_ms, report.latency_p99_ms = _latency(sharded, q[:100], None, k)
-        else:
-            tune(sharded, kind, bp or {"nlist": 1}, q, disk.exact_topk(vectors, q, k), k, recall_target, report)
+        else:  # the merged index, on image and text queries alike
+            tune(sharded, kind, bp or {"nlist": 1}, q, disk.exact_topk(vectors, q, k), k, recall_target, report,
+                 text=(texts, disk.exact_topk(vectors, texts, k)) if texts is not None else None)
     return sharded, report
 
 
 def build_index(icfg, vectors: np.ndarray, storage, work_url: str,
                 map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None,
                 text_queries: Optional[np.ndarray] = None):
-    """What ``index.*`` asks for: one tuned index (on image and, given, text queries), or
-    ``index.shards`` shards built through ``map_fn`` (tuned on image queries)."""
+    """What ``index.*`` asks for: one index, or ``index.shards`` shards built through ``map_fn``,
+    tuned on image and (given) text queries."""
     if icfg.shards > 1:
         return build_sharded(vectors, icfg.shards, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, storage,
-                             work_url, map_fn)
+                             work_url, map_fn, text_queries=text_queries)
     return build_and_tune(vectors, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, text_queries=text_queries)
