@@ -214,7 +214,7 @@ def test_api_filters_thumbnails_export_and_bad_values(api, wild):
     assert names <= {f"{n}.jpg" for n in SHOTS} | {"a0_copy.jpg"}
     facets = c.get("/facets").json()
     assert sum(facets["species"].values()) == 20 and facets["cameras"]["DEP-7"] == 2
-    assert facets["taken_at"] == ["2024-05-01T10:00:00+00:00", "2024-06-15T10:00:00+00:00"]
+    assert facets["taken_at"] == ["2024-05-01T10:00:00", "2024-06-15T10:00:00"]  # naive EXIF clocks: no offset invented
     # thumbnails: ≤ 256 px JPEG, made once and then read from storage; video stills too
     still = c.get("/search", params={"q": "a deer", "media": "video", "k": 1}).json()["results"][0]
     for item in (h, still):

@@ -123,6 +123,7 @@ class Columns:
         # label wins over it. Frames with people are never listed unless ``show_people`` (serve.show_people)
         self.source_empty, self.source_person = (_flags(rows.column(k), n) for k in ("empty", "person"))
         self.show_people = False
+        self._hidden: dict[tuple[bool, bool], Optional[np.ndarray]] = {}  # per (show_empty, show_people)
 
     def verify(self, labels: dict[int, str]) -> None:
         """Person-verified labels by item id: they replace the model's guesses in filters and facets."""
@@ -132,6 +133,7 @@ class Columns:
         score = self.model_species_score.copy()
         score[ids] = 1.0
         self.species, self.species_score, self.verified = self.model_species.overridden(labels), score, verified
+        self._hidden = {}
 
     def check(self, f: Filters, sources: list[str]) -> None:
         if f.source is not None and f.source not in sources:
@@ -151,17 +153,22 @@ class Columns:
         c = self.species._code.get("person")
         return bool(self.source_person[i] and not self.verified[i]) or (c is not None and self.species.codes[i] == c)
 
-    def hidden(self, f: Filters) -> np.ndarray:
-        """Empty frames unless ``f.show_empty``; frames with people unless ``show_people``."""
-        h = np.zeros(self.n, dtype=bool) if f.show_empty else self.empty()
-        return h if self.show_people else h | self.person()
+    def hidden(self, f: Filters) -> Optional[np.ndarray]:
+        """Empty frames unless ``f.show_empty``; frames with people unless ``show_people``; None
+        when none is hidden. Computed once per setting (and again after :meth:`verify`)."""
+        key = (f.show_empty, self.show_people)
+        if key not in self._hidden:
+            h = np.zeros(self.n, dtype=bool) if f.show_empty else self.empty()
+            h = h if self.show_people else h | self.person()
+            self._hidden[key] = h if h.any() else None
+        return self._hidden[key]
 
     def mask(self, f: Filters) -> Optional[np.ndarray]:
         """Which items pass ``f`` (None: all of them)."""
         hidden = self.hidden(f)
-        if not f.filtering and not hidden.any():
+        if not f.filtering and hidden is None:
             return None
-        m = ~hidden
+        m = ~hidden if hidden is not None else np.ones(self.n, dtype=bool)
         if f.source:
             m &= self.source == f.source
         if f.media:
