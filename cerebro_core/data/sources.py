@@ -58,7 +58,7 @@ def list_folder(folder: str | Path, source: str = "", counts: Optional[Counter] 
                 if m.get("label"):  # shown beside the model's guess (species), never mixed with it
                     meta["source_label"] = m["label"]
                 recs.append(ImageRecord(str(p), m.get("label"), source, m.get("camera"), meta))
-        return recs
+        return _with_sidecar(root, recs)  # a mirrored source's items still name their objects
     labels_csv = root / "labels.csv"
     if labels_csv.exists():
         with labels_csv.open(newline="") as f:
@@ -100,4 +100,5 @@ def _with_sidecar(root: Path, recs: list[ImageRecord]) -> list[ImageRecord]:
     known = sidecar.read(root)
     if not known:
         return recs
-    return [replace(r, meta={**r.meta, **known.get(Path(r.path).relative_to(root).as_posix(), {})}) for r in recs]
+    # what the source's own metadata says wins over the sidecar
+    return [replace(r, meta={**known.get(Path(r.path).relative_to(root).as_posix(), {}), **r.meta}) for r in recs]
