@@ -101,9 +101,10 @@ def _submit(driver, ui) -> str:
     only (read in the server's log), and only when no run was created."""
     log = Path(re.search(r"logs in (\S+); Ctrl-C", ui["out"])[1]) / "prefect-server.log"
     for attempt in (1, 2):
+        before = len(driver.find_elements(By.XPATH, OOPS))  # an error toast of an earlier request stays up
         _click(driver, "//button[normalize-space()='Submit']")
-        shown = _wait(driver, lambda drv: drv.find_elements(By.XPATH, SCHEDULED) or drv.find_elements(By.XPATH, OOPS),
-                      30, "the toast '<run> scheduled to start now' (or Prefect's error toast)")
+        shown = _wait(driver, lambda drv: drv.find_elements(By.XPATH, SCHEDULED) or (
+            drv.find_elements(By.XPATH, OOPS)[before:]), 30, "the toast '<run> scheduled to start now' (or Prefect's error toast)")
         if "scheduled to start" in shown[0].text:
             return shown[0].text.split(" scheduled")[0].strip()
         text = log.read_text(errors="replace")
