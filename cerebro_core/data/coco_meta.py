@@ -54,15 +54,36 @@ def _relative(name: Any) -> Optional[str]:
     return p.as_posix()
 
 
-def parse(text: str, counts: Counter) -> dict[str, dict]:
-    """{file name relative to the source folder: record} from the JSON ``text`` (see the module doc)."""
+def images_json(text: str, counts: Counter, prefix: str) -> Optional[dict]:
+    """The JSON object of ``text`` with an ``images`` list, or None, counted as
+    ``<prefix>.not_json`` / ``<prefix>.no_images_list`` (this format and MegaDetector's alike)."""
     try:
         data = json.loads(text)
     except ValueError:
-        counts["metadata.not_json"] += 1
-        return {}
+        counts[f"{prefix}.not_json"] += 1
+        return None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        counts["metadata.no_images_list"] += 1
+        counts[f"{prefix}.no_images_list"] += 1
+        return None
+    return data
+
+
+def read_source_file(storage, source, key: str) -> Optional[str]:
+    """The text of the file a source's ``key`` option names (a path or storage URL), or None when
+    it names none; FileNotFoundError naming the key when nothing is there."""
+    url = getattr(source, key, None)
+    if not url:
+        return None
+    try:
+        return storage.read_text(url)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sources[{source.name}].{key}: nothing at {url}") from None
+
+
+def parse(text: str, counts: Counter) -> dict[str, dict]:
+    """{file name relative to the source folder: record} from the JSON ``text`` (see the module doc)."""
+    data = images_json(text, counts, "metadata")
+    if data is None:
         return {}
     cats = {c.get("id"): str(c.get("name", "")).strip() for c in data.get("categories") or []
             if isinstance(c, dict) and c.get("id") is not None}
@@ -117,10 +138,5 @@ def parse(text: str, counts: Counter) -> dict[str, dict]:
 
 def for_source(storage, source, counts: Counter) -> Optional[dict[str, dict]]:
     """The records of ``source.metadata`` (a path or storage URL), or None when it names none."""
-    if not getattr(source, "metadata", None):
-        return None
-    try:
-        text = storage.read_text(source.metadata)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sources[{source.name}].metadata: nothing at {source.metadata}") from None
-    return parse(text, counts)
+    text = read_source_file(storage, source, "metadata")
+    return None if text is None else parse(text, counts)

@@ -10,20 +10,14 @@ detection without a known category or a numeric confidence, a file listed twice 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 
-from cerebro_core.data.coco_meta import _relative
+from cerebro_core.data.coco_meta import _relative, images_json, read_source_file
 
 
 def parse(text: str, counts: Counter, threshold: float) -> dict[str, dict]:
-    try:
-        data = json.loads(text)
-    except ValueError:
-        counts["detections.not_json"] += 1
-        return {}
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        counts["detections.no_images_list"] += 1
+    data = images_json(text, counts, "detections")
+    if data is None:
         return {}
     names = {str(k): str(v).lower() for k, v in (data.get("detection_categories") or
                                                  {"1": "animal", "2": "person", "3": "vehicle"}).items()}
@@ -55,10 +49,5 @@ def parse(text: str, counts: Counter, threshold: float) -> dict[str, dict]:
 
 def for_source(storage, source, counts: Counter) -> dict[str, dict] | None:
     """The flags of ``source.detections`` (a path or storage URL), or None when it names none."""
-    if not getattr(source, "detections", None):
-        return None
-    try:
-        text = storage.read_text(source.detections)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"sources[{source.name}].detections: nothing at {source.detections}") from None
-    return parse(text, counts, source.detection_threshold)
+    text = read_source_file(storage, source, "detections")
+    return None if text is None else parse(text, counts, source.detection_threshold)
