@@ -3,7 +3,7 @@
     python benchmarks/faiss_build.py                 # every kind the index stage can pick
     python benchmarks/faiss_build.py --n 5000        # smoke
 
-Ours: ``cerebro_core.index.build.build`` for each kind (IVF trains and adds on the GPUs when
+Ours: each kind's ``build`` (:mod:`cerebro_core.ann.kinds`) (IVF trains and adds on the GPUs when
 faiss has them) and ``build_and_tune`` for what ``index.kind: auto`` ships (build + recall
 tuning); anchor: a plain ``IndexFlatIP`` (the original system's exact index). Writes one row per
 kind: seconds, whether a GPU did the work.
@@ -30,13 +30,15 @@ def main() -> None:
     args = ap.parse_args()
     from search_latency import clustered
 
-    from cerebro_core.index.build import build, build_and_tune, gpu_count
+    from cerebro_core.ann.base import gpu_count
+    from cerebro_core.ann.kinds import kind_for
+    from cerebro_core.ann.tune import build_and_tune
 
     x = clustered(args.n, args.d)
     rows = []
     for kind in ("flat", "ivf", "hnsw", "ivfpq"):
         t0 = time.perf_counter()
-        _, params, on_gpu = build(x, kind)
+        _, params, on_gpu = kind_for(kind).build(x)
         rows.append({"what": f"build {kind}", "seconds": time.perf_counter() - t0, "gpu": on_gpu, "params": params})
     t0 = time.perf_counter()
     _, report = build_and_tune(x, "auto", 0.95, 16384)

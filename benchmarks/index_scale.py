@@ -76,8 +76,8 @@ def make_data(path: Path, n: int, d: int, centres: int, seed: int = 0, chunk: in
 def phase_build(a) -> dict:
     import faiss
 
-    from cerebro_core.index.build import build_and_tune, sample_queries
-    from cerebro_core.index.disk import exact_topk
+    from cerebro_core.ann.base import exact_topk, sample_queries
+    from cerebro_core.ann.tune import build_and_tune
 
     faiss.omp_set_num_threads(a.threads)
     allv = np.load(a.data, mmap_mode="r")
@@ -88,7 +88,7 @@ def phase_build(a) -> dict:
     total = time.perf_counter() - t0
     out_dir = Path(a.work, str(a.n))
     out_dir.mkdir(parents=True, exist_ok=True)
-    index.write(out_dir / "index.faiss")
+    index.save(out_dir)  # index.faiss
     q = sample_queries(x, a.queries, seed=1)  # held out: not the tuning queries (seed 0)
     t1 = time.perf_counter()
     truth = exact_topk(x, q, 10)
@@ -102,8 +102,8 @@ def phase_build(a) -> dict:
 def phase_search(a) -> dict:
     import faiss
 
-    from cerebro_core.index.build import recall_at_k, search_params
-    from cerebro_core.index.disk import DiskIVFPQ, VectorFile, read_ivf
+    from cerebro_core.ann.base import recall_at_k
+    from cerebro_core.ann.disk import DiskIVFPQ, VectorFile, read_ivf
 
     faiss.omp_set_num_threads(a.threads)
     out_dir = Path(a.work, str(a.n))
@@ -114,7 +114,7 @@ def phase_search(a) -> dict:
         index = DiskIVFPQ(read_ivf(out_dir / "index.faiss"), vectors,
                           params["k_factor"])
         index.nprobe = params["nprobe"]
-        p = search_params(index, a.kind, params["nprobe"])
+        p = faiss.SearchParametersIVF(nprobe=params["nprobe"])
     else:  # the anchor: lists in RAM, IndexRefine over an fp16 copy in RAM
         base = read_ivf(out_dir / "index.faiss", mmap=False)
         refine = faiss.IndexScalarQuantizer(base.d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_L2)

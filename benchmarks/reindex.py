@@ -4,7 +4,7 @@
 
 For each kind cerebro builds (flat, hnsw, ivf, ivfpq): build over N synthetic clustered vectors,
 then time (a) adding 1,000 new vectors from the same distribution through
-cerebro_core.index.incremental.add_or_rebuild (drift check included) and (b) a full rebuild
+cerebro_core.ann.incremental.add_or_rebuild (drift check included) and (b) a full rebuild
 over all N + 1,000. Target: incremental ≤ 5 % of the rebuild time.
 """
 
@@ -27,8 +27,10 @@ def main() -> None:
     ap.add_argument("--add", type=int, default=1000)
     ap.add_argument("--dim", type=int, default=512)
     args = ap.parse_args()
-    from cerebro_core.index.build import build, centroid_baseline
-    from cerebro_core.index.incremental import add_or_rebuild
+    from cerebro_core.ann.base import Index
+    from cerebro_core.ann.kinds import kind_for
+    from cerebro_core.ann.tune import centroid_baseline
+    from cerebro_core.ann.incremental import add_or_rebuild
 
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((1024, args.dim)).astype(np.float32)
@@ -39,12 +41,13 @@ def main() -> None:
     print("|---|---:|---:|---|---:|---:|")
     for kind in ("flat", "hnsw", "ivf", "ivfpq"):
         t0 = time.perf_counter()
-        index, _, _ = build(x, kind)
+        k_ = kind_for(kind)
+        index = Index(k_, k_.build(x)[0])
         build_s = time.perf_counter() - t0
         baseline = centroid_baseline(index, x)
-        index, rep = add_or_rebuild(index, kind, x, new, baseline, lambda v: build(v, kind)[0])
+        index, rep = add_or_rebuild(index, x, new, baseline, lambda v: Index(k_, k_.build(v)[0]))
         t0 = time.perf_counter()
-        build(np.concatenate([x, new]), kind)
+        k_.build(np.concatenate([x, new]))
         rebuild_s = time.perf_counter() - t0
         print(f"| {kind} | {build_s:.2f} | {rep.seconds * 1000:.1f} | {'yes: ' + rep.reason if rep.rebuilt else 'no'} | "
               f"{rebuild_s:.2f} | {rep.seconds / rebuild_s:.2%} |", flush=True)

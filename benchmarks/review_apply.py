@@ -25,9 +25,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
 
-    from cerebro_core.index.columns import Columns
-    from cerebro_core.index.rows import Rows
-    from cerebro_core.index.search import Searcher
+    from cerebro_core.search.columns import Columns
+    from cerebro_core.search.rows import Rows
+    from cerebro_core.search.searcher import Searcher
     from cerebro_core.review.queue import apply, clusters, propose
     from cerebro_core.review.store import Verification
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from cerebro_core import parts
-from cerebro_core.index.publish import write_vectors
-from cerebro_core.index.rows import write_rows
+from cerebro_core.ann.disk import write_vectors
+from cerebro_core.search.rows import write_rows
 from cerebro_core.storage import Storage
 
 

@@ -371,7 +371,7 @@ def demo(
     typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(
         f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
     from cerebro_core.demo_data import search_quality
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     version, searcher = load_searcher(f"models:/{cfg.tracking.search_model_name}@champion", ep.tracking_uri)
     q = search_quality(searcher)

@@ -26,8 +26,8 @@ def _champion_items(cfg):
     relative path, its original URL, its local path); (None, {}) when nothing is indexed yet."""
     from cerebro_core import tracking
     from cerebro_core.home import cerebro_home, prepare_environment
-    from cerebro_core.index.local_copy import bundle_for
-    from cerebro_core.index.rows import read_rows
+    from cerebro_core.search.local_copy import bundle_for
+    from cerebro_core.search.rows import read_rows
 
     uri = prepare_environment(cfg).tracking_uri
     try:

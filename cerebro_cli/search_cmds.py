@@ -17,7 +17,7 @@ from cerebro_core.config import LOOPBACK, CerebroConfig
 def _searcher(cfg: CerebroConfig, model_uri: Optional[str]):
     """The champion's bundle from its local copy: no MLflow import when the store is sqlite."""
     from cerebro_core.home import prepare_environment
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     uri = model_uri or f"models:/{cfg.tracking.search_model_name}@champion"
     try:
@@ -76,7 +76,7 @@ def search(
     if (query is None) == (image is None):
         typer.echo("cerebro search: give a text query or --image, not both", err=True)
         raise typer.Exit(2)
-    from cerebro_core.index.filters import QueryError, check_query, parse_filters  # no torch yet
+    from cerebro_core.search.filters import QueryError, check_query, parse_filters  # no torch yet
 
     try:  # before the model loads (seconds): an empty query, k out of range, a bad filter value
         check_query(query, k, media, cfg.serve.max_query_chars)

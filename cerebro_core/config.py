@@ -164,7 +164,7 @@ class IndexConfig(_Section):
     shards: int = Field(1, ge=1, le=65536, description="index shards, each built as its own task (contiguous ids)")
     shard_runner: TaskRunner = Field(default_factory=ThreadRunner, description="the Prefect task runner the "
                                      "shard builds are mapped on: threads here, or Dask (prefect-dask)")
-    kind: Literal["auto", "flat", "hnsw", "ivf", "ivfpq", "ivfpq_disk"] = "auto"
+    kind: str = Field("auto", description="the FAISS index kind (cerebro_core.ann.kinds): auto, or one by name")
     recall_target: float = Field(0.95, gt=0, le=1)
     memory_budget_mb: int = Field(4096, ge=1)
     video_frame_interval: float = Field(2.0, gt=0)
@@ -179,6 +179,15 @@ class IndexConfig(_Section):
     evaluation_source: Optional[SourceConfig] = Field(None, description="a labelled folder: each published version "
                                                       "records species-query mAP@10 / P@10 on it (not indexed)")
 
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        from cerebro_core.ann.kinds import KINDS  # the registry is the list of kinds
+
+        if v != "auto" and v not in KINDS:
+            raise ValueError(f"unknown index kind {v!r}; known: auto, {', '.join(KINDS)}")
+        return v
 
     @model_validator(mode="before")
     @classmethod

@@ -1,7 +1,7 @@
 """Index shard builds as Prefect tasks, mapped on the task runner ``index.shard_runner`` names:
 Prefect's thread pool, or Dask through prefect-dask (a local cluster for the run, or a running
 scheduler's address). Each task builds one shard from the vectors in storage and writes its
-index back (:func:`cerebro_core.index.shards.build_shard`)."""
+index back (:func:`cerebro_core.ann.sharded.build_shard`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from prefect import task, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from cerebro_core.config import CerebroConfig, StorageConfig
-from cerebro_core.index.shards import ShardSpec, build_shard
+from cerebro_core.ann.sharded import ShardSpec, build_shard
 from cerebro_core.storage import Storage
 
 

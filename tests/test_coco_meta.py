@@ -270,7 +270,7 @@ def test_megadetector_output_flags_empty_and_person_frames(shared_data, tmp_path
 def test_reindex_of_a_configured_source_reads_its_metadata(shared_data, tmp_path, monkeypatch):
     """`cerebro reindex` of a source the config names reads that source's metadata JSON as the
     index stage does: the new items carry the collection's labels, cameras and flags."""
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
     from cerebro_core.index.stage import run_stage
 
@@ -301,9 +301,9 @@ def test_naive_times_stay_naive_and_compare_as_local(tmp_path):
     the facets print it without inventing an offset; zoned times keep theirs."""
     import pyarrow as pa
 
-    from cerebro_core.index.columns import Columns
-    from cerebro_core.index.filters import Filters
-    from cerebro_core.index.rows import Rows
+    from cerebro_core.search.columns import Columns
+    from cerebro_core.search.filters import Filters
+    from cerebro_core.search.rows import Rows
 
     times = ["2019-06-01T05:00:00", "2019-06-01T23:30:00", "2019-06-02T01:00:00+02:00", None]
     table = pa.table({"uri": [f"/x/{i}.jpg" for i in range(4)], "source": ["s"] * 4, "media_type": ["image"] * 4,

@@ -68,7 +68,7 @@ def test_defaults_bind_loopback_and_mask_secrets():
         ("index.shard_runner=spark", "index.shard_runner.kind: Input tag 'spark' found"),
         ("index.shard_runner.adress=tcp://h:8786", "index.shard_runner.adress: Extra inputs are not permitted"),
         ("index.shards=0", "index.shards: Input should be greater than or equal to 1"),
-        ("index.kind=ivfpq_mmap", "index.kind: Input should be"),
+        ("index.kind=ivfpq_mmap", "index.kind: Value error, unknown index kind 'ivfpq_mmap'; known: auto, flat, hnsw"),
     ],
 )
 def test_bad_override_names_the_key(override, message):

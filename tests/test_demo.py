@@ -45,7 +45,7 @@ def _r_precision(searcher) -> dict[tuple, float]:
 
 def test_demo_search_ranks_the_right_items_first(demo_run, monkeypatch):
     from cerebro_core.demo_data import BACKGROUNDS, COLORS, SHAPES
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     home = demo_run["home"]
     monkeypatch.setenv("CEREBRO_HOME", str(home))
@@ -86,20 +86,20 @@ def test_the_index_is_tuned_on_text_queries_as_well(demo_run, monkeypatch, capsy
     import numpy as np
 
     from cerebro_core.demo_data import BACKGROUNDS, COLORS, SHAPES
-    from cerebro_core.index.build import build_and_tune, recall_at_k, search_params
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.ann.base import recall_at_k
+    from cerebro_core.ann.tune import build_and_tune
+    from cerebro_core.search.local_copy import load_searcher
 
     home = demo_run["home"]
     monkeypatch.setenv("CEREBRO_HOME", str(home))
     uri = f"sqlite:///{home / 'mlflow.db'}"
     _, s = load_searcher("models:/cerebro-search@champion", uri)
-    x = s.index.reconstruct_n(0, s.index.ntotal)
+    x = np.load(s.dir / "vectors.npy").astype(np.float32)  # what the index was built from (fp16)
     texts = np.stack([s.encode_text(f"a {c} {sh} on {b}") for c, sh, b in itertools.product(COLORS, SHAPES, BACKGROUNDS)])
     _, both = build_and_tune(x, "ivf", 0.95, text_queries=texts)
     old_index, old = build_and_tune(x, "ivf", 0.95)  # the tuning before: image queries only
     exact = np.argsort(-(texts @ x.T), axis=1)[:, :10]
-    old_text = recall_at_k(old_index.search(texts, 10, params=search_params(old_index, "ivf", old.params["nprobe"]))[1],
-                           exact, 10)
+    old_text = recall_at_k(old_index.search(texts, 10)[1], exact, 10)  # at its own (image-only) setting
     with capsys.disabled():
         print(f"\ntext-query recall@10: {old_text:.3f} at the image-only setting (nprobe {old.params['nprobe']}), "
               f"{both.text_recall_at_10:.3f} tuned on both (nprobe {both.params['nprobe']}); image queries "

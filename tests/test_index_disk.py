@@ -17,25 +17,25 @@ def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def test_auto_picks_the_disk_kind_only_when_nothing_fits_in_ram():
-    from cerebro_core.index.build import choose_kind, estimate_mb
+    from cerebro_core.ann.kinds import choose_kind, kind_for
 
-    assert choose_kind(604, 512, 4096) == "flat"
-    assert choose_kind(1_000_000, 512, 4096) == "hnsw"
-    assert choose_kind(3_000_000, 512, 4096) == "ivfpq"
-    assert choose_kind(10_000_000, 512, 4096) == "ivfpq_disk"
+    assert choose_kind(604, 512, 4096).name == "flat"
+    assert choose_kind(1_000_000, 512, 4096).name == "hnsw"
+    assert choose_kind(3_000_000, 512, 4096).name == "ivfpq"
+    assert choose_kind(10_000_000, 512, 4096).name == "ivfpq_disk"
     # what it keeps resident at 10M: its centroids, not the ~10 GB an in-RAM IVF-PQ + refine needs
-    assert estimate_mb("ivfpq_disk", 10_000_000, 512) < 50 < 10_000 < estimate_mb("ivfpq", 10_000_000, 512)
+    assert kind_for("ivfpq_disk").estimate_mb(10_000_000, 512) < 50 < 10_000 < kind_for("ivfpq").estimate_mb(10_000_000, 512)
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    from cerebro_core.index.build import build_and_tune, save
-    from cerebro_core.index.publish import write_vectors
+    from cerebro_core.ann.disk import write_vectors
+    from cerebro_core.ann.tune import build_and_tune
 
     x = _clustered(60_000, 64)
     index, rep = build_and_tune(x, "auto", recall_target=0.95, memory_budget_mb=1, n_queries=200)
     d = tmp_path_factory.mktemp("disk-bundle")
-    save(index, d)
+    index.save(d)
     write_vectors(d / "vectors.npy", x)
     return {"x": x, "index": index, "rep": rep, "dir": d}
 
@@ -43,7 +43,7 @@ def built(tmp_path_factory):
 def test_disk_index_meets_the_recall_target_on_fresh_queries(built):
     import faiss
 
-    from cerebro_core.index.build import recall_at_k, sample_queries
+    from cerebro_core.ann.base import recall_at_k, sample_queries
 
     rep = built["rep"]
     assert rep.kind == "ivfpq_disk" and rep.recall_at_10 >= 0.95
@@ -60,16 +60,16 @@ def test_disk_index_meets_the_recall_target_on_fresh_queries(built):
 def test_loaded_disk_index_is_memory_mapped_and_answers_alike(built):
     import faiss
 
-    from cerebro_core.index.build import load
+    from cerebro_core.ann.disk import VectorFile
+    from cerebro_core.ann.store import load
 
     info = {"kind": "ivfpq_disk", "params": built["rep"].params}
-    from cerebro_core.index.disk import VectorFile
-
     index = load(built["dir"], info)
-    assert isinstance(index.vectors, VectorFile)  # rows read on demand, nothing mapped or loaded
-    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index.ivf).invlists)
+    raw = index.raw
+    assert isinstance(raw.vectors, VectorFile)  # rows read on demand, nothing mapped or loaded
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(raw.ivf).invlists)
     assert isinstance(lists, faiss.OnDiskInvertedLists) and lists.read_only
-    assert (index.nprobe, index.k_factor) == (built["rep"].params["nprobe"], built["rep"].params["k_factor"])
+    assert (raw.nprobe, raw.k_factor) == (built["rep"].params["nprobe"], built["rep"].params["k_factor"])
     q = built["x"][:50].astype(np.float32)
     D1, I1 = built["index"].search(q, 10)
     D2, I2 = index.search(q, 10)
@@ -78,18 +78,17 @@ def test_loaded_disk_index_is_memory_mapped_and_answers_alike(built):
     assert (I2[:, 0] == np.arange(50)).mean() >= 0.95  # a stored vector finds itself
 
     # a filter (FAISS ID selector) holds inside the PQ stage: only even ids come back
-    params = faiss.SearchParametersIVF(nprobe=index.nprobe, sel=faiss.IDSelectorBatch(np.arange(0, 60_000, 2)))
-    _, I3 = index.search(q, 10, params=params)
+    _, I3 = index.search(q, 10, ids=np.arange(0, 60_000, 2))
     assert (I3 >= 0).all() and (I3 % 2 == 0).all()
 
 
 def test_disk_index_takes_new_vectors_when_read_for_writing(built):
-    from cerebro_core.index.build import load
+    from cerebro_core.ann.store import load
 
     index = load(built["dir"], {"kind": "ivfpq_disk", "params": built["rep"].params}, mmap=False)
     new = _clustered(100, 64, seed=5)
     index.add(new)
-    assert index.ntotal == len(index.vectors) == 60_100
+    assert index.ntotal == len(index.raw.vectors) == 60_100
     _, ids = index.search(new.astype(np.float32), 1)
     assert (ids[:, 0] == np.arange(60_000, 60_100)).mean() >= 0.95
 
@@ -97,9 +96,9 @@ def test_disk_index_takes_new_vectors_when_read_for_writing(built):
 def test_metadata_is_a_mapped_table_read_per_row(tmp_path):
     import pyarrow as pa
 
-    from cerebro_core.index.columns import Columns
-    from cerebro_core.index.filters import Filters
-    from cerebro_core.index.rows import read_rows, write_rows
+    from cerebro_core.search.columns import Columns
+    from cerebro_core.search.filters import Filters
+    from cerebro_core.search.rows import read_rows, write_rows
 
     n = 200_000
     rows = [{"uri": str(tmp_path / "src" / f"{i:06d}.jpg"), "source_root": str(tmp_path / "src"),
@@ -137,15 +136,15 @@ def disk_pipeline(shared_data, tmp_path_factory):
 def test_forced_disk_kind_indexes_searches_and_reindexes(disk_pipeline, shared_data, tmp_path):
     from helpers import make_scrape
 
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
 
     sv = disk_pipeline["sv"]
     assert sv.kind == "ivfpq_disk" and sv.n == 700 and sv.recall_at_10 >= 0.9
     _, s = load_searcher("models:/cerebro-search@champion")
-    from cerebro_core.index.disk import VectorFile
+    from cerebro_core.ann.disk import VectorFile
 
-    assert s.kind == "ivfpq_disk" and isinstance(s.index.vectors, VectorFile)
+    assert s.kind == "ivfpq_disk" and isinstance(s.index.raw.vectors, VectorFile)
     assert (s.dir / "metadata.arrow").exists() and not (s.dir / "metadata.parquet").exists()
     hits = s.search("a photo of an animal", k=5)
     assert len(hits) == 5 and [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)

@@ -53,7 +53,7 @@ def test_mirror_follows_the_bucket(s3_photos, tmp_path):
 def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
     from helpers import register_random_clip
 
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.stage import IndexInputError, run_stage, scan_sources
 
     cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])

@@ -27,7 +27,7 @@ def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 
 def test_plan_covers_every_id_once():
-    from cerebro_core.index.shards import plan
+    from cerebro_core.ann.sharded import plan
 
     assert plan(10, 3) == [(0, 3), (3, 7), (7, 10)]
     assert plan(2, 4) == [(0, 1), (1, 2)]
@@ -39,8 +39,8 @@ def test_plan_covers_every_id_once():
 def test_two_flat_shards_give_the_top_k_of_one_flat_index(tmp_path):
     import faiss
 
-    from cerebro_core.index.build import sample_queries
-    from cerebro_core.index.shards import build_sharded
+    from cerebro_core.ann.base import sample_queries
+    from cerebro_core.ann.sharded import build_sharded
     from cerebro_core.storage import Storage
 
     x = _clustered(5000, 48)
@@ -65,8 +65,9 @@ def test_two_flat_shards_give_the_top_k_of_one_flat_index(tmp_path):
 def test_ivf_shards_recall_within_a_hundredth_of_one_ivf_index(tmp_path):
     import faiss
 
-    from cerebro_core.index.build import build_and_tune, recall_at_k, sample_queries, search_params
-    from cerebro_core.index.shards import build_sharded
+    from cerebro_core.ann.base import recall_at_k, sample_queries
+    from cerebro_core.ann.sharded import build_sharded
+    from cerebro_core.ann.tune import build_and_tune
     from cerebro_core.storage import Storage
 
     x = _clustered(60_000, 64)
@@ -82,7 +83,8 @@ def test_ivf_shards_recall_within_a_hundredth_of_one_ivf_index(tmp_path):
     assert recall_at_k(f2, truth) >= 0.93
     for nprobe in (rep1.params["nprobe"], rep2.params["nprobe"]):  # the same setting: the same recall ± 0.01
         sharded.set_setting({"nprobe": nprobe})
-        _, f1 = one.search(q, 10, params=search_params(one, "ivf", nprobe))
+        one.set_setting({"nprobe": nprobe})
+        _, f1 = one.search(q, 10)
         _, f2 = sharded.search(q, 10)
         assert abs(recall_at_k(f1, truth) - recall_at_k(f2, truth)) <= 0.01, nprobe
     # queries far from every cluster, as text queries sit far from image vectors: the merged index is
@@ -130,7 +132,7 @@ def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path
                               "order by name").fetchall()
         assert runs == [("index-shard-0", "COMPLETED"), ("index-shard-1", "COMPLETED")]
 
-        from cerebro_core.index.local_copy import load_searcher
+        from cerebro_core.search.local_copy import load_searcher
 
         _, s = load_searcher("models:/cerebro-search@champion")
         assert s.sharded and [e["end"] for e in s.info["shards"]] == [60, 120]

@@ -157,7 +157,7 @@ def test_two_node_index_equals_one_process(shared_data, cerebro_home, tmp_path):
 
     import mlflow
 
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     client = mlflow.MlflowClient()
     assert sorted(int(v.version) for v in client.search_model_versions("name='cerebro-search'")) == [1, 2]

@@ -28,7 +28,7 @@ def caltech_index(shared_data, tmp_path_factory):
 
 
 def test_reindex_adds_only_new_media(caltech_index, shared_data, tmp_path):
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
 
     s = make_scrape(shared_data, tmp_path / "scrape", n_new=30, n_copies=10)
@@ -102,7 +102,7 @@ def test_sigkill_during_publish_keeps_champion(caltech_index, shared_data, tmp_p
     assert "ended before the smoke test moved an alias" in mv.tags["cerebro.abandoned"] and not mv.aliases
     killed = tracking.client().get_run(mv.run_id)
     assert killed.info.status == "FAILED" and "ended without closing it" in killed.data.tags["cerebro.cleanup"]
-    _, searcher = __import__("cerebro_core.index.local_copy", fromlist=["x"]).load_searcher(
+    _, searcher = __import__("cerebro_core.search.local_copy", fromlist=["x"]).load_searcher(
         "models:/cerebro-search@champion")
     shas = [row["sha256"] for row in searcher.rows]
     assert len(shas) == len(set(shas)) == r.size_after  # the new photos exactly once
@@ -134,8 +134,8 @@ def test_missing_and_empty_scrapes(caltech_index, tmp_path):
 
 
 def test_ivf_adds_until_drift_then_rebuilds():
-    from cerebro_core.index.build import build_and_tune
-    from cerebro_core.index.incremental import add_or_rebuild
+    from cerebro_core.ann.tune import build_and_tune
+    from cerebro_core.ann.incremental import add_or_rebuild
 
     rng = np.random.default_rng(0)
     d = 32
@@ -149,11 +149,11 @@ def test_ivf_adds_until_drift_then_rebuilds():
     index, rep = build_and_tune(x, "ivf", 0.95, 4096, n_queries=100)
     baseline = rep.build_params["centroid_distance"]
     same = data(1000, centers)
-    index, add = add_or_rebuild(index, "ivf", x, same, baseline, lambda v: None)
+    index, add = add_or_rebuild(index, x, same, baseline, lambda v: None)
     assert not add.rebuilt and index.ntotal == 21000
     far = data(1000, rng.standard_normal((4, d)).astype(np.float32) * 3)  # a new region of the space
     rebuilt = []
-    index2, add2 = add_or_rebuild(index, "ivf", np.concatenate([x, same]), far, baseline,
+    index2, add2 = add_or_rebuild(index, np.concatenate([x, same]), far, baseline,
                                   lambda v: rebuilt.append(len(v)) or "REBUILT")
     assert add2.rebuilt and "drift" in add2.reason and rebuilt == [22000] and index2 == "REBUILT"
 
@@ -162,7 +162,7 @@ def test_two_reindexes_at_once_keep_both_scrapes(caltech_index, shared_data, tmp
     """Two `reindex` processes started together on one state dir (a cron run and a scrape event):
     both succeed and the champion holds both scrapes' photos, each once (the later one waited for
     the publish lock and added to the version the earlier one published)."""
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     home = caltech_index["home"]
     _, s0 = load_searcher("models:/cerebro-search@champion")

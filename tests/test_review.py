@@ -221,7 +221,7 @@ def test_review_queue_and_refused_writes(reviewed):
     from fastapi.testclient import TestClient
 
     from cerebro_core.config import ServeConfig
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.serve.app import Holder, create_app
     from cerebro_core.serve.review import Reviews
 

@@ -54,7 +54,7 @@ def wild(shared_data, tmp_path_factory):
     from helpers import register_random_clip
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.stage import run_stage
 
     photos = {k: sorted((shared_data / "cifar10_animals" / "test" / k).glob("*.jpg")) for k in ("deer", "horse", "cat", "frog")}
@@ -126,7 +126,7 @@ def _same_ranking(got: list[dict], want: list[int], s, v) -> None:
 
 
 def test_filters_are_exact_against_brute_force(wild):
-    from cerebro_core.index.filters import parse_filters
+    from cerebro_core.search.filters import parse_filters
 
     s = wild["s"]
     v = s.encode_text("a deer in the snow")
@@ -156,7 +156,7 @@ def test_filters_are_exact_against_brute_force(wild):
 
 
 def test_collapse_pages_and_date_order(wild):
-    from cerebro_core.index.filters import parse_filters
+    from cerebro_core.search.filters import parse_filters
 
     s = wild["s"]
     rows = _by_name(s)
@@ -342,7 +342,7 @@ def test_scrapes_keep_their_urls_and_the_exif_of_the_originals(wild, tmp_path, s
     import boto3
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
     from cerebro_core.serve.app import _hit
 
@@ -448,7 +448,7 @@ def test_each_version_records_how_well_it_searches(shared_data, tmp_path, monkey
 def test_years_and_months_are_ranges():
     from datetime import datetime, timezone
 
-    from cerebro_core.index.filters import Filters, _instant
+    from cerebro_core.search.filters import Filters, _instant
 
     def at(*a) -> float:
         return datetime(*a, tzinfo=timezone.utc).timestamp()

@@ -29,7 +29,7 @@ def versions_home(shared_data, tmp_path_factory):
 
 def _manifest(home: Path, version: str) -> dict:
     from cerebro_core import tracking
-    from cerebro_core.index.local_copy import version_manifest
+    from cerebro_core.search.local_copy import version_manifest
 
     uri = f"sqlite:///{home / 'mlflow.db'}"
     return json.loads(version_manifest(tracking.version_ref(uri, "cerebro-search", version=version), uri).read_text())
@@ -47,7 +47,7 @@ def test_reindex_writes_what_changed_and_gc_keeps_what_is_registered(versions_ho
     import mlflow
 
     from cerebro_core import parts, tracking
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
 
     home, cfg, v1 = versions_home["home"], versions_home["cfg"], versions_home["sv"]
@@ -173,7 +173,7 @@ def test_gc_during_a_paused_publish_that_reuses_old_parts(versions_home, shared_
     import mlflow
 
     from cerebro_core import parts, tracking
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
     home, cfg = versions_home["home"], versions_home["cfg"]
     champ = tracking.client().get_model_version_by_alias("cerebro-search", "champion").version
@@ -253,7 +253,7 @@ def _disk_usage(root: Path) -> dict[str, int]:
 def test_a_small_reindex_grows_the_state_dir_by_what_is_new(versions_home, shared_data, tmp_path):
     """A reindex of 3 photos adds O(new) bytes to the state dir, its local cache included: the new
     version's cached bundle shares every unchanged file with the previous one (hard links)."""
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
 
     home, cfg = versions_home["home"], versions_home["cfg"]
@@ -277,7 +277,7 @@ def test_a_corrupt_cache_is_assembled_again_and_gc_verify_finds_corrupt_parts(ve
     answers. A zeroed part: `cerebro gc --verify` names it and the version and file that use it,
     moves it aside and restores it from the intact cached copy; with no cached copy it exits 1."""
     from cerebro_core import parts, tracking
-    from cerebro_core.index.local_copy import bundle_for, load_searcher
+    from cerebro_core.search.local_copy import bundle_for, load_searcher
 
     home = versions_home["home"]
     uri = f"sqlite:///{home / 'mlflow.db'}"

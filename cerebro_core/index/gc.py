@@ -22,7 +22,7 @@ from typing import Callable
 from cerebro_core import parts, tracking
 from cerebro_core.config import CerebroConfig
 from cerebro_core.home import cerebro_home, resolve
-from cerebro_core.index.local_copy import version_manifest
+from cerebro_core.search.local_copy import version_manifest
 from cerebro_core.index.publish import parts_root
 from cerebro_core.lease import publish_lease
 from cerebro_core.storage import Storage

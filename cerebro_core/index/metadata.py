@@ -20,10 +20,12 @@ which near-duplicate — computed by index and reindex, stored in the bundle's m
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Optional, Sequence
 
 import numpy as np
+
+from cerebro_core.search.filters import parse_time
 
 EXIF_IFD, GPS_IFD = 0x8769, 0x8825
 MAKE, MODEL = 271, 272
@@ -91,18 +93,6 @@ def video_fields(path: str) -> dict:
         except ValueError:
             pass
     return out
-
-
-def parse_time(s: Optional[str]) -> Optional[float]:
-    """Seconds since the epoch of an ISO 8601 time, or None. A naive time (a camera's local clock,
-    no zone stated) is read as UTC, as naive filter bounds are: naive times compare as wall-clock
-    times, and facets print them without an offset."""
-    if not s:
-        return None
-    t = datetime.fromisoformat(s)
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return t.timestamp()
 
 
 def sequences(rows: Sequence[dict], gap_s: float) -> list[int]:

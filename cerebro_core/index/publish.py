@@ -15,8 +15,10 @@ from pydantic import BaseModel
 
 from cerebro_core import parts, tracking
 from cerebro_core.home import cerebro_home, resolve
-from cerebro_core.index.build import IndexReport, save
-from cerebro_core.index.rows import write_rows
+from cerebro_core.ann.base import IndexReport
+from cerebro_core.ann.disk import write_vectors
+from cerebro_core.ann.kinds import kind_for
+from cerebro_core.search.rows import write_rows
 from cerebro_core.lease import publish_lease
 from cerebro_core.storage import Storage, join
 from cerebro_core.tracking import search_model
@@ -38,11 +40,11 @@ class SearchVersion(BaseModel):
 def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_model_dir: Path,
                  clip_ref: dict, vectors: Optional[np.ndarray] = None,
                  species_vocabulary: Optional[list[str]] = None) -> Path:
-    """The search bundle folder (see cerebro_core.index.search)."""
+    """The search bundle folder (see cerebro_core.search.searcher)."""
     dest.mkdir(parents=True, exist_ok=True)
-    if report.kind == "ivfpq_disk" and vectors is None:
-        raise ValueError("an ivfpq_disk index is refined from the bundle's vectors: pass them")
-    shards = save(index, dest)
+    if kind_for(report.kind).needs_vectors and vectors is None:
+        raise ValueError(f"a {report.kind} index is refined from the bundle's vectors: pass them")
+    shards = index.save(dest)  # a sharded index: its entries
     write_rows(dest, rows, cerebro_home())
     if vectors is not None:  # kept for incremental re-indexing (no re-embedding of old media)
         write_vectors(dest / "vectors.npy", vectors)
@@ -53,15 +55,6 @@ def write_bundle(dest: Path, index, report: IndexReport, rows: list[dict], clip_
         shutil.rmtree(dest / "model")
     shutil.copytree(clip_model_dir, dest / "model")
     return dest
-
-
-def write_vectors(path: Path, vectors, chunk: int = 100_000) -> None:
-    """fp16 ``.npy``, written in chunks (``vectors`` may be a memmap larger than RAM)."""
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(vectors.shape))
-    for s in range(0, len(vectors), chunk):
-        out[s:s + chunk] = np.asarray(vectors[s:s + chunk], dtype=np.float16)
-    out.flush()
-    del out
 
 
 def parts_root(cfg) -> str:

@@ -7,7 +7,7 @@ Scrape (folder | s3:// prefix | URL list) + SearchVersion ──reindex──▶
    indexed files from local paths.
 2. Items whose content hash (sha256 of the bytes, so renamed copies match) is already in the
    champion's metadata are duplicates; the rest are embedded with the champion's own CLIP
-   weights and added (see :mod:`cerebro_core.index.incremental`; IVF may decide to retrain).
+   weights and added (see :mod:`cerebro_core.ann.incremental`; IVF may decide to retrain).
 3. If ``cerebro-clip@champion`` is no longer the model the index was built with, everything is
    re-embedded with the new model (a full rebuild) — embeddings of two models never mix.
 4. A new ``cerebro-search`` version is published; ``champion`` moves only after it loads and
@@ -38,12 +38,13 @@ from cerebro_core.distributed import one_node
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
-from cerebro_core.index.build import IndexReport, build, load, recall_at_k, sample_queries
-from cerebro_core.index.shards import build_index, build_sharded
-from cerebro_core.index.incremental import add_or_rebuild
+from cerebro_core.ann.base import IndexReport
+from cerebro_core.ann.incremental import add_or_rebuild
+from cerebro_core.ann.store import build_index, load, rebuild_like
+from cerebro_core.ann.tune import measured_recall
 from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
-from cerebro_core.index.rows import read_rows
+from cerebro_core.search.rows import read_rows
 from cerebro_core.lease import publish_lease
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.storage import Storage, join
@@ -132,7 +133,7 @@ def unpack_images(shards: list[str], dest: Path) -> int:
 
 def _champion_bundle(cfg: CerebroConfig):
     """(the champion's VersionRef, its bundle folder: assembled from its parts, or in place)."""
-    from cerebro_core.index.local_copy import bundle_for
+    from cerebro_core.search.local_copy import bundle_for
 
     name = cfg.tracking.search_model_name
     uri = resolve(cfg).tracking_uri
@@ -236,23 +237,16 @@ def _reindex(cfg: CerebroConfig, scrape: str, source: str, folder: Path, names, 
             index, report = build_index(cfg.index, vectors.astype(np.float32), Storage(cfg.storage), shard_work)
             rebuilt, reason = True, "new CLIP model: full rebuild"
         else:
-            kind = info["kind"]
             index = load(bundle, info, mmap=False)
             baseline = float(info.get("build_params", {}).get("centroid_distance", 0.0))
-
-            def rebuild_fn(allv: np.ndarray):  # as it was built: one index, or as many shards
-                if info.get("shards"):
-                    return build_sharded(allv, len(info["shards"]), kind, cfg.index.recall_target,
-                                         cfg.index.memory_budget_mb, Storage(cfg.storage), shard_work)[0]
-                return build(allv, kind)[0]
-
-            index, add = add_or_rebuild(index, kind, old_vectors, emb.vectors, baseline, rebuild_fn)
+            index, add = add_or_rebuild(index, old_vectors, emb.vectors, baseline,
+                                        lambda allv: rebuild_like(info, allv, cfg.index, Storage(cfg.storage), shard_work))
             vectors = np.concatenate([old_vectors, emb.vectors])
             all_rows = [{k: v for k, v in r.items() if k not in ("id", "path")} for r in rows] + emb.rows
             report = IndexReport(**{k: v for k, v in info.items() if k in IndexReport.__dataclass_fields__})
             report.n = len(all_rows)
             rebuilt, reason = add.rebuilt, add.reason
-            report.recall_at_10 = _recall(index, kind, report.params, vectors)
+            report.recall_at_10 = measured_recall(index, vectors.astype(np.float32))
         # the new rows' (a full rebuild: all rows') own metadata; sequences and duplicates over all
         item_fields(emb.rows, emb.vectors, Species(clip, names, cfg.adapt.templates) if names else None)
         group_fields(all_rows, index, vectors.astype(np.float32), cfg.index.sequence_gap_s, cfg.index.duplicate_threshold)
@@ -273,19 +267,3 @@ def _reindex(cfg: CerebroConfig, scrape: str, source: str, folder: Path, names, 
 
 def _reasons(failures: dict[str, int]) -> str:
     return f" ({', '.join(f'{k} {v}' for k, v in sorted(failures.items()))})" if failures else ""
-
-
-def _recall(index, kind: str, params: dict, vectors: np.ndarray) -> float:
-    import faiss
-
-    from cerebro_core.index.build import search_params
-
-    if kind == "flat" or len(vectors) == 0:
-        return 1.0
-    x = vectors.astype(np.float32)
-    q = sample_queries(x, 200)
-    exact = faiss.IndexFlatIP(x.shape[1])
-    exact.add(x)
-    _, truth = exact.search(q, min(10, len(x)))
-    _, found = index.search(q, min(10, len(x)), params=search_params(index, kind, next(iter(params.values()), None)))
-    return recall_at_k(found, truth, min(10, len(x)))

@@ -24,7 +24,7 @@ from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
 from cerebro_core.home import resolve
-from cerebro_core.index.shards import build_index
+from cerebro_core.ann.store import build_index
 from cerebro_core.index.metadata import Species, group_fields, item_fields, vocabulary_of
 from cerebro_core.index.publish import SearchVersion, publish, write_bundle
 from cerebro_core.index.quality import search_quality

@@ -7,7 +7,7 @@ the collection: at most one item per burst (``sequence_id``) or near-duplicate g
 fair share per predicted class and per cluster of the image embeddings (k-means) before any
 class or cluster gets more.
 
-:func:`apply` gives a loaded :class:`~cerebro_core.index.search.Searcher` the latest
+:func:`apply` gives a loaded :class:`~cerebro_core.search.searcher.Searcher` the latest
 verifications, matched to its items by content hash.
 """
 

@@ -42,8 +42,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from cerebro_core.config import ServeConfig
-from cerebro_core.index.filters import Filters, QueryError, parse_filters, shown
-from cerebro_core.index.search import MAX_K, Searcher, check_query
+from cerebro_core.search.filters import MAX_K, Filters, QueryError, check_query, parse_filters, shown
+from cerebro_core.search.searcher import Searcher
 from cerebro_core.serve.media import Thumbnails, original
 from cerebro_core.review.csvio import safe_cell
 from cerebro_core.serve.guards import BearerToken, BodyLimit, Slots, signed_query
@@ -309,7 +309,7 @@ def create_app(holder: Holder, cfg: Optional[ServeConfig] = None, thumbnails: Op
 def registry_holder(model_uri: str, interval_s: float = 5.0) -> Holder:
     """A holder that serves ``model_uri`` (e.g. models:/cerebro-search@champion) and follows it."""
     from cerebro_core import tracking
-    from cerebro_core.index.local_copy import load_searcher
+    from cerebro_core.search.local_copy import load_searcher
 
     def probe() -> Optional[str]:
         if not model_uri.startswith("models:/") or "@" not in model_uri:

@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from cerebro_core.index.filters import Filters, check_query
+from cerebro_core.search.filters import Filters, check_query
 from cerebro_core.review.queue import POOL, apply, review_queue
 from cerebro_core.review.store import Log, ReviewError, Verification, check_label, check_reviewer, now
 from cerebro_core.storage import Storage

@@ -1,7 +1,7 @@
 """The ``cerebro-search`` MLflow pyfunc model, logged as *model from code* (no pickle).
 
 Input: a DataFrame with a ``query`` column (or a list of strings); params ``k`` (1..1000) and the
-filters of :class:`cerebro_core.index.filters.Filters` as strings ("" = unset; ``species``
+filters of :class:`cerebro_core.search.filters.Filters` as strings ("" = unset; ``species``
 comma-separated). Output: one row per hit with the query, its rank, the score and the media
 metadata (id, uri, source, media_type, video_ts, species, taken_at, camera, ...).
 """
@@ -15,15 +15,15 @@ from mlflow.pyfunc import PythonModel
 
 class CerebroSearchModel(PythonModel):
     def load_context(self, context):
-        from cerebro_core.index.local_copy import bundle_from_artifacts
-        from cerebro_core.index.search import Searcher
+        from cerebro_core.search.local_copy import bundle_from_artifacts
+        from cerebro_core.search.searcher import Searcher
 
         # a version's artifact is the manifest of its parts (versions before: the bundle itself)
         self.searcher = Searcher(bundle_from_artifacts(context.artifacts))
 
     def predict(self, context, model_input: pd.DataFrame, params: Optional[dict] = None) -> pd.DataFrame:
         # a DataFrame hint: MLflow validates against the signature declared in publish.py
-        from cerebro_core.index.filters import QueryError
+        from cerebro_core.search.filters import QueryError
 
         try:
             return self._predict(model_input, params)
@@ -34,7 +34,7 @@ class CerebroSearchModel(PythonModel):
             raise tracking.invalid_parameter(msg) from None
 
     def _predict(self, model_input, params: Optional[dict]) -> pd.DataFrame:
-        from cerebro_core.index.filters import Filters, parse_filters
+        from cerebro_core.search.filters import Filters, parse_filters
 
         params = dict(params or {})
         k = params.pop("k", 10)

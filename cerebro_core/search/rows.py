@@ -4,7 +4,7 @@ Stored (``metadata.arrow``, an uncompressed Arrow IPC file, so that it can be me
 bundles from before have ``metadata.parquet``, read into memory): ``uri`` is the item's path relative to ``source_root``, the folder it
 was scanned from, and a ``source_root`` inside the state dir is written as ``${CEREBRO_HOME}/…`` —
 so a bundle holds no absolute path of the state dir, and a state dir copied or moved elsewhere
-still finds its media. Used (:class:`Rows`, what :class:`~cerebro_core.index.search.Searcher`
+still finds its media. Used (:class:`Rows`, what :class:`~cerebro_core.search.searcher.Searcher`
 and re-indexing read): ``uri`` is the absolute local path again and ``path`` the relative one, the
 only one a response shows. :class:`Rows` reads a row when it is asked for (a hit), not all of them:
 10M rows stay a mapped file, not 10M dicts.

@@ -148,7 +148,7 @@ def bundle_for(ref: tracking.VersionRef, tracking_uri: str, cache_root: Optional
 
 def load_searcher(model_uri: str, tracking_uri: Optional[str] = None):
     """(registered version, Searcher) for ``models:/cerebro-search@champion`` or ``models:/name/N``."""
-    from cerebro_core.index.search import Searcher
+    from cerebro_core.search.searcher import Searcher
 
     tracking_uri = tracking_uri or os.environ["MLFLOW_TRACKING_URI"]
     name, alias, version = parse_model_uri(model_uri)

@@ -1,5 +1,5 @@
 """The item columns filters read, as arrays built once per loaded index from the bundle's
-Arrow table (:class:`cerebro_core.index.rows.Rows`), never from per-row dicts.
+Arrow table (:class:`cerebro_core.search.rows.Rows`), never from per-row dicts.
 
 A string column (source, media type, species, camera) is kept as dictionary codes, 4 bytes an
 item (-1: none), so 10M items with a few thousand distinct cameras cost 40 MB, not 10M Python
@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from cerebro_core.index.filters import Filters, QueryError, _instant
+from cerebro_core.search.filters import Filters, QueryError, _instant, parse_time
 from cerebro_core.review.store import SPECIAL
 
 
@@ -91,8 +91,6 @@ def _naive(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
 
 
 def _times(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
-    from cerebro_core.index.metadata import parse_time
-
     cat = Categorical(column, n)
     per_value = np.array([np.nan if parse_time(v) is None else parse_time(v) for v in cat.values] + [np.nan])
     return per_value[cat.codes]  # code -1 → the trailing NaN
@@ -100,7 +98,7 @@ def _times(column: Optional[pa.ChunkedArray], n: int) -> np.ndarray:
 
 class Columns:
     def __init__(self, rows, species_vocabulary: Optional[list[str]] = None):
-        """``rows``: :class:`cerebro_core.index.rows.Rows`."""
+        """``rows``: :class:`cerebro_core.search.rows.Rows`."""
         n = len(rows)
         self.n = n
         self.source, self.media, self.species, self.camera, self.source_label = (

@@ -6,7 +6,7 @@ architecture). The published ``cerebro-search`` pyfunc model carries exactly thi
 
 Query path: tokenize → :class:`cerebro_core.model.text.FastTextEncoder` (tokens cut after EOT, exact;
 int8 projections on CPU, measured) → LRU cache → FAISS with the tuned parameter; filters
-(:mod:`cerebro_core.index.filters`: species, time, place, camera, source, media) become a FAISS
+(:mod:`cerebro_core.search.filters`: species, time, place, camera, source, media) become a FAISS
 ID selector, collapsing and pagination work on the ranked list.
 """
 
@@ -27,11 +27,11 @@ from cerebro_core.data import images
 from cerebro_core.home import cerebro_home
 from cerebro_core.model.registry import load_clip_from_folder
 from cerebro_core.model.text import query_tower
-from cerebro_core.index.build import load, search_params
-from cerebro_core.index.columns import Columns
-from cerebro_core.index.filters import (MAX_K, MAX_QUERY_CHARS, Filters, QueryError,  # noqa: F401
-                                        check_query)  # (re-exported: what the CLI and the app refuse)
-from cerebro_core.index.rows import read_rows
+from cerebro_core.ann.store import load
+from cerebro_core.search.columns import Columns
+from cerebro_core.search.filters import MAX_K, MAX_QUERY_CHARS, Filters, QueryError, check_query
+from cerebro_core.search.rows import read_rows
+
 
 class _LRU:
     def __init__(self, size: int = 4096):
@@ -62,10 +62,8 @@ class Searcher:
         self.dir = d
         self.info = json.loads((d / "index.json").read_text())
         self.kind = self.info["kind"]
-        self.index = load(d, self.info)
-        self.sharded = bool(self.info.get("shards"))
+        self.index = load(d, self.info)  # one index or shards: one handle, at its tuned setting
         self.rows = read_rows(d, cerebro_home())
-        self.param = next(iter(self.info.get("params", {}).values()), None)
         self.clip = load_clip_from_folder(d / "model")
         if text_int8 is None:
             text_int8 = os.environ.get("CEREBRO_TEXT_INT8", "1") != "0"
@@ -125,24 +123,18 @@ class Searcher:
         """The best ``need`` (id, score, group size) passing ``f``: filtered inside FAISS, cut at
         ``min_score``, one per group when collapsing (more candidates are fetched until ``need``
         groups are found or the matching items run out)."""
-        import faiss
-
         mask = self.columns.mask(f)
         ids = np.flatnonzero(mask) if mask is not None else None
         n_match = len(ids) if ids is not None else self.index.ntotal
         if n_match == 0 or need <= 0:
             return []
-        sel = faiss.IDSelectorBatch(ids) if ids is not None and not self.sharded else None
         keys = self.columns.group_key(f)
         sizes = np.bincount(keys[ids] if ids is not None else keys) if keys is not None else None
         fetch = need if keys is None else need * 4
         q = np.ascontiguousarray(v[None, :], dtype=np.float32)
         while True:
             kk = min(fetch, n_match)
-            if self.sharded:  # each shard with its own setting; the filter as global ids
-                D, I = self.index.search(q, kk, ids=ids)
-            else:
-                D, I = self.index.search(q, kk, params=search_params(self.index, self.kind, self.param, sel=sel))
+            D, I = self.index.search(q, kk, ids=ids)  # the filter inside FAISS, as an ID selector
             pairs = [(int(i), float(d)) for d, i in zip(D[0], I[0]) if i >= 0]
             cut = f.min_score is not None and bool(pairs) and pairs[-1][1] < f.min_score
             if f.min_score is not None:

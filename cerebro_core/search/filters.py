@@ -74,6 +74,18 @@ def _instant(value: str, end_of_day: bool) -> float:
     return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
 
 
+def parse_time(s: Optional[str]) -> Optional[float]:
+    """Seconds since the epoch of an ISO 8601 time, or None. A naive time (a camera's local clock,
+    no zone stated) is read as UTC, as naive filter bounds are: naive times compare as wall-clock
+    times, and facets print them without an offset."""
+    if not s:
+        return None
+    t = datetime.fromisoformat(s)
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)
+    return t.timestamp()
+
+
 class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

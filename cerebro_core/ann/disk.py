@@ -1,4 +1,4 @@
-"""``ivfpq_disk``: an index for collections larger than RAM.
+"""The structures of ``ivfpq_disk``, the index for collections larger than RAM.
 
 - **Coarse quantizer**: ``nlist = 2^round(log2(2·√n))`` centroids (up to 2^20), searched
   exactly (a flat quantizer: nlist × d flops a query, 2M at 4,096 lists). An HNSW quantizer
@@ -17,8 +17,8 @@
   chunk.
 
 Resident memory while searching is the centroids (nlist × 4d B) and the list pages the queries
-touched. :func:`cerebro_core.index.build.choose_kind` picks this kind when no
-in-RAM kind fits ``index.memory_budget_mb``.
+touched. :func:`cerebro_core.ann.kinds.choose_kind` picks this kind
+(:mod:`cerebro_core.ann.ivfpq_disk`) when no in-RAM kind fits ``index.memory_budget_mb``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from cerebro_core.ann.ivfpq import pq_m
 
 K_FACTOR = 8  # PQ candidates re-scored per result (the default; tuned from K_FACTORS)
 K_FACTORS = (4, 8, 16, 32, 64)
@@ -47,13 +49,6 @@ def nlist_for(n: int) -> int:
 def pq_bits(n: int) -> int:
     """8 bits a sub-quantizer, fewer when there are under 39 training vectors per code word."""
     return int(max(1, min(8, math.floor(math.log2(max(n // 39, 2))))))
-
-
-def pq_m(d: int) -> int:
-    m = max(1, d // 8)
-    while d % m:
-        m -= 1
-    return m
 
 
 def resident_mb(n: int, d: int) -> float:
@@ -238,18 +233,10 @@ def build(vectors, seed: int = 0, nlist: Optional[int] = None) -> tuple[DiskIVFP
     return DiskIVFPQ(index, vectors), bp
 
 
-def exact_topk(vectors, queries: np.ndarray, k: int, chunk: int = 200_000) -> np.ndarray:
-    """Exact inner-product top-k ids over ``vectors`` read in chunks (no full fp32 copy)."""
-    q = np.ascontiguousarray(queries, dtype=np.float32)
-    best_s = np.full((len(q), 0), -np.inf, dtype=np.float32)
-    best_i = np.zeros((len(q), 0), dtype=np.int64)
+def write_vectors(path: Path, vectors, chunk: int = 100_000) -> None:
+    """fp16 ``.npy``, written in chunks (``vectors`` may be a memmap larger than RAM)."""
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=tuple(vectors.shape))
     for s in range(0, len(vectors), chunk):
-        block = np.asarray(vectors[s:s + chunk], dtype=np.float32)
-        sc = q @ block.T
-        kk = min(k, sc.shape[1])
-        part = np.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-        best_s = np.concatenate([best_s, np.take_along_axis(sc, part, 1)], axis=1)
-        best_i = np.concatenate([best_i, part + s], axis=1)
-        keep = np.argsort(-best_s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
-    return best_i
+        out[s:s + chunk] = np.asarray(vectors[s:s + chunk], dtype=np.float16)
+    out.flush()
+    del out

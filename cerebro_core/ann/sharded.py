@@ -24,8 +24,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from cerebro_core.index import disk
-from cerebro_core.index.build import IndexReport, build_and_tune, estimate_mb, load, save, search_params, train_empty
+from cerebro_core.ann.base import INDEX_FILE, Index, IndexReport, faiss_module
+from cerebro_core.ann.disk import VectorFile, add_chunks, read_ivf, write_vectors
+from cerebro_core.ann.kinds import choose_kind, kind_for
+from cerebro_core.ann.tune import build_and_tune, tune_report
 
 
 @dataclass
@@ -63,53 +65,56 @@ def build_shard(spec: ShardSpec, storage) -> dict:
     import os
     import socket
 
-    import faiss
-
     t0 = time.perf_counter()
+    kind = kind_for(spec.kind)
     with tempfile.TemporaryDirectory(prefix="cerebro-shard-") as td:
         x = _local_vectors(storage, spec.vectors_url, Path(td))[spec.start:spec.end]
         if spec.trained_url:  # add this range to the shared trained index
             storage.get_file(spec.trained_url, Path(td) / "trained.faiss")
-            index = disk.read_ivf(Path(td) / "trained.faiss", mmap=False)
-            disk.add_chunks(index, x)
-            faiss.write_index(index, str(Path(td) / "index.faiss"))
+            raw = read_ivf(Path(td) / "trained.faiss", mmap=False)
+            add_chunks(raw, x)
+            faiss_module().write_index(raw, str(Path(td) / INDEX_FILE))
             report = IndexReport(kind=spec.kind, n=len(x), dim=x.shape[1], build_s=time.perf_counter() - t0,
-                                 memory_mb=estimate_mb(spec.kind, len(x), x.shape[1]))
+                                 memory_mb=kind.estimate_mb(len(x), x.shape[1]))
         else:
             index, report = build_and_tune(x, spec.kind, spec.recall_target, spec.memory_budget_mb, seed=spec.seed)
-            save(index, Path(td))
-        storage.put_file(Path(td) / "index.faiss", spec.out_url)
+            index.save(Path(td))
+        storage.put_file(Path(td) / INDEX_FILE, spec.out_url)
     return {"shard": spec.shard, "start": spec.start, "end": spec.end, "report": asdict(report),
             "seconds": time.perf_counter() - t0, "host": socket.gethostname(), "pid": os.getpid()}
 
 
 class ShardedIndex:
-    def __init__(self, shards: list[tuple[object, int, int, str, dict]]):
-        """``shards``: (index, start, end, kind, tuned params) in id order."""
-        self.shards = shards
+    """N shards, each an :class:`~cerebro_core.ann.base.Index` over ids ``start..end-1``; the same
+    handle as one index (search with an id filter, a setting, add, save), so nothing outside
+    this module knows about shards."""
+
+    def __init__(self, shards: list[tuple[Index, int, int]]):
+        self.shards = shards  # (index, start, end) in id order
+        self.kind = shards[0][0].kind if shards else kind_for("flat")
 
     @property
     def ntotal(self) -> int:
-        return sum(int(s[0].ntotal) for s in self.shards)
+        return sum(s[0].ntotal for s in self.shards)
 
-    def search(self, q: np.ndarray, k: int, params=None, ids: Optional[np.ndarray] = None):
-        """Top ``k`` over all shards (``ids``: only these global ids; ``params`` is not used:
-        each shard searches with its own tuned setting)."""
+    @property
+    def setting(self) -> dict:
+        return self.shards[-1][0].setting if self.shards else {}
+
+    def search(self, q: np.ndarray, k: int, ids: Optional[np.ndarray] = None):
+        """Top ``k`` over all shards (``ids``: only these global ids), each at its setting."""
         q = np.ascontiguousarray(q, dtype=np.float32)
         Ds, Is = [], []
-        for index, start, end, kind, p in self.shards:
-            sel = None
+        for index, start, end in self.shards:
+            local = None
             if ids is not None:
                 local = ids[(ids >= start) & (ids < end)] - start
                 if not len(local):
                     continue
-                import faiss
-
-                sel = faiss.IDSelectorBatch(local)
-            kk = min(k, int(index.ntotal))
+            kk = min(k, index.ntotal)
             if kk <= 0:
                 continue
-            D, I = index.search(q, kk, params=search_params(index, kind, next(iter(p.values()), None), sel=sel))
+            D, I = index.search(q, kk, ids=local)
             Ds.append(D)
             Is.append(np.where(I >= 0, I + start, -1))
         if not Ds:
@@ -126,49 +131,49 @@ class ShardedIndex:
 
     def set_setting(self, setting: dict) -> None:
         """One search setting for every shard (what tuning the merged index chooses)."""
-        for n, (index, start, end, kind, _) in enumerate(self.shards):
-            if kind == "ivfpq_disk":
-                index.nprobe, index.k_factor = setting["nprobe"], setting["k_factor"]
-            self.shards[n] = (index, start, end, kind, dict(setting))
+        for index, _, _ in self.shards:
+            index.set_setting(setting)
 
     def add(self, x: np.ndarray) -> None:
         """New ids continue after the last shard's end: they go to the last shard."""
-        index, start, end, kind, p = self.shards[-1]
-        index.add(np.ascontiguousarray(x, dtype=np.float32) if kind != "ivfpq_disk" else x)
-        self.shards[-1] = (index, start, end + len(x), kind, p)
+        index, start, end = self.shards[-1]
+        index.add(x)
+        self.shards[-1] = (index, start, end + len(x))
+
+    def ivf(self):
+        """The last shard's lists: where new vectors go (the shards share one quantizer)."""
+        return self.shards[-1][0].ivf()
 
     def reconstruct(self, i: int) -> np.ndarray:
-        for index, start, end, _, _ in self.shards:
+        for index, start, end in self.shards:
             if start <= i < end:
                 return index.reconstruct(int(i - start))
         raise KeyError(i)
 
     def save(self, bundle_dir: Path) -> list[dict]:
+        """``shards/NNNNN/index.faiss``; returns the entries ``index.json`` lists under ``shards``."""
         (bundle_dir / "shards").mkdir(parents=True, exist_ok=True)
         out = []
-        for n, (index, start, end, kind, p) in enumerate(self.shards):
+        for n, (index, start, end) in enumerate(self.shards):
             d = bundle_dir / "shards" / f"{n:05d}"
             d.mkdir(exist_ok=True)
-            save(index, d)
-            out.append({"path": f"shards/{n:05d}", "start": start, "end": end, "kind": kind, "params": p})
+            index.save(d)
+            out.append({"path": f"shards/{n:05d}", "start": start, "end": end, "kind": index.kind.name,
+                        "params": index.setting})
         return out
 
     @classmethod
     def load(cls, bundle_dir: Path, entries: list[dict], mmap: bool = True) -> "ShardedIndex":
-        shards = []
-        vectors = None
+        shards, vectors = [], None
         for e in entries:
-            d = bundle_dir / e["path"]
-            if e["kind"] == "ivfpq_disk":  # the shards share the bundle's vectors.npy
+            kind = kind_for(e["kind"])
+            rows = None
+            if kind.needs_vectors:  # the shards share the bundle's vectors.npy
                 if vectors is None:
-                    vectors = (disk.VectorFile(bundle_dir / "vectors.npy") if mmap
+                    vectors = (VectorFile(bundle_dir / "vectors.npy") if mmap
                                else np.load(bundle_dir / "vectors.npy", allow_pickle=False))
-                ivf = disk.read_ivf(d / "index.faiss", mmap)
-                index = disk.DiskIVFPQ(ivf, vectors[e["start"]:e["end"]], e["params"].get("k_factor", disk.K_FACTOR))
-                index.nprobe = e["params"].get("nprobe", index.nprobe)
-            else:
-                index = load(d, {"kind": e["kind"], "params": e["params"]})
-            shards.append((index, e["start"], e["end"], e["kind"], e["params"]))
+                rows = vectors[e["start"]:e["end"]]
+            shards.append((Index(kind, kind.read(bundle_dir / e["path"], mmap, rows), e["params"]), e["start"], e["end"]))
         return cls(shards)
 
 
@@ -178,25 +183,20 @@ def build_sharded(vectors: np.ndarray, shards: int, kind: str, recall_target: fl
     """Write ``vectors`` to ``work_url``, build ``shards`` shards through ``map_fn`` (default:
     here, in turn), load them back, and tune the merged index like one index: one setting for
     every shard, the cheapest whose merged recall@10 meets ``recall_target``."""
-    from cerebro_core.index.build import _latency, choose_kind, tune, sample_queries
-    from cerebro_core.index.publish import write_vectors
-
     n, d = vectors.shape
-    kind = choose_kind(-(-n // shards), d, memory_budget_mb, kind)  # per shard: what one shard needs
+    k_ = choose_kind(-(-n // shards), d, memory_budget_mb, kind)  # per shard: what one shard needs
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cerebro-shards-") as td:
         write_vectors(Path(td) / "vectors.npy", vectors)
         vectors_url = f"{work_url.rstrip('/')}/vectors.npy"
         storage.put_file(Path(td) / "vectors.npy", vectors_url)
         trained_url, bp = None, {}
-        if kind in ("ivf", "ivfpq", "ivfpq_disk") and n:
-            import faiss
-
-            trained, bp = train_empty(vectors, kind, n, seed)
-            faiss.write_index(trained, str(Path(td) / "trained.faiss"))
+        if k_.trained and n:  # one trained, empty index that every shard adds its range to
+            trained, bp = k_.train_empty(vectors, n, seed)
+            faiss_module().write_index(trained, str(Path(td) / "trained.faiss"))
             trained_url = f"{work_url.rstrip('/')}/trained.faiss"
             storage.put_file(Path(td) / "trained.faiss", trained_url)
-        specs = [ShardSpec(i, a, b, kind, recall_target, memory_budget_mb, vectors_url,
+        specs = [ShardSpec(i, a, b, k_.name, recall_target, memory_budget_mb, vectors_url,
                            f"{work_url.rstrip('/')}/shard-{i:05d}.faiss", seed, trained_url)
                  for i, (a, b) in enumerate(plan(n, shards))]
         results = sorted((map_fn or (lambda ss: [build_shard(s, storage) for s in ss]))(specs), key=lambda r: r["shard"])
@@ -204,40 +204,15 @@ def build_sharded(vectors: np.ndarray, shards: int, kind: str, recall_target: fl
         for r in results:
             sd = Path(td) / f"shard-{r['shard']:05d}"
             sd.mkdir()
-            storage.get_file(specs[r["shard"]].out_url, sd / "index.faiss")
-            if kind == "ivfpq_disk":
-                import faiss
-
-                index = disk.DiskIVFPQ(disk.read_ivf(sd / "index.faiss", mmap=False), vectors[r["start"]:r["end"]])
-            else:
-                index = load(sd, {"kind": kind, "params": r["report"]["params"]})
-            parts.append((index, r["start"], r["end"], kind, r["report"]["params"]))
+            storage.get_file(specs[r["shard"]].out_url, sd / INDEX_FILE)
+            raw = k_.read(sd, mmap=False, vectors=vectors[r["start"]:r["end"]])
+            parts.append((Index(k_, raw, r["report"]["params"]), r["start"], r["end"]))
     sharded = ShardedIndex(parts)
-    wall = time.perf_counter() - t0
-    report = IndexReport(kind=kind, n=n, dim=d, build_s=wall, memory_mb=sum(r["report"]["memory_mb"] for r in results))
+    report = IndexReport(kind=k_.name, n=n, dim=d, build_s=time.perf_counter() - t0,
+                         memory_mb=sum(r["report"]["memory_mb"] for r in results))
     report.build_params = {**bp, "shards": [{k: r[k] for k in ("shard", "start", "end", "seconds", "host", "pid")}
                                       | {"params": r["report"]["params"], "recall_at_10": r["report"]["recall_at_10"],
                                          "build_params": r["report"]["build_params"]} for r in results]}
-    if n:
-        q = sample_queries(vectors, 300, seed)
-        k = min(10, n)
-        texts = None if text_queries is None or not len(text_queries) else np.ascontiguousarray(text_queries, np.float32)
-        if kind == "flat":
-            report.recall_at_10 = 1.0
-            report.text_recall_at_10 = 1.0 if texts is not None else None
-            _, report.latency_p50_ms, report.latency_p99_ms = _latency(sharded, q[:100], None, k)
-        else:  # the merged index, on image and text queries alike
-            tune(sharded, kind, bp or {"nlist": 1}, q, disk.exact_topk(vectors, q, k), k, recall_target, report,
-                 text=(texts, disk.exact_topk(vectors, texts, k)) if texts is not None else None)
+    if n:  # the merged index, on image and text queries alike
+        tune_report(sharded, vectors, report, recall_target, text_queries, seed=seed, build_params=bp)
     return sharded, report
-
-
-def build_index(icfg, vectors: np.ndarray, storage, work_url: str,
-                map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None,
-                text_queries: Optional[np.ndarray] = None):
-    """What ``index.*`` asks for: one index, or ``index.shards`` shards built through ``map_fn``,
-    tuned on image and (given) text queries."""
-    if icfg.shards > 1:
-        return build_sharded(vectors, icfg.shards, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, storage,
-                             work_url, map_fn, text_queries=text_queries)
-    return build_and_tune(vectors, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, text_queries=text_queries)

@@ -19,23 +19,8 @@ DRIFT_RATIO = 1.25
 IMBALANCE_RATIO = 20.0
 
 
-def _ivf(index):
-    import faiss
-
-    from cerebro_core.index.disk import DiskIVFPQ
-
-    from cerebro_core.index.shards import ShardedIndex
-
-    if isinstance(index, ShardedIndex):  # new vectors go to the last shard
-        index = index.shards[-1][0]
-    if isinstance(index, DiskIVFPQ):
-        return faiss.extract_index_ivf(index.ivf)
-    base = index.base_index if isinstance(index, faiss.IndexRefine) else index
-    return faiss.extract_index_ivf(base) if "IVF" in type(base).__name__ else None
-
-
 def centroid_distance(index, x: np.ndarray) -> float:
-    ivf = _ivf(index)
+    ivf = index.ivf()
     if ivf is None or len(x) == 0:
         return 0.0
     import faiss
@@ -47,7 +32,7 @@ def centroid_distance(index, x: np.ndarray) -> float:
 
 
 def list_imbalance(index) -> float:
-    ivf = _ivf(index)
+    ivf = index.ivf()
     if ivf is None or ivf.ntotal == 0:
         return 1.0
     sizes = np.array([ivf.invlists.list_size(i) for i in range(ivf.nlist)])
@@ -65,9 +50,10 @@ class AddReport:
     imbalance: float = 1.0
 
 
-def add_or_rebuild(index, kind: str, old_vectors: np.ndarray, new_vectors: np.ndarray, baseline: float,
+def add_or_rebuild(index, old_vectors: np.ndarray, new_vectors: np.ndarray, baseline: float,
                    rebuild_fn) -> tuple[object, AddReport]:
-    """Add ``new_vectors`` (ids continue after the existing ones) or rebuild when IVF drift says so.
+    """Add ``new_vectors`` to ``index`` (an :class:`~cerebro_core.ann.base.Index` or a sharded one;
+    ids continue after the existing ones), or rebuild when IVF drift says so.
 
     ``rebuild_fn(all_vectors) -> index`` builds from scratch; ``baseline`` is the mean centroid
     distance measured when the IVF index was trained."""
@@ -75,7 +61,7 @@ def add_or_rebuild(index, kind: str, old_vectors: np.ndarray, new_vectors: np.nd
     x = np.ascontiguousarray(new_vectors, dtype=np.float32)
     if len(x) == 0:
         return index, AddReport(0, False, "nothing new", 0.0)
-    if kind in ("ivf", "ivfpq", "ivfpq_disk"):
+    if index.kind.trained:
         drift = centroid_distance(index, x)
         if baseline > 0 and drift > DRIFT_RATIO * baseline:
             allv = np.concatenate([old_vectors.astype(np.float32), x])
