@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from cerebro_cli.main import ConfigOption, SetOption, app, load
+from cerebro_cli.app import ConfigOption, SetOption, app, load
 from cerebro_cli.text import clean
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from cerebro_cli.main import ConfigOption, SetOption, app, load
+from cerebro_cli.app import ConfigOption, SetOption, app, load
 
 review_app = typer.Typer(no_args_is_help=True, help="Verified labels: export and import them as CSV.")
 app.add_typer(review_app, name="review")

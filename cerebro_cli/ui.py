@@ -23,7 +23,7 @@ from typing import Optional
 import typer
 import yaml
 
-from cerebro_cli.main import ConfigOption, SetOption, app, load
+from cerebro_cli.app import ConfigOption, SetOption, app, load
 from cerebro_core.procs import pdeathsig
 
 REPO = Path(__file__).resolve().parents[1]

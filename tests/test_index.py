@@ -199,13 +199,19 @@ def test_approximate_index_meets_recall_target(kind, n):
 def test_missing_source_fails_before_compute(tmp_path):
     from collections import Counter
 
-    from cerebro_core.index.stage import IndexInputError, scan_sources
+    from cerebro_core.index.stage import IndexInputError, check_inputs, scan_sources
 
     cfg = load_config(None, [f"index.sources=[{{name: a, path: {tmp_path}/nope}}]"])
     with pytest.raises(IndexInputError, match=r"index.sources\[a\].path: folder not found"):
-        scan_sources(cfg.index.sources, 1.0, Counter())
+        check_inputs(cfg)
+    with pytest.raises(IndexInputError, match=r"index.sources\[a\].path: folder not found"):
+        scan_sources(cfg, Counter())  # the stage checks the same way
     with pytest.raises(IndexInputError, match="no sources configured"):
-        scan_sources([], 1.0, Counter())
+        check_inputs(load_config(None, ["index.sources=[]"]))
+    (tmp_path / "here").mkdir()
+    meta = load_config(None, [f"index.sources=[{{name: a, path: {tmp_path}/here, metadata: {tmp_path}/m.json}}]"])
+    with pytest.raises(IndexInputError, match=r"index.sources\[a\].metadata: nothing at"):
+        check_inputs(meta)  # a named metadata file is checked for, not read
 
 
 # --------------------------------------------------------------------------- the server

@@ -54,7 +54,7 @@ def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
     from helpers import register_random_clip
 
     from cerebro_core.search.local_copy import load_searcher
-    from cerebro_core.index.stage import IndexInputError, run_stage, scan_sources
+    from cerebro_core.index.stage import IndexInputError, check_inputs, run_stage
 
     cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])
     register_random_clip(cfg)
@@ -66,11 +66,9 @@ def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
     hit = s.search_image(s3_photos["photos"][url].read_bytes(), k=1)[0]
     assert hit["origin_uri"] == url and hit["source"] == "cams"
 
-    from collections import Counter
-
     bad = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: gone, path: {s3_photos['base']}-x}}]"])
     with pytest.raises(IndexInputError, match=r"index.sources\[gone\].path: nothing at s3://"):
-        scan_sources(bad.index.sources, 1.0, Counter(), bad)
+        check_inputs(bad)  # what `cerebro index` checks before starting: a listing, no mirror
 
 
 def test_video_stills_from_s3_name_their_object(s3_photos, cerebro_home, tmp_path):
@@ -85,8 +83,9 @@ def test_video_stills_from_s3_name_their_object(s3_photos, cerebro_home, tmp_pat
     make_video(tmp_path / "clip.mp4", seconds=3.0)
     url = f"{s3_photos['base']}/clips/clip.mp4"
     s3_photos["storage"].write_bytes(url, (tmp_path / "clip.mp4").read_bytes())
-    cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])
-    items = scan_sources(cfg.index.sources, 1.0, Counter(), cfg)
+    cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]",
+                                                    "index.video_frame_interval=1.0"])
+    items = scan_sources(cfg, Counter())
     stills = [it for it in items if it.media_type == "video_frame"]
     assert len(stills) >= 2 and {it.extra.get("origin_uri") for it in stills} == {url}
     assert all(it.extra.get("origin_uri") in s3_photos["photos"] for it in items if it.media_type == "image")

@@ -114,3 +114,70 @@ def test_stages_import_library_folders_never_each_other():
                     bad.append(f"{mod} ({me or 'library'}) imports {n} ({other})")
     assert not bad, "\n".join(bad)
 
+
+def _module_names(*packages: str) -> dict[str, Path]:
+    out = {}
+    for pkg in packages:
+        for py in (REPO / pkg).rglob("*.py"):
+            parts = py.relative_to(REPO).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = py
+    return out
+
+
+def import_cycles(*packages: str) -> list[list[str]]:
+    """The import loops among ``packages``' modules (strongly connected components of the import
+    graph), counting imports inside functions: ``from a import b`` is an edge to module ``a.b``
+    when there is one, else to ``a``."""
+    mods = _module_names(*packages)
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for m, py in mods.items():
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Import):
+                edges[m] |= {a.name for a in node.names if a.name in mods}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                for a in node.names:
+                    full = f"{node.module}.{a.name}"
+                    if full in mods or node.module in mods:
+                        edges[m].add(full if full in mods else node.module)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while not comp or comp[-1] != v:
+                comp.append(stack.pop())
+            if len(comp) > 1 or v in edges[v]:
+                cycles.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_loops_in_the_library_or_the_cli():
+    """#39: no import loop in cerebro_core (the index kinds, shards and the query side included)
+    or in cerebro_cli, counting the imports inside functions."""
+    assert import_cycles("cerebro_core", "cerebro_cli") == []
+
+
+def test_the_loop_finder_finds_loops(tmp_path, monkeypatch):
+    pkg = tmp_path / "loopy"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from loopy.b import f\n")
+    (pkg / "b.py").write_text("def f():\n    from loopy import a\n")
+    (pkg / "c.py").write_text("import loopy.a\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert import_cycles("loopy") == [["loopy.a", "loopy.b"]]

@@ -43,7 +43,7 @@ from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pre
 from cerebro_core.adapt.verified import split_verified
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
 from cerebro_core.data import coco_meta, megadetector
-from cerebro_core.data.mirror import local_folder
+from cerebro_core.data.mirror import folder_error, local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.home import resolve
@@ -79,15 +79,38 @@ def _local(cfg: CerebroConfig, s: SourceConfig, key: str) -> str:
     return str(folder)
 
 
-def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list[str], Counter]:
-    """(unlabelled pool, validation, test, classes, counts) — all checked before any compute."""
+def _sources(cfg: CerebroConfig) -> list[tuple[str, SourceConfig]]:
     a = cfg.adapt
+    return [(f"adapt.sources[{i}]", s) for i, s in enumerate(a.sources)] + [
+        (key, s) for key, s in (("adapt.validation_source", a.validation_source), ("adapt.test_source", a.test_source))
+        if s is not None]
+
+
+def check_inputs(cfg: CerebroConfig) -> list[str]:
+    """What adapt needs, checked without doing its work (no image is hashed, no folder mirrored,
+    no JSON read): the vocabulary, the sources, their folders and metadata files. Returns the
+    classes; AdaptInputError naming the key. The CLI runs this before starting Prefect."""
     try:
-        classes = load_vocabulary(a.vocabulary)
+        classes = load_vocabulary(cfg.adapt.vocabulary)
     except VocabularyError as exc:
         raise AdaptInputError(str(exc)) from None
-    if not a.sources:
+    if not cfg.adapt.sources:
         raise AdaptInputError("adapt.sources: no wildlife sources configured")
+    storage = Storage(cfg.storage)
+    for key, s in _sources(cfg):
+        if s.kind != "folder":
+            raise AdaptInputError(f"{key}.kind: {s.kind!r} sources are not supported by adapt yet; use a folder")
+        bad = folder_error(storage, s.path, f"{key}.path") or next(
+            iter(coco_meta.source_file_errors(storage, s, "adapt.sources")), None)
+        if bad:
+            raise AdaptInputError(bad)
+    return classes
+
+
+def gather(cfg: CerebroConfig) -> tuple[list[Item], list[Item], list[Item], list[str], Counter]:
+    """(unlabelled pool, validation, test, classes, counts), every input checked first."""
+    a = cfg.adapt
+    classes = check_inputs(cfg)
     folders = {id(s): _local(cfg, s, f"adapt.sources[{i}]") for i, s in enumerate(a.sources)}
     for key, s in (("adapt.validation_source", a.validation_source), ("adapt.test_source", a.test_source)):
         if s is not None:

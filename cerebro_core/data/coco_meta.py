@@ -68,6 +68,13 @@ def images_json(text: str, counts: Counter, prefix: str) -> Optional[dict]:
     return data
 
 
+def source_file_errors(storage, source, prefix: str) -> list[str]:
+    """The files a source's ``metadata`` and ``detections`` options name that are not there
+    (nothing is read)."""
+    return [f"{prefix}[{source.name}].{key}: nothing at {url}" for key in ("metadata", "detections")
+            for url in [getattr(source, key, None)] if url and not storage.exists(url)]
+
+
 def read_source_file(storage, source, key: str) -> Optional[str]:
     """The text of the file a source's ``key`` option names (a path or storage URL), or None when
     it names none; FileNotFoundError naming the key when nothing is there."""

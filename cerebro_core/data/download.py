@@ -160,9 +160,11 @@ def download(
     output: str,
     progress: Optional[ProgressFn] = None,
     log: Callable[[str], None] = print,
+    url_list: Optional[tuple] = None,
 ) -> ShardSet:
-    """Run the download stage end to end and return the shard set (see module docstring)."""
-    table, meta = read_url_list(cfg, storage)  # fails before any worker starts
+    """Run the download stage end to end and return the shard set (see module docstring).
+    ``url_list``: the list as :func:`read_url_list` returned it, when the caller has read it."""
+    table, meta = url_list or read_url_list(cfg, storage)  # fails before any worker starts
     img2dataset_python()  # ... and so does a missing img2dataset environment
     input_hash = table_hash(table)
     storage.makedirs(output)
@@ -293,10 +295,10 @@ def run_stage(cfg, progress: Optional[ProgressFn] = None, log: Callable[[str], N
 
     storage = Storage(cfg.storage)
     output = default_output(cfg.download, resolve(cfg).storage_root, cfg.name)
-    # Validate the input before an MLflow run is opened: a bad list leaves no empty run behind.
-    read_url_list(cfg.download, storage)
+    # Read and checked once, before an MLflow run is opened: a bad list leaves no empty run behind
+    url_list = read_url_list(cfg.download, storage)
     with tracking.stage_run(cfg, "download", tags={"download.output": output}) as run:
-        result = download(cfg.download, storage, output, progress=progress, log=log)
+        result = download(cfg.download, storage, output, progress=progress, log=log, url_list=url_list)
         s = result.stats
         tracking.log_metrics(
             {

@@ -21,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from cerebro_core.data import sidecar
 from cerebro_core.data.paths import safe_join
@@ -111,6 +112,14 @@ def mirror(storage, url: str, dest: Path, workers: int = WORKERS) -> Mirror:
         stale.unlink()
     sidecar.write(dest, origins)
     return Mirror(dest, len(todo), kept, removed, refused)
+
+
+def folder_error(storage, path: str, key: str) -> Optional[str]:
+    """What is wrong with a source folder, without copying anything (a remote prefix is listed,
+    not mirrored): None when it is there."""
+    if "://" in path and not path.startswith("file://"):
+        return None if storage.exists(path) else f"{key}: nothing at {path}"
+    return None if Path(path.removeprefix("file://")).is_dir() else f"{key}: folder not found: {path}"
 
 
 def local_folder(storage, path: str, home: Path) -> Path | None:

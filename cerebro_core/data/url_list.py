@@ -39,8 +39,9 @@ def _detect_format(cfg: DownloadConfig, url: str, first_line: str) -> str:
     return "csv"
 
 
-def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict]:
-    """Read and validate the URL list into a table (url, caption?, cerebro_id, extras)."""
+def check_url_list(cfg: DownloadConfig, storage: Storage) -> str:
+    """The URL list is there, not empty, and of a known format (read from its first 64 KB, not
+    parsed whole): its format. What ``cerebro download`` checks before starting Prefect."""
     src = cfg.url_list
     if not src:
         raise DownloadInputError("download.url_list: no URL list configured (set download.url_list=...)")
@@ -48,9 +49,16 @@ def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict
         raise DownloadInputError(f"download.url_list: file not found: {src}")
     if storage.size(src) == 0:
         raise DownloadInputError(f"download.url_list: {src} is empty")
+    with storage.open(src, "rb") as f:
+        head = f.read(65536)
+    return _detect_format(cfg, src, head.split(b"\n", 1)[0].decode("utf-8", "replace"))
+
+
+def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict]:
+    """Read and validate the URL list into a table (url, caption?, cerebro_id, extras)."""
+    fmt = check_url_list(cfg, storage)
+    src = cfg.url_list
     raw = storage.read_bytes(src)
-    first_line = raw[:65536].split(b"\n", 1)[0].decode("utf-8", "replace")
-    fmt = _detect_format(cfg, src, first_line)
     try:
         if fmt == "parquet":
             table = pq.read_table(io.BytesIO(raw))

@@ -17,9 +17,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from cerebro_core import tracking
-from cerebro_core.config import CerebroConfig, SourceConfig
+from cerebro_core.config import CerebroConfig
 from cerebro_core.data import coco_meta, megadetector
-from cerebro_core.data.mirror import local_folder
+from cerebro_core.data.mirror import folder_error, local_folder
 from cerebro_core.distributed import world_size
 from cerebro_core.embed import Embedded, Item, scan_folder
 from cerebro_core.embed_job import embed, embedding_dir
@@ -36,20 +36,38 @@ class IndexInputError(ValueError):
     pass
 
 
-def scan_sources(sources: list[SourceConfig], video_interval: float, counts: Counter,
-                 cfg: Optional[CerebroConfig] = None) -> list[Item]:
-    """All items of the configured sources; a missing source path is an error before any compute.
-    A remote folder (``s3://…``, with ``cfg``'s storage settings) is mirrored under the state dir
-    first (:mod:`cerebro_core.data.mirror`); its items name their objects."""
+def check_inputs(cfg: CerebroConfig) -> None:
+    """What the index stage needs, checked without doing its work (nothing is scanned, hashed,
+    mirrored or read): the sources and their metadata files, the vocabulary, the evaluation
+    folder. IndexInputError naming the key; the CLI runs this before starting Prefect."""
+    sources = cfg.index.sources
     if not sources:
         raise IndexInputError("index.sources: no sources configured")
-    storage = Storage(cfg.storage if cfg else None)
-    home = resolve(cfg).home if cfg else Path(".")
-    folders = {}
+    storage = Storage(cfg.storage)
     for s in sources:
         if s.kind != "folder":
             raise IndexInputError(f"index.sources[{s.name}].kind: only 'folder' sources can be indexed directly "
                                   "(download URL lists first; webdataset sources come with adapt)")
+        bad = folder_error(storage, s.path, f"index.sources[{s.name}].path") or next(
+            iter(coco_meta.source_file_errors(storage, s, "index.sources")), None)
+        if bad:
+            raise IndexInputError(bad)
+    vocabulary_of(cfg)  # a missing vocabulary file names its key
+    ev = cfg.index.evaluation_source
+    if ev is not None and not Path(ev.path).is_dir():
+        raise IndexInputError(f"index.evaluation_source.path: folder not found: {ev.path}")
+
+
+def scan_sources(cfg: CerebroConfig, counts: Counter) -> list[Item]:
+    """All items of the configured sources (checked first: :func:`check_inputs`). A remote folder
+    (``s3://…``) is mirrored under the state dir first (:mod:`cerebro_core.data.mirror`); its
+    items name their objects."""
+    check_inputs(cfg)
+    sources, video_interval = cfg.index.sources, cfg.index.video_frame_interval
+    storage = Storage(cfg.storage)
+    home = resolve(cfg).home
+    folders = {}
+    for s in sources:
         try:
             folder = local_folder(storage, s.path, home)
         except FileNotFoundError:
@@ -83,11 +101,9 @@ def run_stage(
     ``index.shards`` > 1 the shard builds go through ``map_shards`` (the task layer maps them on
     its task runner; default: here, in turn)."""
     counts: Counter = Counter()
-    items = scan_sources(cfg.index.sources, cfg.index.video_frame_interval, counts, cfg)
-    names = vocabulary_of(cfg)  # a missing vocabulary file fails here, before any compute
+    items = scan_sources(cfg, counts)  # every input checked first, before any compute
+    names = vocabulary_of(cfg)
     ev = cfg.index.evaluation_source
-    if ev is not None and not Path(ev.path).is_dir():
-        raise IndexInputError(f"index.evaluation_source.path: folder not found: {ev.path}")
     tracking.configure(cfg)
     mv, clip, model_dir = load_clip(cfg.tracking.model_name, cfg.index.model_alias, clip_version)
     log(f"index: {len(items)} items from {len(cfg.index.sources)} sources with {mv.name} v{mv.version} "

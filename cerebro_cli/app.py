@@ -1,0 +1,95 @@
+"""The ``cerebro`` Typer app, its shared options, and the one shape every stage command has:
+load the config (exit 2 naming a bad key) → check the stage's inputs without doing its work (exit
+2 naming what is wrong) → start Prefect (a temporary API unless ``PREFECT_API_URL`` is set) while
+the flow module imports → run the flow. Command modules import this one; it imports none of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+
+from cerebro_cli.text import clean_lines
+from cerebro_core.config import CerebroConfig, ConfigError, load_config
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Cerebro: wildlife text-to-image search on a CLIP model trained from scratch.",
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="YAML config in configs/ (default: built-in defaults)")
+SetOption = typer.Option(
+    None, "--set", "-s", help="Override a config key, repeatable: --set train.batch_size=64", metavar="KEY=VALUE"
+)
+
+
+@app.callback()
+def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="show library logs and warnings too")) -> None:
+    """Cerebro: wildlife text-to-image search on a CLIP model trained from scratch."""
+    from cerebro_core import quiet
+
+    quiet.apply(verbose)
+
+
+def load(config: Optional[Path], sets: Optional[list[str]]) -> CerebroConfig:
+    """Load the config or exit 2 with a message naming the bad key, before anything runs."""
+    try:
+        cfg = load_config(config, sets or [])
+    except ConfigError as exc:
+        typer.echo(f"cerebro: invalid configuration:\n{clean_lines(exc)}", err=True)
+        raise typer.Exit(2) from None
+    from cerebro_core import tracking
+    from cerebro_core.home import resolve
+
+    try:  # a broken tracking database is a one-line error here, not a traceback from deep in MLflow
+        tracking.check_store(resolve(cfg), cfg.tracking.lock_wait_s)
+    except tracking.TrackingStoreError as exc:
+        typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
+        raise typer.Exit(2) from None
+    return cfg
+
+
+def start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
+    """Export the embedded defaults (PREFECT_HOME, MLflow URI) before Prefect is imported; without
+    PREFECT_API_URL, start a temporary Prefect API that dies with this command (prefect_api.py).
+    It starts while the command imports its flow; call what this returns before running the flow."""
+    from cerebro_cli.prefect_api import PrefectApiError, start_temporary_api
+    from cerebro_core.home import prepare_environment
+
+    ep = prepare_environment(cfg)
+    api = start_temporary_api(ep.prefect_home) if ep.prefect_api == "ephemeral" else None
+
+    def ready() -> None:
+        try:
+            if api is not None:
+                api.wait()
+        except PrefectApiError as exc:
+            typer.echo(f"cerebro: {clean_lines(exc)}", err=True)
+            raise typer.Exit(3) from None
+        from cerebro_cli import prefect_reap  # runs of a killed command: Crashed, as MLflow's are FAILED
+
+        prefect_reap.mark_runs()
+        prefect_reap.reap(lambda m: typer.echo(f"cerebro: {m}", err=True))
+
+    return ready
+
+
+def stage_command(name: str, config: Optional[Path], sets: Optional[list[str]],
+              check: Callable[[CerebroConfig], Any], input_errors: tuple[type[Exception], ...],
+              flow: Callable[[], Callable[..., Any]], **flow_args: Any) -> tuple[CerebroConfig, Any]:
+    """One stage command: ``check(cfg)`` raises one of ``input_errors`` for what the stage cannot
+    use (exit 2, ``cerebro <name>: <message>``); ``flow()`` imports and returns the flow, which is
+    called with the config path, the overrides and ``flow_args``. Returns (config, flow result)."""
+    cfg = load(config, sets)
+    try:
+        check(cfg)
+    except input_errors as exc:
+        typer.echo(f"cerebro {name}: {clean_lines(exc)}", err=True)
+        raise typer.Exit(2) from None
+    ready = start_prefect(cfg)
+    run = flow()  # imports Prefect and the flow while the API starts
+    ready()
+    return cfg, run(config=str(config) if config else None, overrides=list(sets or []), **flow_args)
