@@ -3,39 +3,28 @@
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
-import zlib
-import struct
 from pathlib import Path
 
 import pytest
 
-from helpers import LoopbackServer
+from helpers import (REPO, VENV_BIN, LoopbackServer, free_port, good_pairs, png_bomb, require_shared,
+                     seed_prefect_home, state_dir as _state_dir, stop, wait_port, write_pair_shards)
 
-REPO = Path(__file__).resolve().parents[1]
 # botocore never asks the cloud's metadata service (169.254.169.254) for credentials: not in any
 # test, nor in the servers and commands they start (they inherit this environment)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-SHARED = Path(os.environ.get("CEREBRO_SHARED_DATA", REPO.parent / "shared" / "data"))
-VENV_BIN = Path(sys.executable).parent
 
 
-def require_shared(*parts: str) -> Path:
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        msg = f"shared data not found at {p} (expected ../shared/data beside the repo; see its SOURCE.txt files)"
-        if os.environ.get("CEREBRO_REQUIRE_SHARED_DATA") == "1":
-            pytest.fail(msg + " and CEREBRO_REQUIRE_SHARED_DATA=1")
-        pytest.skip(msg)
-    return p
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory, request) -> Path:
+    """A state dir for the whole module (``CEREBRO_HOME``), the environment restored after it
+    whatever happens: what module-scoped set-ups (an indexed home, a served one) build in."""
+    with _state_dir(tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1] + "-home")) as home:
+        yield home
 
 
 @pytest.fixture(autouse=True)
@@ -86,12 +75,6 @@ def migrated_prefect_db(tmp_path_factory) -> Path:
     return home / "prefect.db"
 
 
-def seed_prefect_home(prefect_home: Path, db: Path) -> Path:
-    prefect_home.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(db, prefect_home / "prefect.db")
-    return prefect_home
-
-
 @pytest.fixture
 def cerebro_home(tmp_path, monkeypatch, migrated_prefect_db) -> Path:
     """A fresh state dir per test (its Prefect database migrated); no tracking/Prefect server leaks
@@ -103,23 +86,6 @@ def cerebro_home(tmp_path, monkeypatch, migrated_prefect_db) -> Path:
     for var in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL"):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
 @pytest.fixture(scope="session")
@@ -138,15 +104,6 @@ def moto_server():
         stop(proc, timeout=10)
 
 
-def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
-    """SIGTERM a server the test started, SIGKILL it if it has not exited within ``timeout``."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
 @pytest.fixture
 def s3_env(moto_server, monkeypatch):
     """Credentials + endpoint as a user would export them, and a fresh bucket."""
@@ -158,59 +115,6 @@ def s3_env(moto_server, monkeypatch):
     bucket = f"cerebro-{int(time.time() * 1000) % 10**9}"
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
     return {"endpoint": moto_server, "bucket": bucket}
-
-
-# --------------------------------------------------------------------------- loopback HTTP server
-
-
-def png_bomb(side: int = 30000) -> bytes:
-    """A valid 1-bit greyscale PNG of side x side pixels (900 Mpx) that compresses to ~100 KB."""
-    raw_row = b"\x00" + b"\x00" * ((side + 7) // 8)
-    comp = zlib.compressobj(9)
-    chunks = []
-    block = raw_row * 1000
-    for _ in range(side // 1000):
-        chunks.append(comp.compress(block))
-    chunks.append(comp.flush())
-    idat = b"".join(chunks)
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def good_pairs(shared: Path, n_coco: int = 80, n_cifar_per_class: int = 10) -> list[tuple[str, Path]]:
-    """Real (caption, image path) pairs: COCO captions mini + CIFAR animals captioned by class."""
-    pairs: list[tuple[str, Path]] = []
-    coco = shared / "coco_captions_mini"
-    for line in (coco / "captions.jsonl").read_text().splitlines()[:n_coco]:
-        rec = json.loads(line)
-        pairs.append((rec["captions"][0].strip(), coco / rec["image"]))
-    cifar = shared / "cifar10_animals"
-    per: dict[str, int] = {}
-    templates = ["a photo of a {}.", "a blurry photo of a {}.", "a {} in the wild.", "a close-up of a {}."]
-    for row in csv.DictReader((cifar / "labels.csv").open()):
-        k = per.get(row["label"], 0)
-        if k < n_cifar_per_class:
-            pairs.append((templates[k % len(templates)].format(row["label"]), cifar / row["path"]))
-            per[row["label"]] = k + 1
-    return pairs
-
-
-BAD_KINDS = {
-    # path → expected failure kind; (status, content type, body[, headers]) filled in by the fixture
-    "/bad/404": "http_404",
-    "/bad/500": "http_500",
-    "/slow/timeout.jpg": "timeout",
-    "/bad/html.jpg": "html_instead_of_image",
-    "/bad/truncated.jpg": "truncated_image",
-    "/bad/empty.jpg": "empty_body",
-    "/bad/garbage.jpg": "not_an_image",
-    "/bad/bomb.png": "decompression_bomb",
-    "/bad/noai.jpg": "disallowed_by_robots",  # a site's AI opt-out, honoured by default
-}
 
 
 @pytest.fixture(scope="session")
@@ -239,122 +143,11 @@ def http_images(shared_data, bomb_png):
         yield srv
 
 
-def write_url_list(path: Path, srv: LoopbackServer, header: bool = False) -> dict:
-    """Raw CC3M TSV (caption<TAB>url, no header): good rows then every bad row.
-
-    Returns expectations: good captions by row number, bad kinds by row number."""
-    closed_port = free_port()  # nothing listens there any more
-    rows: list[tuple[str, str]] = []
-    good: dict[int, str] = {}
-    bad: dict[int, str] = {}
-    for i, (cap, _) in enumerate(srv.pairs):
-        good[len(rows)] = cap
-        rows.append((cap, f"{srv.base}/img/{i}.jpg"))
-    for path_, kind in BAD_KINDS.items():
-        bad[len(rows)] = kind
-        rows.append((f"bad row {kind}", srv.base + path_))
-    bad[len(rows)] = "connection_refused"
-    rows.append(("refused", f"http://127.0.0.1:{closed_port}/x.jpg"))
-    bad[len(rows)] = "invalid_url"
-    rows.append(("invalid url", "ht!tp:/not a url"))
-    bad[len(rows)] = "empty_caption"
-    rows.append(("", f"{srv.base}/img/0.jpg"))
-    with path.open("w") as f:
-        if header:
-            f.write("caption\turl\n")
-        for cap, url in rows:
-            f.write(f"{cap}\t{url}\n")
-    return {"good": good, "bad": bad, "rows": len(rows)}
-
-
-def write_pair_shards(pairs: list[tuple[str, Path]], out: Path, per_shard: int = 20, size: int = 32) -> list[str]:
-    """Real pairs as webdataset shards (what the download stage writes), via webdataset's writer."""
-    import io as _io
-
-    import webdataset as wds
-    from PIL import Image
-
-    out.mkdir(parents=True, exist_ok=True)
-    with wds.ShardWriter(str(out / "%05d.tar"), maxcount=per_shard, verbose=0) as w:
-        for i, (cap, p) in enumerate(pairs):
-            img = Image.open(p).convert("RGB").resize((size, size), Image.BICUBIC)
-            b = _io.BytesIO()
-            img.save(b, format="JPEG", quality=95)
-            w.write({"__key__": f"{i:06d}", "jpg": b.getvalue(), "txt": cap, "json": json.dumps({"cerebro_id": i})})
-    return sorted(str(p) for p in out.glob("*.tar"))
-
-
-def shardset_for(shards: list[str], name: str = "test"):
-    """A ShardSet (the download stage's result) for shards built directly."""
-    import tarfile
-
-    from cerebro_core.data.shardset import DownloadStats, ShardSet
-
-    sizes = {}
-    for s in shards:
-        with tarfile.open(s) as tf:
-            sizes[Path(s).name] = sum(1 for m in tf.getnames() if m.endswith(".jpg"))
-    n = sum(sizes.values())
-    stats = DownloadStats(total_rows=n, attempted=n, successes=n, failures=0, dropped_empty_caption=0,
-                          success_rate=1.0, failures_by_reason={}, failure_messages={}, bytes_written=0,
-                          new_successes=n, wall_s=0.0, images_per_s=0.0, shards=len(shards))
-    return ShardSet(output=str(Path(shards[0]).parent), shards=shards, sizes=sizes, num_samples=n,
-                    manifest_url="", sizes_url="", stats_url="", manifest_hash=f"{name}-{n}", input_hash=name,
-                    stats=stats)
-
-
 @pytest.fixture(scope="session")
 def pair_shards(shared_data, tmp_path_factory) -> list[str]:
     """140 real pairs (80 COCO photos with a human caption, 60 CIFAR animals) in 7 shards."""
     return write_pair_shards(good_pairs(shared_data, n_coco=80, n_cifar_per_class=10),
                              tmp_path_factory.mktemp("pairs"))
-
-
-def make_video(path: Path, seconds: float = 3.0, fps: int = 10, size: int = 64,
-               creation_time: str | None = None) -> Path:
-    """A short real video (MPEG-4 part 2 in .mp4) of a moving square, encoded with PyAV; with
-    ``creation_time`` (ISO 8601) in its container metadata, as cameras write it."""
-    import av
-    import numpy as np
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as c:
-        if creation_time:
-            c.metadata["creation_time"] = creation_time
-        st = c.add_stream("mpeg4", rate=fps)
-        st.width = st.height = size
-        st.pix_fmt = "yuv420p"
-        for i in range(int(seconds * fps)):
-            img = np.full((size, size, 3), 30, np.uint8)
-            x = (i * 3) % (size - 16)
-            img[20:36, x : x + 16] = (220, 120, 30)
-            for pkt in st.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                c.mux(pkt)
-        for pkt in st.encode():
-            c.mux(pkt)
-    return path
-
-
-@contextlib.contextmanager
-def chromium():
-    """Headless Debian chromium driven by chromedriver (both installed by scripts/install-system-deps.sh)."""
-    import shutil
-
-    if not shutil.which("chromedriver") or not shutil.which("chromium"):
-        pytest.fail("chromium/chromedriver missing: scripts/install-system-deps.sh installs them")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = shutil.which("chromium")
-    for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]:
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture(scope="session")

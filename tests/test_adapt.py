@@ -7,9 +7,7 @@ scratch (noisy) student with out-of-fold labels."""
 from __future__ import annotations
 
 import csv
-import json
 import os
-import random
 from pathlib import Path
 
 import numpy as np
@@ -22,19 +20,13 @@ from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
 from cerebro_core.config import load_config
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.storage import Storage
-from helpers import CLASSES, dist, latest_adapt, pool_probs, split, written_labels
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import CLASSES, REPO, dist, latest_adapt, pool_probs, split, written_labels
 
 
 @pytest.fixture(scope="module")
-def adapt_env(shared_data, tmp_path_factory):
-    from conftest import good_pairs, shardset_for, write_pair_shards
+def adapt_env(shared_data, state_dir, tmp_path_factory):
+    from helpers import good_pairs, shardset_for, write_pair_shards
 
-    home = tmp_path_factory.mktemp("adapt-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     root = tmp_path_factory.mktemp("adapt-data")
     shards = write_pair_shards(good_pairs(shared_data, n_coco=0, n_cifar_per_class=40), root / "shards")
     (root / "shards" / "manifest.json").write_text(shardset_for(shards, "adapt").model_dump_json())
@@ -52,8 +44,7 @@ def adapt_env(shared_data, tmp_path_factory):
     from cerebro_core.train.pretrain import run_stage as pretrain
 
     mv = pretrain(cfg, shardset_for(shards, "adapt"), log=lambda s: None)
-    yield {"cfg": cfg, "base": base, "mv": mv, "root": root, "pool_shuffled": pool_shuffled, "pool": pool}
-    mp.undo()
+    return {"cfg": cfg, "base": base, "mv": mv, "root": root, "pool_shuffled": pool_shuffled, "pool": pool}
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,10 @@ from cerebro_core.adapt.label import TeacherLabeller, create_labeller
 from cerebro_core.adapt.models import rank_key
 from cerebro_core.adapt.students import replay_job
 from cerebro_core.config import ConfigError, ReplayStudent, load_config
-from cerebro_core.train.data import PipelineSpec, ShardBatches
+from cerebro_core.train.data import PipelineSpec
 from cerebro_core.train.loop import train
-from conftest import good_pairs, shardset_for, write_pair_shards
+from helpers import REPO, good_pairs, shardset_for, write_pair_shards
 
-REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 

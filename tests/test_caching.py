@@ -10,8 +10,7 @@ import pytest
 
 from cerebro_core.config import load_config
 from tasks import caching, code_graph
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 @pytest.fixture
@@ -22,7 +21,7 @@ def checkout(tmp_path, monkeypatch, pair_shards):
         shutil.copytree(REPO / pkg, root / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(caching, "CODE_ROOT", root)
     monkeypatch.setenv("CEREBRO_HOME", str(tmp_path / "home"))
-    from conftest import shardset_for
+    from helpers import shardset_for
 
     cfg = load_config(REPO / "configs/demo.yaml")
     shards = shardset_for(pair_shards)

@@ -5,11 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, REPO
 
 
 def run(args, env_extra=None, tmp=None):

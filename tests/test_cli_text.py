@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
-from pathlib import Path
+from helpers import CEREBRO, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 TITLE = "\x1b]0;pwned\x07"  # OSC: retitles the terminal
 SPOOF = "\r\x1b[2K  1. 0.999  [src] innocent.jpg\n\x9b31m\u202egpj.exe"  # erase the line, fake a hit, C1 CSI, RLO
 

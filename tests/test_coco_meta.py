@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -21,11 +20,7 @@ from cerebro_core.config import load_config
 from cerebro_core.data.coco_meta import parse
 from cerebro_core.embed import scan_folder
 from cerebro_core.index.metadata import sequences
-from conftest import free_port, stop, wait_port
-from helpers import CLASSES, register_random_clip
-
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, CLASSES, REPO, free_port, indexed_home, stop, wait_port
 
 
 def _collection(shared: Path, dst: Path, first: int) -> tuple[Path, dict]:
@@ -121,8 +116,6 @@ def _serve(home: Path, sets: list[str]):
 def test_search_hides_empty_frames_and_never_serves_people_unless_configured(shared_data, tmp_path, monkeypatch):
     import httpx
 
-    from cerebro_core.index.stage import run_stage
-
     home = tmp_path / "home"
     monkeypatch.setenv("CEREBRO_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -134,8 +127,7 @@ def test_search_hides_empty_frames_and_never_serves_people_unless_configured(sha
     sets = [f"index.sources=[{{name: traps, path: {tmp_path / 'traps'}, metadata: {path}, timezone: Africa/Dar_es_Salaam}}, "
             f"{{name: st, path: {tmp_path / 'st'}, layout: '{{camera}}/{{label}}/{{file}}'}}]"]
     cfg = load_config(REPO / "configs/demo.yaml", sets)
-    register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
+    indexed_home(cfg)
     proc, log, url = _serve(home, sets)
     try:
         c = httpx.Client(base_url=url, timeout=60)
@@ -272,7 +264,6 @@ def test_reindex_of_a_configured_source_reads_its_metadata(shared_data, tmp_path
     index stage does: the new items carry the collection's labels, cameras and flags."""
     from cerebro_core.search.local_copy import load_searcher
     from cerebro_core.index.reindex import run_reindex
-    from cerebro_core.index.stage import run_stage
 
     home = tmp_path / "home"
     monkeypatch.setenv("CEREBRO_HOME", str(home))
@@ -282,8 +273,7 @@ def test_reindex_of_a_configured_source_reads_its_metadata(shared_data, tmp_path
         os.link(p, tmp_path / "first" / p.name)
     first = f"{{name: first, path: {tmp_path / 'first'}}}"
     cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{first}]"])
-    register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
+    indexed_home(cfg)
     path, _ = _collection(shared_data, tmp_path / "traps", 0)
     cfg2 = load_config(REPO / "configs/demo.yaml", [
         f"index.sources=[{first}, {{name: traps, path: {tmp_path / 'traps'}, metadata: {path}}}]"])

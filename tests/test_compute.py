@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,6 @@ from cerebro_core.config import ComputeConfig
 from cerebro_core.devices import cpu_quota, usable_cpus
 from cerebro_core.distributed import PeerLostError, failure, resolve_nproc
 
-REPO = Path(__file__).resolve().parents[1]
 
 # NCCL's own lines (torch 2.x ProcessGroupNCCL and NCCL 2.2x) from a lost peer and a hung collective
 NCCL_REMOTE = ["torch.distributed.DistBackendError: NCCL error in: ../torch/csrc/distributed/c10d/NCCLUtils.hpp:317, "

@@ -10,8 +10,8 @@ import pytest
 
 from cerebro_core.config import CerebroConfig, ConfigError, ReplayStudent, load_config
 from cerebro_core.config_yaml import parse_override
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CEREBRO = [str(Path(sys.executable).parent / "cerebro")]
 
 

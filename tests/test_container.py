@@ -11,11 +11,10 @@ import os
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 # the demo's pipeline, shortened: what is checked here is that the image runs it, not its quality
 SHORT = ["--set", "train.epochs=2", "--set", "adapt.iterations=1", "--set", "download.samples_per_shard=200"]

@@ -8,8 +8,8 @@ import itertools
 import json
 import re
 import subprocess
+from helpers import REPO
 
-from conftest import REPO
 
 WARNING = re.compile(r"\b\w*Warning\b|warnings\.warn|\bwarn\(")
 RATE = re.compile(r"([0-9]+(?:\.[0-9]+)?)(?:img|step|shard|it)/s")

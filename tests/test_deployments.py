@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 GPU_FLOWS = {"pipeline", "pretrain", "adapt", "index", "reindex"}
 
 

@@ -3,13 +3,11 @@ every bad case; local and S3 (moto server) outputs; SIGKILL + resume; retry_fail
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,16 +16,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
-from PIL import Image
 
-from cerebro_core.config import DownloadConfig, StorageConfig, load_config
+from cerebro_core.config import DownloadConfig, StorageConfig
 from cerebro_core.data.download import DownloadInputError, download, read_url_list
 from cerebro_core.data.shardset import load_manifest
 from cerebro_core.storage import Storage
-from conftest import good_pairs, seed_prefect_home, write_url_list
-from helpers import LoopbackServer
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, good_pairs, LoopbackServer, seed_prefect_home, write_url_list
 
 
 def read_shards(shard_paths: list[str]) -> list[dict]:

@@ -6,16 +6,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import torch
 from PIL import Image
 
-from conftest import REPO
-from helpers import register_random_clip
-
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, REPO, register_random_clip
 
 
 def test_export_model_loads_in_open_clip_with_the_same_embeddings(shared_data, tmp_path, monkeypatch):

@@ -8,8 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def test_gpu_suite_smoke_on_cpu(tmp_path):

@@ -18,22 +18,16 @@ import pytest
 import torch
 
 from cerebro_core.config import load_config
-from conftest import free_port, make_video, png_bomb, stop, wait_port
-from helpers import register_random_clip
+from helpers import CEREBRO, REPO, clustered, free_port, indexed_home, make_video, stop, wait_port
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 MODEL = "cerebro-tiny-vit-32"
 
 
 @pytest.fixture(scope="module")
-def indexed(shared_data, tmp_path_factory):
+def indexed(shared_data, state_dir, tmp_path_factory):
     """CEREBRO_HOME with a random cerebro-clip and a published cerebro-search over Caltech (700
     photos), 60 CIFAR photos, a 3-second video (2 stills) and a corrupt file."""
-    home = tmp_path_factory.mktemp("home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = state_dir
     extra = tmp_path_factory.mktemp("extra")
     make_video(extra / "clips" / "orange_square.mp4", seconds=3.0)
     for i, p in enumerate(sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:60]):
@@ -45,13 +39,9 @@ def indexed(shared_data, tmp_path_factory):
         "index.video_frame_interval=2.0",
     ]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
-    from cerebro_core.index.stage import run_stage
-
-    clip = register_random_clip(cfg)
-    sv = run_stage(cfg, log=lambda s: None)
-    yield {"home": home, "cfg": cfg, "overrides": overrides, "sv": sv, "clip": clip, "extra": extra,
-           "shared": shared_data}
-    mp.undo()
+    clip, sv = indexed_home(cfg)
+    return {"home": home, "cfg": cfg, "overrides": overrides, "sv": sv, "clip": clip, "extra": extra,
+            "shared": shared_data}
 
 
 def test_index_embeds_everything_and_publishes(indexed):
@@ -168,19 +158,12 @@ def test_truncated_text_encoding_is_exact():
         assert torch.nn.functional.cosine_similarity(full, int8).min().item() > 0.99
 
 
-def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((64, d)).astype(np.float32)
-    x = centers[rng.integers(0, 64, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 @pytest.mark.parametrize("kind, n", [("auto", 60_000), ("ivf", 30_000)])
 def test_approximate_index_meets_recall_target(kind, n):
     from cerebro_core.ann.base import recall_at_k, sample_queries
     from cerebro_core.ann.tune import build_and_tune
 
-    x = _clustered(n, 64)
+    x = clustered(n, 64)
     index, rep = build_and_tune(x, kind=kind, recall_target=0.95, memory_budget_mb=4096, n_queries=200)
     assert rep.kind == ("hnsw" if kind == "auto" else "ivf")
     assert rep.recall_at_10 >= 0.95 and rep.tuning and rep.params
@@ -301,7 +284,7 @@ def test_page_searches_as_you_type_in_chromium(server):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from conftest import chromium
+    from helpers import chromium
 
     with chromium() as driver:
         driver.get(server + "/")

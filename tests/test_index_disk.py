@@ -8,12 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import clustered
+
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((256, d)).astype(np.float32)
-    x = centers[rng.integers(0, 256, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float16)
+    return clustered(n, d, seed, centers=256, dtype=np.float16)  # as a bundle's vectors.npy stores them
 
 
 def test_auto_picks_the_disk_kind_only_when_nothing_fits_in_ram():

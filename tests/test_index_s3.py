@@ -4,13 +4,11 @@ removed when its object is gone) and each item names its object."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 from cerebro_core.config import load_config
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 @pytest.fixture
@@ -51,14 +49,13 @@ def test_mirror_follows_the_bucket(s3_photos, tmp_path):
 
 
 def test_index_stage_reads_an_s3_source(s3_photos, cerebro_home):
-    from helpers import register_random_clip
+    from helpers import indexed_home
 
     from cerebro_core.search.local_copy import load_searcher
-    from cerebro_core.index.stage import IndexInputError, check_inputs, run_stage
+    from cerebro_core.index.stage import IndexInputError, check_inputs
 
     cfg = load_config(REPO / "configs/demo.yaml", [f"index.sources=[{{name: cams, path: {s3_photos['base']}}}]"])
-    register_random_clip(cfg)
-    sv = run_stage(cfg, log=lambda s: None)
+    _, sv = indexed_home(cfg)
     assert sv.n == 40
     _, s = load_searcher("models:/cerebro-search@champion")
     assert sorted(r["origin_uri"] for r in s.rows) == sorted(s3_photos["photos"])
@@ -76,7 +73,7 @@ def test_video_stills_from_s3_name_their_object(s3_photos, cerebro_home, tmp_pat
     was read for images only, so a video hit from S3 named no object)."""
     from collections import Counter
 
-    from conftest import make_video
+    from helpers import make_video
 
     from cerebro_core.index.stage import scan_sources
 

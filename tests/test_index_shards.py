@@ -8,22 +8,14 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, REPO, clustered
 
 
 def _clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((128, d)).astype(np.float32)
-    x = centers[rng.integers(0, 128, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float16).astype(np.float32)  # what a bundle stores (and shards read)
+    return clustered(n, d, seed, centers=128, dtype=np.float16).astype(np.float32)  # what a bundle stores
 
 
 def test_plan_covers_every_id_once():
@@ -102,7 +94,7 @@ def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path
     sharded bundle answers as exact search over its vectors."""
     from helpers import register_random_clip
 
-    from conftest import seed_prefect_home
+    from helpers import seed_prefect_home
     from cerebro_core.config import load_config
 
     home = tmp_path / "home"

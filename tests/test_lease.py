@@ -9,12 +9,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 HOLD = """
 import sys, time

@@ -9,18 +9,14 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import free_port, shardset_for
-from helpers import register_random_clip
+from helpers import CEREBRO, REPO, free_port, indexed_home, shardset_for
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 MODEL = "cerebro-tiny-vit-32"
 TRAIN = ["train.batch_size=10", "train.epochs=2", "train.warmup_steps=2", "train.val_fraction=0.0",
          "train.workers=0", "train.log_every_steps=1", "train.checkpoint_every_steps=2", f"train.model={MODEL}",
@@ -133,7 +129,6 @@ def test_two_node_index_equals_one_process(shared_data, cerebro_home, tmp_path):
     """`cerebro index` on 2 nodes: both exit 0, one search version, the same ids, order and
     vectors (within 1e-5) as a 1-process index of the same items."""
     from cerebro_core.config import load_config
-    from cerebro_core.index.stage import run_stage
 
     src = tmp_path / "src"
     for cls in ("cat", "deer"):
@@ -143,8 +138,7 @@ def test_two_node_index_equals_one_process(shared_data, cerebro_home, tmp_path):
     (src / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
     sets = [f"index.sources=[{{name: src, path: {src}}}]", "index.batch_size=16"]
     cfg = load_config(REPO / "configs/demo.yaml", sets)
-    register_random_clip(cfg)
-    one = run_stage(cfg, log=lambda s: None)
+    _, one = indexed_home(cfg)
 
     port = free_port()
     logs = [tmp_path / f"node{r}.log" for r in range(2)]

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import REPO, free_port, seed_prefect_home, wait_port
 
-from conftest import free_port, seed_prefect_home, wait_port
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 FAST = ["train.epochs=2", "adapt.iterations=2", "adapt.early_stop=false",
         "download.samples_per_shard=200"]

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, REPO
 
 
 def _plan(*args: str) -> subprocess.CompletedProcess:
@@ -119,7 +115,7 @@ def test_plan_reads_nothing_remote_unless_asked(cerebro_home, moto_server, tmp_p
     With --remote it is, against moto on loopback."""
     import os
 
-    from conftest import free_port
+    from helpers import free_port
 
     mark = tmp_path / "credentials-were-looked-up"
     helper = tmp_path / "credentials.sh"

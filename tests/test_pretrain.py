@@ -24,11 +24,9 @@ from cerebro_core.model.factory import create
 from cerebro_core.storage import Storage
 from cerebro_core.train.data import PipelineSpec, ShardBatches
 from cerebro_core.train.loop import TrainJob, train
-from conftest import good_pairs, shardset_for
-from helpers import kill_after_first_checkpoint
+from helpers import REPO, good_pairs, kill_after_first_checkpoint, shardset_for
 
 MODEL = "cerebro-tiny-vit-32"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def hp(**kw) -> TrainConfig:
@@ -325,7 +323,7 @@ def test_training_survives_a_tracking_outage(pair_shards, tmp_path, monkeypatch)
     training goes on without waiting for it, and every step's metrics reach the run once it is back."""
     import mlflow
 
-    from conftest import free_port, stop, wait_port
+    from helpers import free_port, stop, wait_port
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     port = free_port()

@@ -7,8 +7,7 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO
 
 
 def _imports(py: Path) -> list[str]:
@@ -181,3 +180,13 @@ def test_the_loop_finder_finds_loops(tmp_path, monkeypatch):
     (pkg / "c.py").write_text("import loopy.a\n")
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     assert import_cycles("loopy") == [["loopy.a", "loopy.b"]]
+
+
+def test_no_test_imports_another_test_module_or_conftest():
+    """#39 item 5: set-up is shared through fixtures (conftest.py) and tests/helpers/ alone."""
+    bad = []
+    for py in sorted((REPO / "tests").rglob("*.py")):
+        for name in _imports(py):
+            if name.split(".")[0].startswith("test_") or name.split(".")[0] == "conftest":
+                bad.append(f"{py.relative_to(REPO)} imports {name}")
+    assert not bad, "\n".join(bad)

@@ -5,7 +5,6 @@ servable and the rerun completes, a new CLIP champion forces a full re-embed, IV
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -16,10 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cerebro_core.config import load_config
-from helpers import indexed_caltech, make_scrape
-
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, indexed_caltech, make_scrape
 
 
 @pytest.fixture(scope="module")

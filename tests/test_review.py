@@ -10,28 +10,24 @@ import io
 import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CEREBRO, REPO, chromium, free_port, make_video, stop, wait_port
 
-from conftest import chromium, free_port, make_video, stop, wait_port
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 VOCAB = ("deer", "horse", "cat", "frog")
 
 
 @pytest.fixture(scope="module")
-def reviewed(shared_data, tmp_path_factory):
+def reviewed(shared_data, state_dir, tmp_path_factory):
     """21 items (4 photos of each of 4 species, 5 stills of one video) indexed by the real index
     stage, served by `cerebro serve` on its state dir."""
-    from helpers import register_random_clip
+    from helpers import indexed_home
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.stage import run_stage
 
     src = tmp_path_factory.mktemp("review-src")
     for sp in VOCAB:
@@ -40,15 +36,11 @@ def reviewed(shared_data, tmp_path_factory):
     make_video(src / "clip.mp4", seconds=5.0)
     vocab = tmp_path_factory.mktemp("review-vocab") / "species.txt"
     vocab.write_text("\n".join(VOCAB) + "\n")
-    home = tmp_path_factory.mktemp("review-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = state_dir
     overrides = [f"index.sources=[{{name: src, path: {src}}}]", "index.video_frame_interval=1.0",
                  f"index.vocabulary={vocab}"]
     cfg = load_config(REPO / "configs/demo.yaml", overrides)
-    register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
+    indexed_home(cfg)
     port = free_port()
     env = dict(os.environ, CEREBRO_HOME=str(home))
     args = [CEREBRO, "serve", "--port", str(port), "--reload-interval", "1", "-c", str(REPO / "configs/demo.yaml")]
@@ -61,7 +53,6 @@ def reviewed(shared_data, tmp_path_factory):
                "src": src, "proc": proc}
     finally:
         stop(proc)
-        mp.undo()
 
 
 def cli(reviewed, *args: str) -> subprocess.CompletedProcess:

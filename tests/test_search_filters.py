@@ -12,17 +12,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CEREBRO, REPO, free_port, make_video, stop, wait_port
 
-from conftest import free_port, make_video, stop, wait_port
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 T0 = datetime(2024, 5, 1, 10, 0, 0)
 CAM_A = ("Bushnell", "CoreDS", (46.5, 7.9))      # the Alps
 CAM_B = ("Reconyx", "HP2X", (-2.33, 34.83))      # the Serengeti
@@ -50,12 +47,11 @@ def with_exif(src: Path, dst: Path, camera: tuple, when: datetime) -> None:
 
 
 @pytest.fixture(scope="module")
-def wild(shared_data, tmp_path_factory):
-    from helpers import register_random_clip
+def wild(shared_data, state_dir, tmp_path_factory):
+    from helpers import indexed_home
 
     from cerebro_core.config import load_config
     from cerebro_core.search.local_copy import load_searcher
-    from cerebro_core.index.stage import run_stage
 
     photos = {k: sorted((shared_data / "cifar10_animals" / "test" / k).glob("*.jpg")) for k in ("deer", "horse", "cat", "frog")}
     cams, traps = tmp_path_factory.mktemp("cams"), tmp_path_factory.mktemp("traps")
@@ -70,19 +66,13 @@ def wild(shared_data, tmp_path_factory):
     (traps / "labels.csv").write_text("path,label,camera\nt0.jpg,frog,DEP-7\nt1.jpg,frog,DEP-7\nt2.jpg,frog,DEP-8\n")
     vocab = tmp_path_factory.mktemp("vocab") / "species.txt"
     vocab.write_text("deer\nhorse\ncat\nfrog\n")
-    home = tmp_path_factory.mktemp("filters-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = state_dir
     overrides = [f"index.sources=[{{name: cams, path: {cams}}}, {{name: traps, path: {traps}}}]",
                  "index.video_frame_interval=1.0", f"index.vocabulary={vocab}", "index.duplicate_threshold=0.9999"]
-    cfg = load_config(REPO / "configs/demo.yaml", overrides)
-    register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
+    indexed_home(load_config(REPO / "configs/demo.yaml", overrides))
     _, searcher = load_searcher("models:/cerebro-search@champion")
-    yield {"home": home, "overrides": overrides, "s": searcher, "cams": cams, "traps": traps,
-           "env": dict(os.environ, CEREBRO_HOME=str(home))}
-    mp.undo()
+    return {"home": home, "overrides": overrides, "s": searcher, "cams": cams, "traps": traps,
+            "env": dict(os.environ, CEREBRO_HOME=str(home))}
 
 
 def _by_name(s) -> dict:
@@ -278,7 +268,7 @@ def test_page_filters_pages_and_queries_by_image_in_chromium(api, wild):
     # the page re-renders its hits on every answer: an element read mid-render is stale, not wrong
     RERENDERED = (NoSuchElementException, StaleElementReferenceException)
 
-    from conftest import chromium
+    from helpers import chromium
 
     def hits(d) -> list:
         return d.find_elements(By.CSS_SELECTOR, "figure.hit")

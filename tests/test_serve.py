@@ -11,28 +11,19 @@ import select
 import shutil
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import free_port, make_video, stop, wait_port
-
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
+from helpers import CEREBRO, REPO, free_port, make_video, stop, wait_port
 
 
 @pytest.fixture(scope="module")
-def served(shared_data, tmp_path_factory):
-    from helpers import register_random_clip
+def served(shared_data, state_dir, tmp_path_factory):
+    from helpers import indexed_home
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.stage import run_stage
 
-    home = tmp_path_factory.mktemp("serve-home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = state_dir
     src = tmp_path_factory.mktemp("serve-src")
     for i, p in enumerate(sorted((shared_data / "cifar10_animals" / "test" / "deer").glob("*.jpg"))[:20]):
         shutil.copy(p, src / f"deer_{i:03d}.jpg")
@@ -43,9 +34,7 @@ def served(shared_data, tmp_path_factory):
     (src / "link_out.jpg").symlink_to(outside / "cat.jpg")  # leaves the folder: refused
     overrides = [f"index.sources=[{{name: src, path: {src}}}]", "index.video_frame_interval=2.0",
                  "serve.max_query_chars=50", "serve.max_upload_mb=1", "serve.max_concurrent_images=1"]
-    cfg = load_config(REPO / "configs/demo.yaml", overrides)
-    register_random_clip(cfg)
-    sv = run_stage(cfg, log=lambda s: None)
+    _, sv = indexed_home(load_config(REPO / "configs/demo.yaml", overrides))
     port = free_port()
     env = dict(os.environ, CEREBRO_HOME=str(home))
     args = [CEREBRO, "serve", "--port", str(port), "-c", str(REPO / "configs/demo.yaml")]
@@ -60,7 +49,6 @@ def served(shared_data, tmp_path_factory):
     finally:
         stop(proc)
         log.close()
-        mp.undo()
 
 
 def test_ids_queries_and_media_are_strict(served):
@@ -295,7 +283,7 @@ def _page_uses_the_token(url: str, token: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from conftest import chromium
+    from helpers import chromium
 
     with chromium() as d:
         d.get(url + "/")

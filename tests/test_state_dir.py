@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import CEREBRO, REPO
 
-REPO = Path(__file__).resolve().parents[1]
-CEREBRO = str(Path(sys.executable).parent / "cerebro")
 CONFIG = str(REPO / "configs/demo.yaml")
 
 
@@ -41,23 +40,15 @@ def _photos(shared: Path, dst: Path, kind: str, n: int, offset: int = 0) -> Path
 @pytest.fixture(scope="module")
 def home_a(shared_data, tmp_path_factory, migrated_prefect_db):
     """A state dir with a published index over photos kept inside it (as the demo keeps its own)."""
-    from helpers import register_random_clip
+    from helpers import indexed_home, seed_prefect_home, state_dir
 
     from cerebro_core.config import load_config
-    from cerebro_core.index.stage import run_stage
-
-    from conftest import seed_prefect_home
 
     home = tmp_path_factory.mktemp("state") / "home-a"
     seed_prefect_home(home / "prefect", migrated_prefect_db)
     _photos(shared_data, home / "photos", "deer", 20)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CEREBRO_HOME", str(home))
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    cfg = load_config(CONFIG, [f"index.sources=[{{name: photos, path: {home / 'photos'}}}]"])
-    register_random_clip(cfg)
-    run_stage(cfg, log=lambda s: None)
-    mp.undo()
+    with state_dir(home):  # only while it is built: the tests run commands against it
+        indexed_home(load_config(CONFIG, [f"index.sources=[{{name: photos, path: {home / 'photos'}}}]"]))
     return home
 
 

@@ -22,8 +22,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
+from helpers import REPO, chromium
 
-from conftest import REPO, chromium
 
 OVERRIDE = "index.video_frame_interval=2.0"  # only index reruns: the other stages come from the cache
 

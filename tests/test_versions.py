@@ -16,9 +16,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from helpers import indexed_caltech, make_scrape
+from helpers import REPO, indexed_caltech, make_scrape
 
-REPO = Path(__file__).resolve().parents[1]
 PART = 64 * 1024  # small parts, so that a 700-item bundle has many
 
 
@@ -276,7 +275,7 @@ def test_a_corrupt_cache_is_assembled_again_and_gc_verify_finds_corrupt_parts(ve
     longer matches what was stamped when it was assembled), says so, and assembles it again: same
     answers. A zeroed part: `cerebro gc --verify` names it and the version and file that use it,
     moves it aside and restores it from the intact cached copy; with no cached copy it exits 1."""
-    from cerebro_core import parts, tracking
+    from cerebro_core import tracking
     from cerebro_core.search.local_copy import bundle_for, load_searcher
 
     home = versions_home["home"]

@@ -139,6 +139,10 @@ class Index:
     def reconstruct(self, i: int) -> np.ndarray:
         return self.raw.reconstruct(int(i))
 
+    def reconstruct_n(self, start: int, n: int) -> np.ndarray:
+        """Rows ``start..start+n-1`` as stored (kinds that keep full vectors)."""
+        return self.raw.reconstruct_n(int(start), int(n))
+
     def ivf(self):
         return self.kind.ivf(self.raw)
 
