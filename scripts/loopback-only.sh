@@ -23,6 +23,13 @@ fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", f | 1))'
 if [ "${_CEREBRO_LOOPBACK_INSIDE:-}" = 1 ]; then  # second step: inside the new namespace
   unset _CEREBRO_LOOPBACK_INSIDE
   lo_up || { echo "loopback-only.sh: could not bring the loopback interface up" >&2; exit 1; }
+  # This host's name keeps resolving to an address that works here (torchrun's multi-node
+  # rendezvous advertises it): its addresses are added to lo, which reaches nothing outside.
+  if command -v ip >/dev/null 2>&1; then
+    for a in $(getent ahosts "$(hostname)" 2>/dev/null | awk '$1 !~ /^(127\.|::1$)/ {print $1}' | sort -u); do
+      ip addr add "$a" dev lo 2>/dev/null || true
+    done
+  fi
   export CEREBRO_NETWORK_GUARD=loopback
   exec "$@"
 fi
