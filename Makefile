@@ -34,7 +34,7 @@ demo: install
 
 test: install
 	bash scripts/install-system-deps.sh
-	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	PY=$(PY) bash scripts/run-tests.sh $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .cerebro

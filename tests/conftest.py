@@ -17,6 +17,11 @@ from helpers import (REPO, VENV_BIN, LoopbackServer, free_port, good_pairs, png_
 # botocore never asks the cloud's metadata service (169.254.169.254) for credentials: not in any
 # test, nor in the servers and commands they start (they inherit this environment)
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# nor reads this machine's AWS config or credentials (a profile's credential_process, SSO, region):
+# the tests give their own (s3_env, moto on loopback)
+os.environ["AWS_CONFIG_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"] = os.devnull
+for _var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+    os.environ.pop(_var, None)
 
 
 @pytest.fixture(scope="module")

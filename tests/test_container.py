@@ -15,7 +15,8 @@ import subprocess
 import pytest
 from helpers import REPO
 
-pytestmark = pytest.mark.slow
+# network: debootstrap reads Debian's mirror and pip the package index (pyproject.toml's markers)
+pytestmark = [pytest.mark.slow, pytest.mark.network]
 # the demo's pipeline, shortened: what is checked here is that the image runs it, not its quality
 SHORT = ["--set", "train.epochs=2", "--set", "adapt.iterations=1", "--set", "download.samples_per_shard=200"]
 
