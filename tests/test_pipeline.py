@@ -53,7 +53,7 @@ def servers(tmp_path_factory, moto_server, migrated_prefect_db):
     boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1", aws_access_key_id="testing",
                  aws_secret_access_key="testing").create_bucket(Bucket=bucket)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_", "AWS_"))}
-    base_env.update(s3)
+    base_env.update(s3, AWS_EC2_METADATA_DISABLED="true")  # the servers never ask the cloud metadata service
     penv = dict(base_env, PREFECT_HOME=str(tmp / "prefect-server"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                 PREFECT_UI_ENABLED="false")
     procs = [
