@@ -127,7 +127,7 @@ def test_sharded_index_flow_builds_shards_as_tasks_on_dask(shared_data, tmp_path
         from cerebro_core.search.local_copy import load_searcher
 
         _, s = load_searcher("models:/cerebro-search@champion")
-        assert s.sharded and [e["end"] for e in s.info["shards"]] == [60, 120]
+        assert len(s.index.shards) == 2 and [e["end"] for e in s.info["shards"]] == [60, 120]
         assert (s.dir / "shards" / "00000" / "index.faiss").exists()
         pids = [sh["pid"] for sh in s.info["build_params"]["shards"]]
         assert len(pids) == 2 and proc.pid not in pids and os.getpid() not in pids  # Dask's worker processes
