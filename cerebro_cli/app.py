@@ -5,6 +5,7 @@ the flow module imports → run the flow. Command modules import this one; it im
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -77,19 +78,35 @@ def start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
     return ready
 
 
-def stage_command(name: str, config: Optional[Path], sets: Optional[list[str]],
-              check: Callable[[CerebroConfig], Any], input_errors: tuple[type[Exception], ...],
-              flow: Callable[[], Callable[..., Any]], **flow_args: Any) -> tuple[CerebroConfig, Any]:
-    """One stage command: ``check(cfg)`` raises one of ``input_errors`` for what the stage cannot
-    use (exit 2, ``cerebro <name>: <message>``); ``flow()`` imports and returns the flow, which is
-    called with the config path, the overrides and ``flow_args``. Returns (config, flow result)."""
+@dataclass
+class Stage:
+    """What a stage command runs: ``check(cfg)`` checks the inputs without doing the stage's work,
+    raising one of ``errors`` for what it cannot use; ``flow()`` imports and returns the flow."""
+
+    check: Callable[[CerebroConfig], Any]
+    errors: tuple[type[Exception], ...]
+    flow: Callable[[], Callable[..., Any]]
+
+
+def stage_command(name: str, config: Optional[Path], sets: Optional[list[str]], stage: Callable[[], Stage],
+                  **flow_args: Any) -> tuple[CerebroConfig, Any]:
+    """One stage command. ``stage()`` imports the stage (after the config loaded: a bad key costs
+    no torch import) and says what to check and run. An input error, from the check or raised by
+    the flow (one only reading every input finds, e.g. a list with no usable row), exits 2 with
+    ``cerebro <name>: <message>``. The flow is called with the config path, the overrides and
+    ``flow_args``. Returns (config, flow result)."""
     cfg = load(config, sets)
+    st = stage()
     try:
-        check(cfg)
-    except input_errors as exc:
+        st.check(cfg)
+    except st.errors as exc:
         typer.echo(f"cerebro {name}: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = start_prefect(cfg)
-    run = flow()  # imports Prefect and the flow while the API starts
+    run = st.flow()  # imports Prefect and the flow while the API starts
     ready()
-    return cfg, run(config=str(config) if config else None, overrides=list(sets or []), **flow_args)
+    try:
+        return cfg, run(config=str(config) if config else None, overrides=list(sets or []), **flow_args)
+    except st.errors as exc:
+        typer.echo(f"cerebro {name}: {clean_lines(exc)}", err=True)
+        raise typer.Exit(2) from None

@@ -1,26 +1,33 @@
-"""The stage commands (download, pretrain, adapt, index, reindex) and ``cerebro demo``: each one
+"""The stage commands (download, pretrain, adapt, index, reindex): each one
 :func:`cerebro_cli.app.stage_command` (config → input check → Prefect → flow) and its report."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from cerebro_cli.app import ConfigOption, SetOption, app, stage_command
+from cerebro_cli.app import ConfigOption, SetOption, Stage, app, stage_command
 from cerebro_cli.text import clean
 from cerebro_core.config import CerebroConfig
 
 
-def _check_download(cfg: CerebroConfig) -> None:
-    from cerebro_core.data.img2dataset_env import img2dataset_python
-    from cerebro_core.data.url_list import check_url_list
+def _download() -> Stage:
+    from cerebro_core.data.img2dataset_env import Img2DatasetNotFound, img2dataset_python
+    from cerebro_core.data.url_list import DownloadInputError, check_url_list
     from cerebro_core.storage import Storage
 
-    check_url_list(cfg.download, Storage(cfg.storage))  # there, not empty, a known format: not parsed here
-    img2dataset_python()
+    def check(cfg: CerebroConfig) -> None:
+        check_url_list(cfg.download, Storage(cfg.storage))  # there, a known format, its columns: not parsed whole
+        img2dataset_python()
+
+    def flow():
+        from flows.download import download_flow
+
+        return download_flow
+
+    return Stage(check, (DownloadInputError, Img2DatasetNotFound), flow)
 
 
 @app.command()
@@ -29,15 +36,7 @@ def download(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Stage 1: URL list -> webdataset shards with img2dataset (resumable; local or s3://)."""
-    from cerebro_core.data.img2dataset_env import Img2DatasetNotFound
-    from cerebro_core.data.url_list import DownloadInputError
-
-    def flow():
-        from flows.download import download_flow
-
-        return download_flow
-
-    _, result = stage_command("download", config, set_, _check_download, (DownloadInputError, Img2DatasetNotFound), flow)
+    _, result = stage_command("download", config, set_, _download)
     s = result.stats
     typer.echo(
         f"downloaded {s.successes}/{s.total_rows} ({s.success_rate:.1%}) into {len(result.shards)} shards "
@@ -54,21 +53,24 @@ def pretrain(
 ) -> None:
     """Stage 2: CLIP from random weights on the downloaded shards (torchrun, resumable)."""
 
-    def check(cfg: CerebroConfig) -> None:
+    def stage() -> Stage:
         from cerebro_core.data.shardset import default_output, load_manifest
         from cerebro_core.home import resolve
         from cerebro_core.model.factory import model_config
         from cerebro_core.storage import Storage
 
-        model_config(cfg.train.model)
-        load_manifest(Storage(cfg.storage), shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))
+        def check(cfg: CerebroConfig) -> None:
+            model_config(cfg.train.model)
+            load_manifest(Storage(cfg.storage), shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))
 
-    def flow():
-        from flows.pretrain import pretrain_flow
+        def flow():
+            from flows.pretrain import pretrain_flow
 
-        return pretrain_flow
+            return pretrain_flow
 
-    cfg, mv = stage_command("pretrain", config, set_, check, (ValueError, FileNotFoundError), flow, shards=shards)
+        return Stage(check, (ValueError, FileNotFoundError), flow)
+
+    cfg, mv = stage_command("pretrain", config, set_, stage, shards=shards)
     if mv is None:
         typer.echo(f"node {cfg.compute.node_rank} of {cfg.compute.nnodes}: training done; node 0 registers the model")
         return
@@ -83,14 +85,18 @@ def adapt(
     start_version: Optional[str] = typer.Option(None, help="cerebro-clip version to start from (default: champion)"),
 ) -> None:
     """Stage 3: pseudo-label wildlife images and train a student on them, adapt.iterations times; keep the best."""
-    from cerebro_core.adapt.stage import AdaptInputError, check_inputs
 
-    def flow():
-        from flows.adapt import adapt_flow
+    def stage() -> Stage:
+        from cerebro_core.adapt.stage import AdaptInputError, check_inputs
 
-        return adapt_flow
+        def flow():
+            from flows.adapt import adapt_flow
 
-    _, res = stage_command("adapt", config, set_, check_inputs, (AdaptInputError,), flow, start_version=start_version)
+            return adapt_flow
+
+        return Stage(check_inputs, (AdaptInputError,), flow)
+
+    _, res = stage_command("adapt", config, set_, stage, start_version=start_version)
     for r in res.iterations:
         typer.echo("iteration {iteration}: ".format(**r) + ", ".join(
             f"{k}={v:.3f}" for k, v in r.items() if k in ("selected", "pseudo_label_precision", "val/top1", "test/top1")
@@ -105,16 +111,19 @@ def index(
     clip_version: Optional[str] = typer.Option(None, help="cerebro-clip version (default: alias champion, else latest)"),
 ) -> None:
     """Stage 4: embed the wildlife sources, build a tuned FAISS index, publish cerebro-search@champion."""
-    from cerebro_core.index.stage import IndexInputError, check_inputs
-    from cerebro_core.data.vocab import VocabularyError
 
-    def flow():
-        from flows.index import index_flow
+    def stage() -> Stage:
+        from cerebro_core.data.vocab import VocabularyError
+        from cerebro_core.index.stage import IndexInputError, check_inputs
 
-        return index_flow
+        def flow():
+            from flows.index import index_flow
 
-    cfg, sv = stage_command("index", config, set_, check_inputs, (IndexInputError, VocabularyError), flow,
-                            clip_version=clip_version)
+            return index_flow
+
+        return Stage(check_inputs, (IndexInputError, VocabularyError), flow)
+
+    cfg, sv = stage_command("index", config, set_, stage, clip_version=clip_version)
     if sv is None:
         typer.echo(f"node {cfg.compute.node_rank} of {cfg.compute.nnodes}: embedding done; node 0 publishes the index")
         return
@@ -131,61 +140,24 @@ def reindex(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Add a new wildlife scrape to the published index (only what is new; idempotent)."""
-    from cerebro_core.index.reindex import ScrapeError
 
-    def check(cfg: CerebroConfig) -> None:
-        if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
-            raise ScrapeError(f"--scrape: no such folder or URL list: {clean(scrape)}")
+    def stage() -> Stage:
+        from cerebro_core.index.reindex import ScrapeError
 
-    def flow():
-        from flows.reindex import reindex_flow
+        def check(cfg: CerebroConfig) -> None:
+            if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
+                raise ScrapeError(f"--scrape: no such folder or URL list: {clean(scrape)}")
 
-        return reindex_flow
+        def flow():
+            from flows.reindex import reindex_flow
 
-    _, r = stage_command("reindex", config, set_, check, (ScrapeError,), flow, scrape=scrape, source=source)
+            return reindex_flow
+
+        return Stage(check, (ScrapeError,), flow)
+
+    _, r = stage_command("reindex", config, set_, stage, scrape=scrape, source=source)
     why = f" ({', '.join(f'{k} {v}' for k, v in sorted(r.failures.items()))})" if r.failures else ""
     typer.echo(f"scanned {r.scanned}: {r.new} new, {r.duplicates} duplicates, {r.failed} failed{clean(why)}; "
                f"{r.size_before} -> {r.size_after} items ({r.reason})")
     typer.echo(f"published {r.version.name} v{r.version.version} (champion)" if r.version else "nothing published")
 
-
-@app.command()
-def demo(
-    config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="demo config"),
-    set_: Optional[list[str]] = SetOption,
-) -> None:
-    """The offline CPU demo: generate images, then run the whole pipeline on them."""
-    from cerebro_cli.info_cmds import info
-    from cerebro_core.home import resolve
-
-    t0 = time.monotonic()
-
-    def prepare(cfg: CerebroConfig) -> None:  # the demo's own input: its generated images
-        from cerebro_core.demo_data import make_demo_data
-
-        typer.echo(f"demo data: {make_demo_data(resolve(cfg).home / 'demo')}")
-        info(config=config, set_=set_, as_json=False)
-
-    def flow():
-        from flows.pipeline import PipelineParams, pipeline_flow
-
-        return lambda config, overrides: pipeline_flow(PipelineParams(config=config, overrides=overrides))
-
-    cfg, summary = stage_command("demo", config, set_, prepare, (), flow)
-    typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(
-        f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
-    from cerebro_core.demo_data import search_quality
-    from cerebro_core.search.local_copy import load_searcher
-
-    version, searcher = load_searcher(f"models:/{cfg.tracking.search_model_name}@champion", resolve(cfg).tracking_uri)
-    q = search_quality(searcher)
-    typer.echo(f'demo search (v{version}): R-precision of "a {{colour}} {{shape}} on {{background}}" over '
-               f"{q['queries']} combinations: mean {q['mean']:.3f}, lowest {q['min']:.3f}")
-    typer.echo(f"demo done in {time.monotonic() - t0:.0f} s")
-    typer.echo("")
-    typer.echo("Search it:")
-    exe = ".venv/bin/cerebro" if Path(".venv/bin/cerebro").exists() else "cerebro"  # the Makefile's, or an image's
-    typer.echo(f'  {exe} search "a red circle on snow" -c configs/demo.yaml')
-    typer.echo(f"  {exe} serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
-    typer.echo("Inspect the runs, run the pipeline from the Prefect UI:")
-    typer.echo(f"  {exe} ui -c configs/demo.yaml   # Prefect UI :4200, MLflow UI :5000")

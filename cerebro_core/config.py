@@ -179,7 +179,6 @@ class IndexConfig(_Section):
     evaluation_source: Optional[SourceConfig] = Field(None, description="a labelled folder: each published version "
                                                       "records species-query mAP@10 / P@10 on it (not indexed)")
 
-
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, v: str) -> str:

@@ -103,6 +103,19 @@ def retry_unless_peer_lost(task, task_run, state) -> bool:
     return True
 
 
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Prefect retry condition: an unusable URL list fails at once (a retry reads the same file)."""
+    from cerebro_core.data.url_list import DownloadInputError
+
+    try:
+        state.result()
+    except DownloadInputError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
 def adapt_key(context, parameters) -> str:
     cfg = parameters["cfg"]
     a = cfg.adapt

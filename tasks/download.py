@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from tasks.caching import download_key
+from tasks.caching import download_key, retry_unless_bad_input
 from prefect.artifacts import create_table_artifact
 
 from cerebro_core.config import CerebroConfig
@@ -19,6 +19,7 @@ from tasks.progress import Progress
     name="download",
     retries=2,  # resumable: a retry continues from the finished shards
     retry_delay_seconds=10,
+    retry_condition_fn=retry_unless_bad_input,  # a bad URL list: at once
     timeout_seconds=48 * 3600,
     description="img2dataset: URL list -> webdataset shards + manifest, stats to MLflow",
 )

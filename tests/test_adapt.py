@@ -16,7 +16,7 @@ import torch
 
 from cerebro_core.adapt.models import rank_key
 from cerebro_core.adapt.select import class_entropy, select
-from cerebro_core.adapt.stage import AdaptInputError, gather, run_stage
+from cerebro_core.adapt.stage import AdaptInputError, check_inputs, gather, run_stage
 from cerebro_core.config import load_config
 from cerebro_core.model import checkpoint as ckpt
 from cerebro_core.storage import Storage
@@ -225,10 +225,16 @@ def test_bad_inputs_fail_before_compute(adapt_env, tmp_path):
         ([f"adapt.sources=[{{name: x, path: {tmp_path}/nope}}]"], r"adapt.sources\[0\].path: folder not found"),
         ([f"adapt.sources=[{{name: x, path: {tmp_path}/nothing}}]"], r"adapt.sources\[x\]: no images"),
         (["adapt.sources=[]"], "no wildlife sources"),
+        ([f"adapt.sources=[{{name: x, path: {adapt_env['pool']}, metadata: {tmp_path}/m.json}}]"],
+         r"adapt.sources\[x\].metadata: nothing at"),
     ]
     for extra, msg in cases:
+        cfg = load_config(REPO / "configs/demo.yaml", base + extra)
         with pytest.raises(AdaptInputError, match=msg):
-            gather(load_config(REPO / "configs/demo.yaml", base + extra))
+            check_inputs(cfg)  # what `cerebro adapt` checks before Prefect: no image read or hashed
+        with pytest.raises(AdaptInputError, match=msg):
+            gather(cfg)  # and the stage, the same way, first
+    assert check_inputs(adapt_env["cfg"]) == CLASSES
 
 
 def test_vocabulary_formats(shared_data, tmp_path):

@@ -226,6 +226,14 @@ def test_cli_download_through_prefect_and_mlflow(http_images, tmp_path, migrated
     bad = subprocess.run(args[:4] + ["--set", f"download.url_list={tmp_path}/missing.tsv"], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "download.url_list: file not found" in bad.stderr
+    (tmp_path / "links.csv").write_text("link,caption\nhttp://127.0.0.1:9/a.jpg,a fox\n")  # no `url` column
+    bad = subprocess.run(args[:4] + ["--set", f"download.url_list={tmp_path}/links.csv"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "download.url_col: column 'url' not found" in bad.stderr, bad.stderr[-2000:]
+    (tmp_path / "blank.csv").write_text("url,caption\nhttp://127.0.0.1:9/a.jpg,\n")  # only rows with no caption
+    bad = subprocess.run(args[:4] + ["--set", f"download.url_list={tmp_path}/blank.csv"], capture_output=True,
+                         text=True, env=env, timeout=300)
+    assert bad.returncode == 2 and "has no usable rows" in bad.stderr, bad.stderr[-2000:]  # found in the flow: no retry
 
     import mlflow
 

@@ -43,7 +43,7 @@ from cerebro_core.adapt.students import (AdaptInputError, pretraining_pairs, pre
 from cerebro_core.adapt.verified import split_verified
 from cerebro_core.config import CerebroConfig, ReplayStudent, SourceConfig
 from cerebro_core.data import coco_meta, megadetector
-from cerebro_core.data.mirror import folder_error, local_folder
+from cerebro_core.data.mirror import folder_error, has_image, local_folder
 from cerebro_core.data.vocab import VocabularyError, load_vocabulary, prompts_for
 from cerebro_core.embed import Item, scan_folder
 from cerebro_core.home import resolve
@@ -104,6 +104,8 @@ def check_inputs(cfg: CerebroConfig) -> list[str]:
             iter(coco_meta.source_file_errors(storage, s, "adapt.sources")), None)
         if bad:
             raise AdaptInputError(bad)
+        if key.startswith("adapt.sources[") and not has_image(s.path):
+            raise AdaptInputError(f"adapt.sources[{s.name}]: no images in {s.path}")
     return classes
 
 

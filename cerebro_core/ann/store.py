@@ -17,12 +17,11 @@ from cerebro_core.ann.tune import build_and_tune
 
 def build_index(icfg, vectors: np.ndarray, storage, work_url: str,
                 map_fn: Optional[Callable[[list[ShardSpec]], list[dict]]] = None,
-                text_queries: Optional[np.ndarray] = None, shards: Optional[int] = None):
-    """(index, report) as ``icfg`` (the ``index`` section) asks: ``shards`` (default
-    ``icfg.shards``) > 1 builds through ``map_fn``; tuned on image and (given) text queries."""
-    shards = icfg.shards if shards is None else shards
-    if shards > 1:
-        return build_sharded(vectors, shards, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, storage,
+                text_queries: Optional[np.ndarray] = None):
+    """(index, report) as ``icfg`` (the ``index`` section) asks: ``index.shards`` > 1 builds
+    through ``map_fn``; tuned on image and (given) text queries."""
+    if icfg.shards > 1:
+        return build_sharded(vectors, icfg.shards, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, storage,
                              work_url, map_fn, text_queries=text_queries)
     return build_and_tune(vectors, icfg.kind, icfg.recall_target, icfg.memory_budget_mb, text_queries=text_queries)
 

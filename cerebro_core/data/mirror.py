@@ -122,6 +122,17 @@ def folder_error(storage, path: str, key: str) -> Optional[str]:
     return None if Path(path.removeprefix("file://")).is_dir() else f"{key}: folder not found: {path}"
 
 
+def has_image(path: str) -> bool:
+    """Whether a local source folder holds an image file anywhere below it (the walk stops at the
+    first one). A remote prefix is not listed whole for this: True (its mirror tells)."""
+    from cerebro_core.data.sources import IMAGE_SUFFIXES
+
+    if "://" in path and not path.startswith("file://"):
+        return True
+    return any(Path(f).suffix.lower() in IMAGE_SUFFIXES
+               for _, _, files in os.walk(path.removeprefix("file://"), followlinks=False) for f in files)
+
+
 def local_folder(storage, path: str, home: Path) -> Path | None:
     """A source's folder on this machine: an ``s3://`` prefix mirrored under ``home/mirrors`` (one
     folder per prefix), a local path as it is; None when a local path is not a folder.

@@ -3,6 +3,7 @@ iNaturalist-style CSV, a plain .txt of URLs) → one normalised table (url, capt
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import re
@@ -51,7 +52,36 @@ def check_url_list(cfg: DownloadConfig, storage: Storage) -> str:
         raise DownloadInputError(f"download.url_list: {src} is empty")
     with storage.open(src, "rb") as f:
         head = f.read(65536)
-    return _detect_format(cfg, src, head.split(b"\n", 1)[0].decode("utf-8", "replace"))
+        first_line = head.split(b"\n", 1)[0].decode("utf-8", "replace")
+        fmt = _detect_format(cfg, src, first_line)
+        if fmt == "parquet":
+            try:
+                f.seek(0)
+                columns = pq.read_schema(f).names
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise DownloadInputError(f"download.url_list: cannot parse {src} as parquet: {exc}") from None
+        elif fmt in ("csv", "tsv"):
+            header = first_line.lstrip("\ufeff").rstrip("\r")  # the header as the CSV reader reads it
+            columns = next(csv.reader([header], delimiter="\t" if fmt == "tsv" else ","), [])
+        else:  # txt and the CC3M TSV name their own columns
+            return fmt
+    _columns(cfg, src, columns)
+    return fmt
+
+
+def _columns(cfg: DownloadConfig, src: str, columns: list[str]) -> str:
+    """The URL column the list's ``columns`` hold; DownloadInputError naming the key when the
+    configured URL or caption column is missing."""
+    url_col = cfg.url_col
+    if url_col not in columns and "image_url" in columns and url_col == "url":
+        url_col = "image_url"  # iNaturalist-style export
+    if url_col not in columns:
+        raise DownloadInputError(f"download.url_col: column {url_col!r} not found in {src} (columns: {', '.join(columns)})")
+    caption_col = cfg.caption_col
+    if caption_col is not None and caption_col not in columns and caption_col != "caption":
+        raise DownloadInputError(
+            f"download.caption_col: column {caption_col!r} not found in {src} (columns: {', '.join(columns)})")
+    return url_col
 
 
 def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict]:
@@ -85,21 +115,9 @@ def read_url_list(cfg: DownloadConfig, storage: Storage) -> tuple[pa.Table, dict
     if table.num_rows == 0:
         raise DownloadInputError(f"download.url_list: {src} has no rows")
 
-    url_col = cfg.url_col
-    if fmt in ("txt", "cc3m_tsv"):
-        url_col = "url"
-    elif url_col not in table.column_names and "image_url" in table.column_names and url_col == "url":
-        url_col = "image_url"  # iNaturalist-style export
-    if url_col not in table.column_names:
-        raise DownloadInputError(
-            f"download.url_col: column {url_col!r} not found in {src} (columns: {', '.join(table.column_names)})"
-        )
+    url_col = "url" if fmt in ("txt", "cc3m_tsv") else _columns(cfg, src, table.column_names)
     caption_col = "caption" if fmt == "cc3m_tsv" else cfg.caption_col
     has_caption = caption_col is not None and caption_col in table.column_names
-    if caption_col is not None and not has_caption and caption_col != "caption":
-        raise DownloadInputError(
-            f"download.caption_col: column {caption_col!r} not found in {src} (columns: {', '.join(table.column_names)})"
-        )
 
     n = table.num_rows
     urls = pc.cast(table.column(url_col), pa.string())
