@@ -71,6 +71,12 @@ class ReplayStudent(_Section):
                             steps * global_batch / max(1, unit_samples),
                             "passes" if pass_steps < budget_steps else "budget")
 
+    def planned_samples(self, unit_samples: int, picked: int, pairs: int, epochs: int, global_batch: int,
+                        iterations: int) -> tuple[Optional[float], Optional[ReplayRegime]]:
+        """(samples one iteration trains on, its regime) for ``cerebro plan``: the regime's steps."""
+        reg = self.regime(unit_samples, picked, global_batch) if unit_samples else None
+        return (reg.steps * reg.global_batch if reg else None), reg
+
 
 class ScratchStudent(_Section):
     """Noisy student: each iteration a new model from random weights, pretrained (``train.*``) on
@@ -88,6 +94,15 @@ class ScratchStudent(_Section):
         if v == 1:
             raise ValueError("0 (off) or at least 2 folds")
         return v
+
+    def planned_samples(self, unit_samples: int, picked: int, pairs: int, epochs: int, global_batch: int,
+                        iterations: int) -> tuple[Optional[float], None]:
+        """(samples one iteration trains on, no replay regime) for ``cerebro plan``: a new model on the
+        pairs + the selection, like the pretraining, and out of fold K more students (each without
+        one fold) before each iteration after the first."""
+        student = epochs * (pairs + picked)
+        folds = self.folds * (iterations - 1) / iterations
+        return student + folds * epochs * (pairs + picked * (self.folds - 1) / max(1, self.folds)), None
 
 
 Student = Annotated[Union[ReplayStudent, ScratchStudent], Field(discriminator="kind")]

@@ -249,22 +249,16 @@ def plan(cfg: CerebroConfig, device_kind_name: Optional[str] = None) -> list[Sta
                      f"{a.annotated_test:g}, of the images the collections annotate with a vocabulary species)")
     pool, held = pool - annotated, held + annotated
     labelled = pool + held
-    if a.student.kind == "scratch":  # a new model on the pairs + the selection, like the pretraining
-        picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
-        student = t.epochs * (train_samples + picked)
-        # out of fold: K more students (each without one fold) before each iteration after the first
-        folds = a.student.folds * (a.iterations - 1) / a.iterations
-        train_total = student + folds * t.epochs * (train_samples + picked * (a.student.folds - 1) / max(1, a.student.folds))
-    else:  # replay: warm-started from the teacher; pseudo share, passes over the selection, budget
-        picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
-        reg = a.student.regime(seen, picked, t.batch_size * nproc * t.accum_steps) if seen else None
-        train_total = reg.steps * reg.global_batch if reg else None
-        if reg:
-            notes.append(f"replay regime per iteration: {reg.steps:,} steps of {reg.global_batch:,}, "
-                         f"pseudo share {100 * reg.pseudo_fraction:.0f} % of every batch, "
-                         f"{reg.passes:.1f} passes over the selection ({_fmt(picked)} images at its cap, "
-                         f"{100 * picked / max(1, pool):.1f} % of the pool), {reg.pretrain_equivalents:.3g} "
-                         f"pretrain-equivalents (set by adapt.student.{'max_passes' if reg.bound == 'passes' else 'budget'})")
+    picked = min(pool, a.labeller.per_class_top_k * _classes(cfg, pool))
+    # what one iteration trains on: the student kind's own arithmetic (config_adapt.py)
+    train_total, reg = a.student.planned_samples(seen, picked, train_samples, t.epochs,
+                                                 t.batch_size * nproc * t.accum_steps, a.iterations)
+    if reg:  # a replay student: its regime, and which limit set it
+        notes.append(f"replay regime per iteration: {reg.steps:,} steps of {reg.global_batch:,}, "
+                     f"pseudo share {100 * reg.pseudo_fraction:.0f} % of every batch, "
+                     f"{reg.passes:.1f} passes over the selection ({_fmt(picked)} images at its cap, "
+                     f"{100 * picked / max(1, pool):.1f} % of the pool), {reg.pretrain_equivalents:.3g} "
+                     f"pretrain-equivalents (set by adapt.student.{'max_passes' if reg.bound == 'passes' else 'budget'})")
     pe = f"{train_total / seen:.3g}" if (seen and train_total) else "?"
     its = a.iterations
     parts = [  # students train on every process of one node; labelling runs on one node
