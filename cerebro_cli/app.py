@@ -5,6 +5,7 @@ the flow module imports → run the flow. Command modules import this one; it im
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -81,11 +82,12 @@ def start_prefect(cfg: CerebroConfig) -> Callable[[], None]:
 @dataclass
 class Stage:
     """What a stage command runs: ``check(cfg)`` checks the inputs without doing the stage's work,
-    raising one of ``errors`` for what it cannot use; ``flow()`` imports and returns the flow."""
+    raising one of ``errors`` for what it cannot use; ``flow`` names the flow, ``"module:function"``
+    (imported while the Prefect API starts)."""
 
     check: Callable[[CerebroConfig], Any]
     errors: tuple[type[Exception], ...]
-    flow: Callable[[], Callable[..., Any]]
+    flow: str
 
 
 def stage_command(name: str, config: Optional[Path], sets: Optional[list[str]], stage: Callable[[], Stage],
@@ -103,7 +105,8 @@ def stage_command(name: str, config: Optional[Path], sets: Optional[list[str]], 
         typer.echo(f"cerebro {name}: {clean_lines(exc)}", err=True)
         raise typer.Exit(2) from None
     ready = start_prefect(cfg)
-    run = st.flow()  # imports Prefect and the flow while the API starts
+    module, _, attr = st.flow.partition(":")
+    run = getattr(importlib.import_module(module), attr)  # imports Prefect and the flow while the API starts
     ready()
     try:
         return cfg, run(config=str(config) if config else None, overrides=list(sets or []), **flow_args)

@@ -30,12 +30,7 @@ def demo(
         typer.echo(f"demo data: {make_demo_data(resolve(cfg).home / 'demo')}")
         info(config=config, set_=set_, as_json=False)
 
-    def flow():
-        from flows.pipeline import PipelineParams, pipeline_flow
-
-        return lambda config, overrides: pipeline_flow(PipelineParams(config=config, overrides=overrides))
-
-    cfg, summary = stage_command("demo", config, set_, lambda: Stage(prepare, (), flow))
+    cfg, summary = stage_command("demo", config, set_, lambda: Stage(prepare, (), "cerebro_cli.demo_cmd:pipeline"))
     typer.echo(f"pipeline done in {sum(summary['timings_s'].values()):.0f} s: " + ", ".join(
         f"{k} {v:.0f} s" for k, v in summary["timings_s"].items()))
     from cerebro_core.demo_data import search_quality
@@ -53,3 +48,10 @@ def demo(
     typer.echo(f"  {exe} serve -c configs/demo.yaml   # then open http://127.0.0.1:8000")
     typer.echo("Inspect the runs, run the pipeline from the Prefect UI:")
     typer.echo(f"  {exe} ui -c configs/demo.yaml   # Prefect UI :4200, MLflow UI :5000")
+
+
+def pipeline(config: str, overrides: list[str]):
+    """The whole pipeline flow, called as the stage commands call theirs."""
+    from flows.pipeline import PipelineParams, pipeline_flow
+
+    return pipeline_flow(PipelineParams(config=config, overrides=overrides))

@@ -22,12 +22,7 @@ def _download() -> Stage:
         check_url_list(cfg.download, Storage(cfg.storage))  # there, a known format, its columns: not parsed whole
         img2dataset_python()
 
-    def flow():
-        from flows.download import download_flow
-
-        return download_flow
-
-    return Stage(check, (DownloadInputError, Img2DatasetNotFound), flow)
+    return Stage(check, (DownloadInputError, Img2DatasetNotFound), "flows.download:download_flow")
 
 
 @app.command()
@@ -63,12 +58,7 @@ def pretrain(
             model_config(cfg.train.model)
             load_manifest(Storage(cfg.storage), shards or default_output(cfg.download, resolve(cfg).storage_root, cfg.name))
 
-        def flow():
-            from flows.pretrain import pretrain_flow
-
-            return pretrain_flow
-
-        return Stage(check, (ValueError, FileNotFoundError), flow)
+        return Stage(check, (ValueError, FileNotFoundError), "flows.pretrain:pretrain_flow")
 
     cfg, mv = stage_command("pretrain", config, set_, stage, shards=shards)
     if mv is None:
@@ -89,12 +79,7 @@ def adapt(
     def stage() -> Stage:
         from cerebro_core.adapt.stage import AdaptInputError, check_inputs
 
-        def flow():
-            from flows.adapt import adapt_flow
-
-            return adapt_flow
-
-        return Stage(check_inputs, (AdaptInputError,), flow)
+        return Stage(check_inputs, (AdaptInputError,), "flows.adapt:adapt_flow")
 
     _, res = stage_command("adapt", config, set_, stage, start_version=start_version)
     for r in res.iterations:
@@ -116,12 +101,7 @@ def index(
         from cerebro_core.data.vocab import VocabularyError
         from cerebro_core.index.stage import IndexInputError, check_inputs
 
-        def flow():
-            from flows.index import index_flow
-
-            return index_flow
-
-        return Stage(check_inputs, (IndexInputError, VocabularyError), flow)
+        return Stage(check_inputs, (IndexInputError, VocabularyError), "flows.index:index_flow")
 
     cfg, sv = stage_command("index", config, set_, stage, clip_version=clip_version)
     if sv is None:
@@ -148,12 +128,7 @@ def reindex(
             if not scrape.startswith("s3://") and not Path(scrape.removeprefix("file://")).exists():
                 raise ScrapeError(f"--scrape: no such folder or URL list: {clean(scrape)}")
 
-        def flow():
-            from flows.reindex import reindex_flow
-
-            return reindex_flow
-
-        return Stage(check, (ScrapeError,), flow)
+        return Stage(check, (ScrapeError,), "flows.reindex:reindex_flow")
 
     _, r = stage_command("reindex", config, set_, stage, scrape=scrape, source=source)
     why = f" ({', '.join(f'{k} {v}' for k, v in sorted(r.failures.items()))})" if r.failures else ""
